@@ -1,0 +1,25 @@
+//! Generates the gRPC code for `kiln.v1` from proto/ with the vendored protoc, so that no
+//! system protoc is needed, and writes the descriptor set that server reflection serves.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "kiln/v1/api.proto",
+        "kiln/v1/agent.proto",
+        "kiln/v1/raft.proto",
+    ];
+    let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("kiln_descriptor.bin"))
+        .compile_protos(&paths, &[root.clone()])?;
+    for p in &paths {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! kiln's contract with the outside world, in one crate that every other kiln crate uses and
+//! that uses no other kiln crate.
+//!
+//! - [`pb`]: the gRPC code generated from `proto/kiln/v1` (client API, agent protocol, Raft
+//!   transport), with the descriptor set that server reflection serves.
+//! - [`spec`]: the pipeline spec as users write it (YAML, deserialised with serde).
+//! - [`validate`]: turning YAML text into a checked [`spec::Pipeline`], or into errors that
+//!   name the file, the line where one is known, the field and the reason.
+//! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
+//!
+//! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
+//! it touches the network and the coordinator rejects it again with the same words.
+
+pub mod spec;
+pub mod units;
+pub mod validate;
+
+/// Generated protobuf and gRPC code for the `kiln.v1` package.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("kiln.v1");
+
+    /// The encoded descriptor set of every kiln proto, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
+}
+
+/// The metadata key under which a follower names the leader's gRPC address.
+pub const LEADER_METADATA_KEY: &str = "kiln-leader";

@@ -1,0 +1,439 @@
+//! Turning pipeline YAML into a checked [`Pipeline`], or into [`SpecErrors`] that say where
+//! and why: `pipeline.yaml:7: stages.test.needs: unknown stage "biuld"`.
+//!
+//! Syntax and type errors come with serde_yaml_ng's line; for the checks that run after
+//! deserialising (names, the DAG, quantities) the line is found again in the source text by
+//! looking for the stage's `name:` and then the field's key inside that stage's block. That
+//! search is a heuristic over well-formed YAML; when it finds nothing the error still names
+//! the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::spec::{
+    Command, CommandFile, Pipeline, PipelineFile, Resources, Scalar, Stage, StageFile, defaults,
+    limits,
+};
+use crate::units;
+
+/// One problem with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: String,
+    pub line: Option<usize>,
+    /// The field's path, e.g. `stages.test.resources.cpu`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.file, line)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a spec, one line each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and checks a pipeline spec. `file` is only used in messages.
+pub fn parse_pipeline(file: &str, source: &str) -> Result<Pipeline, SpecErrors> {
+    let raw: PipelineFile = serde_yaml_ng::from_str(source).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let mut reason = e.to_string();
+        // serde_yaml_ng appends " at line L column C"; the line is already in front.
+        if let Some(at) = reason.find(" at line ") {
+            reason.truncate(at);
+        }
+        SpecErrors(vec![SpecError {
+            file: file.to_string(),
+            line,
+            field: String::new(),
+            reason,
+        }])
+    })?;
+    Checker {
+        file,
+        source,
+        errors: Vec::new(),
+    }
+    .check(raw)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    source: &'a str,
+    errors: Vec<SpecError>,
+}
+
+impl Checker<'_> {
+    fn check(mut self, raw: PipelineFile) -> Result<Pipeline, SpecErrors> {
+        if let Err(reason) = check_name(&raw.name) {
+            let line = find_key_line(self.source, 0, "name");
+            self.push(line, "name", reason);
+        }
+        if raw.stages.is_empty() {
+            let line = find_key_line(self.source, 0, "stages");
+            self.push(line, "stages", "a pipeline needs at least one stage".into());
+        }
+        if raw.stages.len() > limits::MAX_STAGES {
+            self.push(
+                None,
+                "stages",
+                format!("more than {} stages", limits::MAX_STAGES),
+            );
+        }
+
+        let mut seen = BTreeMap::new();
+        let mut stages = Vec::new();
+        for (index, stage) in raw.stages.iter().enumerate() {
+            let occurrence = raw.stages[..index]
+                .iter()
+                .filter(|s| s.name == stage.name)
+                .count();
+            let at = stage_line(self.source, &stage.name, occurrence);
+            if let Err(reason) = check_name(&stage.name) {
+                self.push(at, &format!("stages[{index}].name"), reason);
+                continue;
+            }
+            if seen.insert(stage.name.clone(), index).is_some() {
+                self.push(
+                    at,
+                    &format!("stages.{}", stage.name),
+                    "duplicate stage name".into(),
+                );
+                continue;
+            }
+            if let Some(stage) = self.check_stage(stage, at) {
+                stages.push(stage);
+            }
+        }
+        self.check_needs(&raw.stages, &seen);
+
+        if self.errors.is_empty() {
+            Ok(Pipeline {
+                name: raw.name,
+                stages,
+            })
+        } else {
+            Err(SpecErrors(self.errors))
+        }
+    }
+
+    fn check_stage(&mut self, s: &StageFile, at: Option<usize>) -> Option<Stage> {
+        let before = self.errors.len();
+        let path = format!("stages.{}", s.name);
+        let line = |key: &str| {
+            at.and_then(|l| find_key_line(self.source, l - 1, key))
+                .or(at)
+        };
+
+        let command = match &s.command {
+            None => {
+                self.push(
+                    at,
+                    &format!("{path}.command"),
+                    "missing: every stage needs a command".into(),
+                );
+                None
+            }
+            Some(CommandFile::Shell(text)) if text.trim().is_empty() => {
+                self.push(
+                    line("command"),
+                    &format!("{path}.command"),
+                    "empty command".into(),
+                );
+                None
+            }
+            Some(CommandFile::Argv(argv)) if argv.first().is_none_or(|a| a.trim().is_empty()) => {
+                self.push(
+                    line("command"),
+                    &format!("{path}.command"),
+                    "empty command".into(),
+                );
+                None
+            }
+            Some(CommandFile::Shell(text)) => Some(Command::Shell(text.clone())),
+            Some(CommandFile::Argv(argv)) => Some(Command::Argv(argv.clone())),
+        };
+
+        let cpu_millis = self.quantity(
+            s.resources.cpu.as_ref(),
+            line("cpu"),
+            &format!("{path}.resources.cpu"),
+            units::parse_cpu,
+            defaults::CPU_MILLIS,
+            limits::MAX_CPU_MILLIS,
+            "cores",
+            1000,
+        );
+        let memory_bytes = self.quantity(
+            s.resources.memory.as_ref(),
+            line("memory"),
+            &format!("{path}.resources.memory"),
+            units::parse_memory,
+            defaults::MEMORY_BYTES,
+            limits::MAX_MEMORY_BYTES,
+            "GiB",
+            1 << 30,
+        );
+        let timeout_ms = self.quantity(
+            s.timeout.as_ref(),
+            line("timeout"),
+            &format!("{path}.timeout"),
+            units::parse_duration_ms,
+            defaults::TIMEOUT_MS,
+            limits::MAX_TIMEOUT_MS,
+            "hours",
+            3_600_000,
+        );
+
+        let retries = match s.retries {
+            None => 0,
+            Some(r) if (0..=limits::MAX_RETRIES).contains(&r) => r as u32,
+            Some(r) => {
+                let reason = format!("{r} is out of range (0 to {})", limits::MAX_RETRIES);
+                self.push(line("retries"), &format!("{path}.retries"), reason);
+                0
+            }
+        };
+        for key in s.env.keys() {
+            if !is_env_name(key) {
+                let reason = format!("{key:?} is not a valid environment variable name");
+                self.push(line("env"), &format!("{path}.env"), reason);
+            }
+        }
+
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Stage {
+            name: s.name.clone(),
+            needs: s.needs.clone(),
+            command: command?,
+            env: s.env.clone(),
+            resources: Resources {
+                cpu_millis,
+                memory_bytes,
+            },
+            retries,
+            timeout_ms,
+            constraints: s.constraints.clone(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn quantity(
+        &mut self,
+        value: Option<&Scalar>,
+        line: Option<usize>,
+        field: &str,
+        parse: fn(&str) -> Result<u64, String>,
+        default: u64,
+        max: u64,
+        unit_name: &str,
+        unit: u64,
+    ) -> u64 {
+        let Some(value) = value else { return default };
+        match parse(&value.to_string()) {
+            Ok(0) => self.push(line, field, format!("{value} must be greater than zero")),
+            Ok(v) if v > max => self.push(
+                line,
+                field,
+                format!(
+                    "{value} is more than the limit of {} {unit_name}",
+                    max / unit
+                ),
+            ),
+            Ok(v) => return v,
+            Err(reason) => self.push(line, field, reason),
+        }
+        default
+    }
+
+    fn check_needs(&mut self, stages: &[StageFile], index: &BTreeMap<String, usize>) {
+        for (i, s) in stages.iter().enumerate() {
+            let occurrence = stages[..i].iter().filter(|o| o.name == s.name).count();
+            let at = stage_line(self.source, &s.name, occurrence);
+            let line = at
+                .and_then(|l| find_key_line(self.source, l - 1, "needs"))
+                .or(at);
+            for need in &s.needs {
+                if need == &s.name {
+                    self.push(
+                        line,
+                        &format!("stages.{}.needs", s.name),
+                        "a stage cannot need itself".into(),
+                    );
+                } else if !index.contains_key(need) {
+                    self.push(
+                        line,
+                        &format!("stages.{}.needs", s.name),
+                        format!("unknown stage {need:?}"),
+                    );
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(stages, index) {
+            let at = stage_line(self.source, &cycle[0], 0);
+            let line = at
+                .and_then(|l| find_key_line(self.source, l - 1, "needs"))
+                .or(at);
+            let path = format!("stages.{}.needs", cycle[0]);
+            self.push(line, &path, format!("cycle: {}", cycle.join(" -> ")));
+        }
+    }
+
+    fn push(&mut self, line: Option<usize>, field: &str, reason: String) {
+        self.errors.push(SpecError {
+            file: self.file.to_string(),
+            line,
+            field: field.to_string(),
+            reason,
+        });
+    }
+}
+
+/// A stage or pipeline name: 1 to 63 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() {
+        Err("must not be empty".into())
+    } else if name.len() > limits::MAX_NAME_LEN {
+        Err(format!("longer than {} characters", limits::MAX_NAME_LEN))
+    } else if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Err(format!(
+            "{name:?} may hold only letters, digits, '_', '-' and '.', and must start with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Finds one cycle among known `needs`, as the path of stage names that closes it.
+fn find_cycle(stages: &[StageFile], index: &BTreeMap<String, usize>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        at: usize,
+        stages: &[StageFile],
+        index: &BTreeMap<String, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        marks[at] = Mark::Active;
+        path.push(at);
+        for need in &stages[at].needs {
+            let Some(&next) = index.get(need) else {
+                continue;
+            };
+            if next == at {
+                continue; // reported as "cannot need itself"
+            }
+            match marks[next] {
+                Mark::Active => {
+                    let from = path.iter().position(|&p| p == next).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[from..]
+                        .iter()
+                        .map(|&p| stages[p].name.clone())
+                        .collect();
+                    cycle.push(stages[next].name.clone());
+                    return Some(cycle);
+                }
+                Mark::New => {
+                    if let Some(c) = visit(next, stages, index, marks, path) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[at] = Mark::Done;
+        None
+    }
+    let mut marks = vec![Mark::New; stages.len()];
+    for (name, &i) in index {
+        let _ = name;
+        if marks[i] == Mark::New
+            && let Some(c) = visit(i, stages, index, &mut marks, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// The 1-based line of the `occurrence`-th stage named `name` (its `name:` key).
+fn stage_line(source: &str, name: &str, occurrence: usize) -> Option<usize> {
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start();
+            t.strip_prefix("name:").is_some_and(|v| {
+                let v = v.split(" #").next().unwrap_or("").trim();
+                v.trim_matches(|c| c == '"' || c == '\'') == name
+            })
+        })
+        .map(|(i, _)| i + 1)
+        .nth(occurrence)
+}
+
+/// The 1-based line of `key:` at or after 0-based line `from`, within the same list item
+/// (stops at the next `- ` item at the item's own indentation or shallower).
+fn find_key_line(source: &str, from: usize, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = source.lines().collect();
+    let first = lines.get(from)?;
+    let item_indent = first.len() - first.trim_start().len();
+    for (i, line) in lines.iter().enumerate().skip(from) {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim_start();
+        if i > from && t.starts_with("- ") && indent <= item_indent {
+            return None;
+        }
+        let t = t.trim_start_matches("- ");
+        if t.starts_with(&format!("{key}:"))
+            || t.contains(&format!(" {key}:"))
+            || t.contains(&format!("{{{key}:"))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

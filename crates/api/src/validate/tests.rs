@@ -1,0 +1,154 @@
+//! One row per kind of bad input: each must name the field, the line where there is one, and
+//! the reason.
+
+use super::*;
+
+fn err(src: &str) -> String {
+    match parse_pipeline("p.yaml", src) {
+        Ok(p) => panic!("expected an error, got {p:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const GOOD: &str = "\
+name: demo
+stages:
+  - name: build
+    command: make
+    resources: { cpu: 500m, memory: 256Mi }
+  - name: test
+    needs: [build]
+    command: [make, test]
+    retries: 2
+    timeout: 5m
+    env: { RUST_LOG: info }
+";
+
+#[test]
+fn a_good_pipeline_parses_with_defaults() {
+    let p = parse_pipeline("p.yaml", GOOD).expect("valid");
+    assert_eq!(p.name, "demo");
+    assert_eq!(
+        p.stages[0].resources,
+        Resources {
+            cpu_millis: 500,
+            memory_bytes: 256 << 20
+        }
+    );
+    assert_eq!(p.stages[0].timeout_ms, defaults::TIMEOUT_MS);
+    assert_eq!(p.stages[1].needs, vec!["build".to_string()]);
+    assert_eq!(
+        p.stages[1].command,
+        Command::Argv(vec!["make".into(), "test".into()])
+    );
+    assert_eq!(p.stages[1].retries, 2);
+    assert_eq!(p.stages[1].timeout_ms, 300_000);
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    let e = err("name: demo\nstages:\n  - name: a\n    command: [unclosed\n");
+    assert!(e.starts_with("p.yaml:"), "{e}");
+    assert!(e.lines().count() == 1, "{e}");
+}
+
+#[test]
+fn unknown_field_names_the_field_and_line() {
+    let e = err("name: demo\nstages:\n  - name: a\n    comand: make\n");
+    assert!(e.contains("p.yaml:4"), "{e}");
+    assert!(e.contains("unknown field `comand`"), "{e}");
+}
+
+#[test]
+fn cycle_is_reported_with_its_path() {
+    let e = err(
+        "name: d\nstages:\n  - name: a\n    needs: [b]\n    command: x\n  - name: b\n    needs: [a]\n    command: x\n",
+    );
+    assert!(e.contains("cycle: a -> b -> a"), "{e}");
+    assert!(e.contains("p.yaml:4: stages.a.needs"), "{e}");
+}
+
+#[test]
+fn unknown_needs() {
+    let e = err("name: d\nstages:\n  - name: a\n    needs: [biuld]\n    command: x\n");
+    assert_eq!(e, "p.yaml:4: stages.a.needs: unknown stage \"biuld\"");
+}
+
+#[test]
+fn self_need() {
+    let e = err("name: d\nstages:\n  - name: a\n    needs: [a]\n    command: x\n");
+    assert!(e.contains("cannot need itself"), "{e}");
+}
+
+#[test]
+fn empty_or_missing_command() {
+    assert!(
+        err("name: d\nstages:\n  - name: a\n    command: \"  \"\n")
+            .contains("p.yaml:4: stages.a.command: empty command")
+    );
+    assert!(
+        err("name: d\nstages:\n  - name: a\n    command: []\n")
+            .contains("stages.a.command: empty command")
+    );
+    assert!(err("name: d\nstages:\n  - name: a\n").contains("p.yaml:3: stages.a.command: missing"));
+}
+
+#[test]
+fn bad_resources() {
+    let zero = err("name: d\nstages:\n  - name: a\n    command: x\n    resources:\n      cpu: 0\n");
+    assert_eq!(
+        zero,
+        "p.yaml:6: stages.a.resources.cpu: 0 must be greater than zero"
+    );
+    let negative =
+        err("name: d\nstages:\n  - name: a\n    command: x\n    resources: { memory: -5Mi }\n");
+    assert!(
+        negative.contains("p.yaml:5: stages.a.resources.memory"),
+        "{negative}"
+    );
+    let absurd =
+        err("name: d\nstages:\n  - name: a\n    command: x\n    resources: { cpu: 100000 }\n");
+    assert!(
+        absurd.contains("more than the limit of 1024 cores"),
+        "{absurd}"
+    );
+    let unit = err(
+        "name: d\nstages:\n  - name: a\n    command: x\n    resources: { memory: 5 parsecs }\n",
+    );
+    assert!(unit.contains("unknown memory unit"), "{unit}");
+}
+
+#[test]
+fn duplicate_stage_names() {
+    let e = err("name: d\nstages:\n  - name: a\n    command: x\n  - name: a\n    command: y\n");
+    assert_eq!(e, "p.yaml:5: stages.a: duplicate stage name");
+}
+
+#[test]
+fn bad_names_retries_timeouts_and_env() {
+    assert!(
+        err("name: \"bad name\"\nstages:\n  - name: a\n    command: x\n")
+            .contains("p.yaml:1: name:")
+    );
+    assert!(err("name: d\nstages: []\n").contains("at least one stage"));
+    assert!(
+        err("name: d\nstages:\n  - name: a\n    command: x\n    retries: -1\n")
+            .contains("p.yaml:5: stages.a.retries: -1 is out of range")
+    );
+    assert!(
+        err("name: d\nstages:\n  - name: a\n    command: x\n    timeout: 0s\n")
+            .contains("stages.a.timeout: 0s must be greater than zero")
+    );
+    assert!(
+        err("name: d\nstages:\n  - name: a\n    command: x\n    env: { \"1BAD\": x }\n")
+            .contains("not a valid environment variable name")
+    );
+}
+
+#[test]
+fn every_error_is_reported_once_per_line() {
+    let e = err(
+        "name: d\nstages:\n  - name: a\n    command: \"\"\n  - name: b\n    needs: [zz]\n    command: x\n",
+    );
+    assert_eq!(e.lines().count(), 2, "{e}");
+}

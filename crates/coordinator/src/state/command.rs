@@ -1,0 +1,75 @@
+//! The commands that change the replicated state, and what applying each one answers.
+//!
+//! The leader fills in everything that is not a pure function of the state: the time
+//! (`now_ms`), the scheduling pass's number, the agent's timestamps. Applying a command is
+//! then deterministic on every coordinator.
+
+use kiln_api::spec::{Pipeline, Resources};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::model::{NodeId, TaskRef, TaskStatus};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// An agent (re)connected with its fingerprint; the node becomes ready.
+    RegisterNode { node: NodeRegistration, now_ms: i64 },
+    /// The node's heartbeats stopped for longer than the grace period.
+    MarkNodeDown { node: NodeId, now_ms: i64 },
+    SubmitRun { request_id: String, trigger: String, pipeline: Pipeline, now_ms: i64 },
+    /// Every placement of one scheduling pass, in one entry.
+    PlaceBatch { pass: u64, placements: Vec<Placement>, now_ms: i64 },
+    /// Task events from one agent, in the order it sent them.
+    TaskEvents { node: NodeId, events: Vec<TaskEvent>, now_ms: i64 },
+    CancelRun { run: u64, now_ms: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub id: NodeId,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub capacity: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub task: TaskRef,
+    pub attempt: u32,
+    /// Running, Succeeded, Failed or Lost.
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub message: String,
+    /// When the agent saw it happen.
+    pub at_ms: i64,
+}
+
+/// What applying a command answered. Rejections are ordinary, replicated outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Submitted { run: u64, created: bool },
+    Placed { accepted: Vec<Placement>, rejected: Vec<(TaskRef, String)> },
+    EventsApplied { applied: u32, ignored: u32, kills: Vec<Kill> },
+    NodeRegistered,
+    NodeDown { lost: Vec<TaskRef> },
+    Cancelled { kills: Vec<Kill> },
+    Rejected { reason: String },
+    /// For Raft's own entries (blank, membership).
+    Empty,
+}
+
+/// A task attempt the leader must tell an agent to stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kill {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub node: NodeId,
+    pub reason: String,
+}

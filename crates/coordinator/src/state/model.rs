@@ -1,0 +1,231 @@
+//! The records the replicated state is made of: nodes, runs, and the tasks inside runs.
+//!
+//! A task is one stage of one run; each time it is tried it gets an [`Attempt`], numbered
+//! from 1, that records the node, the exit code and every status it went through with the
+//! time. Tasks are addressed by [`TaskRef`] (run number, stage index) inside the state and by
+//! their string id `run-7/build` at the edges.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use kiln_api::spec::{Pipeline, Resources};
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = String;
+
+/// A task's address: the run's number and the stage's index in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskRef {
+    pub run: u64,
+    pub stage: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+/// A machine running an agent, as the cluster has agreed it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub status: NodeStatus,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub capacity: Resources,
+    /// The sum of the resources of `allocations`; kept equal to it by every apply.
+    pub reserved: Resources,
+    pub allocations: BTreeSet<TaskRef>,
+    pub status_changed_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Some of its `needs` have not succeeded yet.
+    Waiting,
+    Pending,
+    Placed,
+    Running,
+    Succeeded,
+    Failed,
+    /// Its node was lost while it was placed or running.
+    Lost,
+    /// A stage it needs failed, so it will never run.
+    Skipped,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Waiting => "waiting",
+            TaskStatus::Pending => "pending",
+            TaskStatus::Placed => "placed",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Lost => "lost",
+            TaskStatus::Skipped => "skipped",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        Some(match s {
+            "waiting" => TaskStatus::Waiting,
+            "pending" => TaskStatus::Pending,
+            "placed" => TaskStatus::Placed,
+            "running" => TaskStatus::Running,
+            "succeeded" => TaskStatus::Succeeded,
+            "failed" => TaskStatus::Failed,
+            "lost" => TaskStatus::Lost,
+            "skipped" => TaskStatus::Skipped,
+            "cancelled" => TaskStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// No further transition will happen to a task in this status.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded
+                | TaskStatus::Failed
+                | TaskStatus::Lost
+                | TaskStatus::Skipped
+                | TaskStatus::Cancelled
+        )
+    }
+
+    /// The task holds a reservation on a node.
+    pub fn is_allocated(self) -> bool {
+        matches!(self, TaskStatus::Placed | TaskStatus::Running)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One try of a task on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub node: NodeId,
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub message: String,
+    /// Every status this attempt went through, with the time it was recorded.
+    pub transitions: Vec<(TaskStatus, i64)>,
+}
+
+impl Attempt {
+    pub fn time_of(&self, status: TaskStatus) -> Option<i64> {
+        self.transitions.iter().find(|(s, _)| *s == status).map(|(_, t)| *t)
+    }
+
+    pub fn finished_ms(&self) -> Option<i64> {
+        self.transitions.iter().find(|(s, _)| s.is_terminal()).map(|(_, t)| *t)
+    }
+}
+
+/// One stage of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub status: TaskStatus,
+    /// The number of the current (or last) attempt; 1 for the first try.
+    pub attempt: u32,
+    pub attempts: Vec<Attempt>,
+    /// Attempts that ended in failure, counted against the stage's `retries`.
+    pub failures: u32,
+    /// Attempts lost with their node, counted against [`MAX_LOST_ATTEMPTS`].
+    pub lost: u32,
+    pub cancel_requested: bool,
+}
+
+/// A task whose node is lost is placed again this many times at most, whatever its
+/// `retries` say: losing a machine is not the stage's fault (Buildkite retries agent loss
+/// the same way).
+pub const MAX_LOST_ATTEMPTS: u32 = 3;
+
+impl Task {
+    pub fn new(status: TaskStatus) -> Task {
+        Task { status, attempt: 1, attempts: Vec::new(), failures: 0, lost: 0, cancel_requested: false }
+    }
+
+    /// The record of the current attempt, once it was placed.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.attempt == self.attempt)
+    }
+
+    pub fn current_mut(&mut self) -> Option<&mut Attempt> {
+        let attempt = self.attempt;
+        self.attempts.last_mut().filter(|a| a.attempt == attempt)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+/// One execution of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub number: u64,
+    pub pipeline: Pipeline,
+    pub status: RunStatus,
+    pub trigger: String,
+    pub request_id: String,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// One task per stage, in the pipeline's order.
+    pub tasks: Vec<Task>,
+}
+
+impl Run {
+    pub fn id(&self) -> String {
+        run_id(self.number)
+    }
+}
+
+pub fn run_id(number: u64) -> String {
+    format!("run-{number}")
+}
+
+/// Parses `run-7` (or a bare `7`) into a run number.
+pub fn parse_run_id(id: &str) -> Option<u64> {
+    id.strip_prefix("run-").unwrap_or(id).parse().ok()
+}

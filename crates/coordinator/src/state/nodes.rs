@@ -1,0 +1,46 @@
+//! Nodes joining, coming back, and being lost.
+
+use super::command::{NodeRegistration, Response};
+use super::model::{Node, NodeStatus};
+use super::ClusterState;
+
+impl ClusterState {
+    pub(super) fn register_node(&mut self, reg: &NodeRegistration, now_ms: i64) -> Response {
+        let node = self.nodes.entry(reg.id.clone()).or_insert_with(|| Node {
+            id: reg.id.clone(),
+            status: NodeStatus::Ready,
+            labels: Default::default(),
+            drivers: Vec::new(),
+            capacity: reg.capacity,
+            reserved: Default::default(),
+            allocations: Default::default(),
+            status_changed_ms: now_ms,
+        });
+        node.labels = reg.labels.clone();
+        node.drivers = reg.drivers.clone();
+        node.capacity = reg.capacity;
+        if node.status != NodeStatus::Ready {
+            node.status = NodeStatus::Ready;
+            node.status_changed_ms = now_ms;
+        }
+        Response::NodeRegistered
+    }
+
+    /// Marks the node down and every task it held lost; those that may run again become
+    /// pending with a new attempt.
+    pub(super) fn mark_node_down(&mut self, id: &str, now_ms: i64) -> Response {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return Response::Rejected { reason: format!("node {id} not found") };
+        };
+        if node.status == NodeStatus::Down {
+            return Response::NodeDown { lost: Vec::new() };
+        }
+        node.status = NodeStatus::Down;
+        node.status_changed_ms = now_ms;
+        let lost: Vec<_> = node.allocations.iter().copied().collect();
+        for &task in &lost {
+            self.lose_task(task, "node lost: heartbeats stopped", now_ms);
+        }
+        Response::NodeDown { lost }
+    }
+}

@@ -1,0 +1,50 @@
+//! Applying a scheduling pass: every placement is checked again against the state as it is
+//! now, and what no longer fits is rejected rather than over-committing a node.
+
+use super::command::{Placement, Response};
+use super::fit::fits;
+use super::model::{Attempt, RunStatus, TaskStatus};
+use super::ClusterState;
+
+impl ClusterState {
+    pub(super) fn place_batch(&mut self, placements: &[Placement], now_ms: i64) -> Response {
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for p in placements {
+            match self.place(p, now_ms) {
+                Ok(()) => accepted.push(p.clone()),
+                Err(reason) => rejected.push((p.task, reason)),
+            }
+        }
+        Response::Placed { accepted, rejected }
+    }
+
+    fn place(&mut self, p: &Placement, now_ms: i64) -> Result<(), String> {
+        let ask = self.ask(p.task);
+        let task = self.task(p.task).ok_or("task not found")?;
+        if task.status != TaskStatus::Pending || task.attempt != p.attempt {
+            return Err(format!("stale: task is {} at attempt {}", task.status, task.attempt));
+        }
+        let node = self.nodes.get_mut(&p.node).ok_or("node not found")?;
+        fits(node, Default::default(), ask).map_err(|m| m.as_str().to_string())?;
+
+        node.reserved = node.reserved.saturating_add(ask);
+        node.allocations.insert(p.task);
+        self.pending.remove(&p.task);
+        let run = self.runs.get_mut(&p.task.run).ok_or("run not found")?;
+        if run.status == RunStatus::Pending {
+            run.status = RunStatus::Running;
+        }
+        let task = &mut run.tasks[p.task.stage as usize];
+        task.status = TaskStatus::Placed;
+        task.attempts.push(Attempt {
+            attempt: p.attempt,
+            node: p.node.clone(),
+            status: TaskStatus::Placed,
+            exit_code: None,
+            message: String::new(),
+            transitions: vec![(TaskStatus::Placed, now_ms)],
+        });
+        Ok(())
+    }
+}
