@@ -111,7 +111,7 @@ pub enum Command {
 }
 
 /// What a task reserves on a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,

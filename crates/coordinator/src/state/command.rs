@@ -13,15 +13,37 @@ use super::model::{NodeId, TaskRef, TaskStatus};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// An agent (re)connected with its fingerprint; the node becomes ready.
-    RegisterNode { node: NodeRegistration, now_ms: i64 },
+    RegisterNode {
+        node: NodeRegistration,
+        now_ms: i64,
+    },
     /// The node's heartbeats stopped for longer than the grace period.
-    MarkNodeDown { node: NodeId, now_ms: i64 },
-    SubmitRun { request_id: String, trigger: String, pipeline: Pipeline, now_ms: i64 },
+    MarkNodeDown {
+        node: NodeId,
+        now_ms: i64,
+    },
+    SubmitRun {
+        request_id: String,
+        trigger: String,
+        pipeline: Pipeline,
+        now_ms: i64,
+    },
     /// Every placement of one scheduling pass, in one entry.
-    PlaceBatch { pass: u64, placements: Vec<Placement>, now_ms: i64 },
+    PlaceBatch {
+        pass: u64,
+        placements: Vec<Placement>,
+        now_ms: i64,
+    },
     /// Task events from one agent, in the order it sent them.
-    TaskEvents { node: NodeId, events: Vec<TaskEvent>, now_ms: i64 },
-    CancelRun { run: u64, now_ms: i64 },
+    TaskEvents {
+        node: NodeId,
+        events: Vec<TaskEvent>,
+        now_ms: i64,
+    },
+    CancelRun {
+        run: u64,
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,13 +76,29 @@ pub struct TaskEvent {
 /// What applying a command answered. Rejections are ordinary, replicated outcomes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Submitted { run: u64, created: bool },
-    Placed { accepted: Vec<Placement>, rejected: Vec<(TaskRef, String)> },
-    EventsApplied { applied: u32, ignored: u32, kills: Vec<Kill> },
+    Submitted {
+        run: u64,
+        created: bool,
+    },
+    Placed {
+        accepted: Vec<Placement>,
+        rejected: Vec<(TaskRef, String)>,
+    },
+    EventsApplied {
+        applied: u32,
+        ignored: u32,
+        kills: Vec<Kill>,
+    },
     NodeRegistered,
-    NodeDown { lost: Vec<TaskRef> },
-    Cancelled { kills: Vec<Kill> },
-    Rejected { reason: String },
+    NodeDown {
+        lost: Vec<TaskRef>,
+    },
+    Cancelled {
+        kills: Vec<Kill>,
+    },
+    Rejected {
+        reason: String,
+    },
     /// For Raft's own entries (blank, membership).
     Empty,
 }

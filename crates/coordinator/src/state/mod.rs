@@ -60,11 +60,20 @@ impl ClusterState {
         match command {
             Command::RegisterNode { node, now_ms } => self.register_node(node, *now_ms),
             Command::MarkNodeDown { node, now_ms } => self.mark_node_down(node, *now_ms),
-            Command::SubmitRun { request_id, trigger, pipeline, now_ms } => {
-                self.submit_run(request_id, trigger, pipeline, *now_ms)
-            }
-            Command::PlaceBatch { placements, now_ms, .. } => self.place_batch(placements, *now_ms),
-            Command::TaskEvents { node, events, now_ms } => self.task_events(node, events, *now_ms),
+            Command::SubmitRun {
+                request_id,
+                trigger,
+                pipeline,
+                now_ms,
+            } => self.submit_run(request_id, trigger, pipeline, *now_ms),
+            Command::PlaceBatch {
+                placements, now_ms, ..
+            } => self.place_batch(placements, *now_ms),
+            Command::TaskEvents {
+                node,
+                events,
+                now_ms,
+            } => self.task_events(node, events, *now_ms),
             Command::CancelRun { run, now_ms } => self.cancel_run(*run, *now_ms),
         }
     }
@@ -74,7 +83,11 @@ impl ClusterState {
     }
 
     pub fn stage(&self, task: TaskRef) -> Option<&Stage> {
-        self.runs.get(&task.run)?.pipeline.stages.get(task.stage as usize)
+        self.runs
+            .get(&task.run)?
+            .pipeline
+            .stages
+            .get(task.stage as usize)
     }
 
     /// What a task reserves on its node.
@@ -94,8 +107,17 @@ impl ClusterState {
     pub fn parse_task_id(&self, id: &str) -> Option<TaskRef> {
         let (run, stage) = id.split_once('/')?;
         let run = parse_run_id(run)?;
-        let index = self.runs.get(&run)?.pipeline.stages.iter().position(|s| s.name == stage)?;
-        Some(TaskRef { run, stage: index as u32 })
+        let index = self
+            .runs
+            .get(&run)?
+            .pipeline
+            .stages
+            .iter()
+            .position(|s| s.name == stage)?;
+        Some(TaskRef {
+            run,
+            stage: index as u32,
+        })
     }
 
     /// Tasks counted by status, for metrics.

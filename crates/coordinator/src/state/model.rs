@@ -133,11 +133,17 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn time_of(&self, status: TaskStatus) -> Option<i64> {
-        self.transitions.iter().find(|(s, _)| *s == status).map(|(_, t)| *t)
+        self.transitions
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, t)| *t)
     }
 
     pub fn finished_ms(&self) -> Option<i64> {
-        self.transitions.iter().find(|(s, _)| s.is_terminal()).map(|(_, t)| *t)
+        self.transitions
+            .iter()
+            .find(|(s, _)| s.is_terminal())
+            .map(|(_, t)| *t)
     }
 }
 
@@ -162,7 +168,14 @@ pub const MAX_LOST_ATTEMPTS: u32 = 3;
 
 impl Task {
     pub fn new(status: TaskStatus) -> Task {
-        Task { status, attempt: 1, attempts: Vec::new(), failures: 0, lost: 0, cancel_requested: false }
+        Task {
+            status,
+            attempt: 1,
+            attempts: Vec::new(),
+            failures: 0,
+            lost: 0,
+            cancel_requested: false,
+        }
     }
 
     /// The record of the current attempt, once it was placed.
@@ -197,7 +210,10 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 

@@ -1,8 +1,8 @@
 //! Nodes joining, coming back, and being lost.
 
+use super::ClusterState;
 use super::command::{NodeRegistration, Response};
 use super::model::{Node, NodeStatus};
-use super::ClusterState;
 
 impl ClusterState {
     pub(super) fn register_node(&mut self, reg: &NodeRegistration, now_ms: i64) -> Response {
@@ -30,7 +30,9 @@ impl ClusterState {
     /// pending with a new attempt.
     pub(super) fn mark_node_down(&mut self, id: &str, now_ms: i64) -> Response {
         let Some(node) = self.nodes.get_mut(id) else {
-            return Response::Rejected { reason: format!("node {id} not found") };
+            return Response::Rejected {
+                reason: format!("node {id} not found"),
+            };
         };
         if node.status == NodeStatus::Down {
             return Response::NodeDown { lost: Vec::new() };

@@ -1,10 +1,10 @@
 //! Applying a scheduling pass: every placement is checked again against the state as it is
 //! now, and what no longer fits is rejected rather than over-committing a node.
 
+use super::ClusterState;
 use super::command::{Placement, Response};
 use super::fit::fits;
 use super::model::{Attempt, RunStatus, TaskStatus};
-use super::ClusterState;
 
 impl ClusterState {
     pub(super) fn place_batch(&mut self, placements: &[Placement], now_ms: i64) -> Response {
@@ -23,7 +23,10 @@ impl ClusterState {
         let ask = self.ask(p.task);
         let task = self.task(p.task).ok_or("task not found")?;
         if task.status != TaskStatus::Pending || task.attempt != p.attempt {
-            return Err(format!("stale: task is {} at attempt {}", task.status, task.attempt));
+            return Err(format!(
+                "stale: task is {} at attempt {}",
+                task.status, task.attempt
+            ));
         }
         let node = self.nodes.get_mut(&p.node).ok_or("node not found")?;
         fits(node, Default::default(), ask).map_err(|m| m.as_str().to_string())?;

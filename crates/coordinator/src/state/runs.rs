@@ -3,9 +3,9 @@
 
 use kiln_api::spec::Pipeline;
 
+use super::ClusterState;
 use super::command::{Kill, Response, TaskEvent};
 use super::model::{MAX_LOST_ATTEMPTS, Run, RunStatus, Task, TaskRef, TaskStatus};
-use super::ClusterState;
 
 impl ClusterState {
     pub(super) fn submit_run(
@@ -18,18 +18,30 @@ impl ClusterState {
         if !request_id.is_empty()
             && let Some(&run) = self.requests.get(request_id)
         {
-            return Response::Submitted { run, created: false };
+            return Response::Submitted {
+                run,
+                created: false,
+            };
         }
         let number = self.next_run.max(1);
         self.next_run = number + 1;
         let tasks = pipeline
             .stages
             .iter()
-            .map(|s| Task::new(if s.needs.is_empty() { TaskStatus::Pending } else { TaskStatus::Waiting }))
+            .map(|s| {
+                Task::new(if s.needs.is_empty() {
+                    TaskStatus::Pending
+                } else {
+                    TaskStatus::Waiting
+                })
+            })
             .collect::<Vec<_>>();
         for (i, t) in tasks.iter().enumerate() {
             if t.status == TaskStatus::Pending {
-                self.pending.insert(TaskRef { run: number, stage: i as u32 });
+                self.pending.insert(TaskRef {
+                    run: number,
+                    stage: i as u32,
+                });
             }
         }
         self.runs.insert(
@@ -48,10 +60,18 @@ impl ClusterState {
         if !request_id.is_empty() {
             self.requests.insert(request_id.to_string(), number);
         }
-        Response::Submitted { run: number, created: true }
+        Response::Submitted {
+            run: number,
+            created: true,
+        }
     }
 
-    pub(super) fn task_events(&mut self, node: &str, events: &[TaskEvent], now_ms: i64) -> Response {
+    pub(super) fn task_events(
+        &mut self,
+        node: &str,
+        events: &[TaskEvent],
+        now_ms: i64,
+    ) -> Response {
         let (mut applied, mut ignored, mut kills) = (0, 0, Vec::new());
         for e in events {
             if self.task_event(node, e, now_ms, &mut kills) {
@@ -60,12 +80,24 @@ impl ClusterState {
                 ignored += 1;
             }
         }
-        Response::EventsApplied { applied, ignored, kills }
+        Response::EventsApplied {
+            applied,
+            ignored,
+            kills,
+        }
     }
 
     /// Applies one event; false when it changes nothing (old attempt, other node, replay).
-    fn task_event(&mut self, node: &str, e: &TaskEvent, now_ms: i64, kills: &mut Vec<Kill>) -> bool {
-        let Some(task) = self.task(e.task) else { return false };
+    fn task_event(
+        &mut self,
+        node: &str,
+        e: &TaskEvent,
+        now_ms: i64,
+        kills: &mut Vec<Kill>,
+    ) -> bool {
+        let Some(task) = self.task(e.task) else {
+            return false;
+        };
         let current = task.current().filter(|a| a.node == node);
         if task.attempt != e.attempt || !task.status.is_allocated() || current.is_none() {
             return false;
@@ -117,7 +149,11 @@ impl ClusterState {
                 true
             }
             TaskStatus::Lost => {
-                let message = if e.message.is_empty() { "lost" } else { e.message.as_str() };
+                let message = if e.message.is_empty() {
+                    "lost"
+                } else {
+                    e.message.as_str()
+                };
                 self.lose_task(e.task, message, e.at_ms);
                 true
             }
@@ -152,7 +188,9 @@ impl ClusterState {
 
     pub(super) fn cancel_run(&mut self, number: u64, now_ms: i64) -> Response {
         let Some(run) = self.runs.get_mut(&number) else {
-            return Response::Rejected { reason: format!("{} not found", super::run_id(number)) };
+            return Response::Rejected {
+                reason: format!("{} not found", super::run_id(number)),
+            };
         };
         if run.status.is_terminal() {
             let reason = format!("{} already {}", run.id(), run.status.as_str());
@@ -161,7 +199,10 @@ impl ClusterState {
         run.status = RunStatus::Cancelled;
         let mut kills = Vec::new();
         for (i, t) in run.tasks.iter_mut().enumerate() {
-            let task = TaskRef { run: number, stage: i as u32 };
+            let task = TaskRef {
+                run: number,
+                stage: i as u32,
+            };
             match t.status {
                 TaskStatus::Waiting | TaskStatus::Pending => {
                     t.status = TaskStatus::Cancelled;
@@ -187,7 +228,10 @@ impl ClusterState {
 
     fn finish_attempt(&mut self, e: &TaskEvent, status: TaskStatus) {
         self.release(e.task);
-        let a = self.task_mut(e.task).current_mut().expect("checked by the caller");
+        let a = self
+            .task_mut(e.task)
+            .current_mut()
+            .expect("checked by the caller");
         a.status = status;
         a.exit_code = e.exit_code;
         a.message = e.message.clone();
@@ -197,7 +241,11 @@ impl ClusterState {
     /// Frees the task's reservation on its current node.
     fn release(&mut self, task: TaskRef) {
         let ask = self.ask(task);
-        let Some(node) = self.task(task).and_then(|t| t.current()).map(|a| a.node.clone()) else {
+        let Some(node) = self
+            .task(task)
+            .and_then(|t| t.current())
+            .map(|a| a.node.clone())
+        else {
             return;
         };
         if let Some(n) = self.nodes.get_mut(&node)
@@ -209,7 +257,9 @@ impl ClusterState {
 
     /// Waiting stages whose needs have all succeeded become pending.
     fn unblock_dependents(&mut self, number: u64) {
-        let Some(run) = self.runs.get_mut(&number) else { return };
+        let Some(run) = self.runs.get_mut(&number) else {
+            return;
+        };
         for i in 0..run.tasks.len() {
             if run.tasks[i].status != TaskStatus::Waiting {
                 continue;
@@ -219,7 +269,10 @@ impl ClusterState {
             });
             if ready {
                 run.tasks[i].status = TaskStatus::Pending;
-                self.pending.insert(TaskRef { run: number, stage: i as u32 });
+                self.pending.insert(TaskRef {
+                    run: number,
+                    stage: i as u32,
+                });
             }
         }
     }
@@ -227,7 +280,9 @@ impl ClusterState {
     /// Waiting stages that need (directly or not) a stage that ended without succeeding will
     /// never run.
     fn skip_dependents(&mut self, number: u64) {
-        let Some(run) = self.runs.get_mut(&number) else { return };
+        let Some(run) = self.runs.get_mut(&number) else {
+            return;
+        };
         loop {
             let mut changed = false;
             for i in 0..run.tasks.len() {
@@ -254,19 +309,28 @@ impl ClusterState {
     /// Once every task has ended, the run ends: cancelled if it was cancelled, succeeded if
     /// every stage succeeded, failed otherwise.
     fn settle_run(&mut self, number: u64, now_ms: i64) {
-        let Some(run) = self.runs.get_mut(&number) else { return };
+        let Some(run) = self.runs.get_mut(&number) else {
+            return;
+        };
         if run.finished_ms.is_some() || !run.tasks.iter().all(|t| t.status.is_terminal()) {
             return;
         }
         run.finished_ms = Some(now_ms);
         if run.status != RunStatus::Cancelled {
             let ok = run.tasks.iter().all(|t| t.status == TaskStatus::Succeeded);
-            run.status = if ok { RunStatus::Succeeded } else { RunStatus::Failed };
+            run.status = if ok {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            };
         }
     }
 
     fn task_mut(&mut self, task: TaskRef) -> &mut Task {
-        let run = self.runs.get_mut(&task.run).expect("task checked by the caller");
+        let run = self
+            .runs
+            .get_mut(&task.run)
+            .expect("task checked by the caller");
         &mut run.tasks[task.stage as usize]
     }
 }

@@ -1,0 +1,92 @@
+//! Feasibility checks: each one small rule behind [`Check`], answering pass or a named
+//! reason. They run in the order of [`default_checks`], cheapest and most selective first.
+
+use std::collections::BTreeMap;
+
+use kiln_api::spec::{Resources, Stage};
+
+use crate::state::Node;
+use crate::state::fit::{Misfit, fits};
+
+/// What a task asks of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ask {
+    pub resources: Resources,
+    pub driver: &'static str,
+    pub constraints: BTreeMap<String, String>,
+}
+
+impl Ask {
+    pub fn of(stage: &Stage) -> Ask {
+        Ask {
+            resources: stage.resources,
+            driver: "process",
+            constraints: stage.constraints.clone(),
+        }
+    }
+}
+
+pub trait Check: Send + Sync {
+    /// `extra` is what this pass already reserved on the node.
+    fn check(&self, node: &Node, extra: Resources, ask: &Ask) -> Result<(), &'static str>;
+}
+
+pub fn default_checks() -> Box<[Box<dyn Check>]> {
+    Box::new([
+        Box::new(NodeReady),
+        Box::new(Driver),
+        Box::new(Constraints),
+        Box::new(Capacity),
+    ])
+}
+
+/// Only ready nodes take work.
+pub struct NodeReady;
+
+impl Check for NodeReady {
+    fn check(&self, node: &Node, _: Resources, _: &Ask) -> Result<(), &'static str> {
+        match node.status {
+            crate::state::NodeStatus::Ready => Ok(()),
+            crate::state::NodeStatus::Down => Err("node down"),
+        }
+    }
+}
+
+/// The node must offer the driver the task runs with.
+pub struct Driver;
+
+impl Check for Driver {
+    fn check(&self, node: &Node, _: Resources, ask: &Ask) -> Result<(), &'static str> {
+        if node.drivers.iter().any(|d| d == ask.driver) {
+            Ok(())
+        } else {
+            Err("driver not offered")
+        }
+    }
+}
+
+/// Every `constraints:` label must be present on the node with the same value.
+pub struct Constraints;
+
+impl Check for Constraints {
+    fn check(&self, node: &Node, _: Resources, ask: &Ask) -> Result<(), &'static str> {
+        let ok = ask
+            .constraints
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v));
+        if ok {
+            Ok(())
+        } else {
+            Err("constraint not met")
+        }
+    }
+}
+
+/// CPU and memory, through the same fit function the state machine applies.
+pub struct Capacity;
+
+impl Check for Capacity {
+    fn check(&self, node: &Node, extra: Resources, ask: &Ask) -> Result<(), &'static str> {
+        fits(node, extra, ask.resources).map_err(Misfit::as_str)
+    }
+}

@@ -1,0 +1,378 @@
+//! Stories about the state machine, and the over-commit property.
+
+use super::*;
+use kiln_api::spec::{Command as Cmd, Pipeline, Resources, Stage};
+use proptest::prelude::*;
+
+fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
+    Stage {
+        name: name.into(),
+        needs: needs.iter().map(|s| s.to_string()).collect(),
+        command: Cmd::Shell("true".into()),
+        env: Default::default(),
+        resources: Resources {
+            cpu_millis: cpu,
+            memory_bytes: 1 << 20,
+        },
+        retries,
+        timeout_ms: 60_000,
+        constraints: Default::default(),
+    }
+}
+
+fn pipeline(stages: Vec<Stage>) -> Pipeline {
+    Pipeline {
+        name: "p".into(),
+        stages,
+    }
+}
+
+fn register(s: &mut ClusterState, id: &str, cpu: u64) {
+    let node = NodeRegistration {
+        id: id.into(),
+        labels: Default::default(),
+        drivers: vec!["process".into()],
+        capacity: Resources {
+            cpu_millis: cpu,
+            memory_bytes: 1 << 30,
+        },
+    };
+    s.apply(&Command::RegisterNode { node, now_ms: 0 });
+}
+
+fn submit(s: &mut ClusterState, p: Pipeline, request: &str) -> u64 {
+    match s.apply(&Command::SubmitRun {
+        request_id: request.into(),
+        trigger: "manual".into(),
+        pipeline: p,
+        now_ms: 1,
+    }) {
+        Response::Submitted { run, .. } => run,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
+    let attempt = s.task(TaskRef { run, stage }).unwrap().attempt;
+    let p = Placement {
+        task: TaskRef { run, stage },
+        attempt,
+        node: node.into(),
+    };
+    s.apply(&Command::PlaceBatch {
+        pass: 1,
+        placements: vec![p],
+        now_ms: 2,
+    })
+}
+
+fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskStatus) -> Response {
+    let attempt = s.task(TaskRef { run, stage }).unwrap().attempt;
+    let e = TaskEvent {
+        task: TaskRef { run, stage },
+        attempt,
+        status,
+        exit_code: Some(0),
+        message: String::new(),
+        at_ms: 3,
+    };
+    s.apply(&Command::TaskEvents {
+        node: node.into(),
+        events: vec![e],
+        now_ms: 3,
+    })
+}
+
+#[test]
+fn a_dag_moves_forward_as_needs_succeed() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 4000);
+    let run = submit(
+        &mut s,
+        pipeline(vec![
+            stage("a", &[], 100, 0),
+            stage("b", &["a"], 100, 0),
+            stage("c", &[], 100, 0),
+        ]),
+        "",
+    );
+    assert_eq!(s.pending.len(), 2, "a and c are pending, b waits");
+    assert_eq!(
+        s.task(TaskRef { run, stage: 1 }).unwrap().status,
+        TaskStatus::Waiting
+    );
+
+    place(&mut s, run, 0, "n1");
+    event(&mut s, run, 0, "n1", TaskStatus::Running);
+    event(&mut s, run, 0, "n1", TaskStatus::Succeeded);
+    assert!(
+        s.pending.contains(&TaskRef { run, stage: 1 }),
+        "b is unblocked"
+    );
+    for stage in [1, 2] {
+        place(&mut s, run, stage, "n1");
+        event(&mut s, run, stage, "n1", TaskStatus::Succeeded);
+    }
+    assert_eq!(s.runs[&run].status, RunStatus::Succeeded);
+    assert_eq!(s.nodes["n1"].reserved, Resources::default());
+}
+
+#[test]
+fn replayed_events_change_nothing() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 1000);
+    let run = submit(&mut s, pipeline(vec![stage("a", &[], 100, 0)]), "");
+    place(&mut s, run, 0, "n1");
+    event(&mut s, run, 0, "n1", TaskStatus::Succeeded);
+    let before = s.clone();
+    let e = TaskEvent {
+        task: TaskRef { run, stage: 0 },
+        attempt: 1,
+        status: TaskStatus::Succeeded,
+        exit_code: Some(0),
+        message: String::new(),
+        at_ms: 3,
+    };
+    let r = s.apply(&Command::TaskEvents {
+        node: "n1".into(),
+        events: vec![e.clone(), e],
+        now_ms: 9,
+    });
+    assert_eq!(
+        r,
+        Response::EventsApplied {
+            applied: 0,
+            ignored: 2,
+            kills: vec![]
+        }
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_request_id_is_stored_once() {
+    let mut s = ClusterState::default();
+    let a = submit(&mut s, pipeline(vec![stage("a", &[], 100, 0)]), "req-1");
+    let r = s.apply(&Command::SubmitRun {
+        request_id: "req-1".into(),
+        trigger: String::new(),
+        pipeline: pipeline(vec![stage("a", &[], 100, 0)]),
+        now_ms: 5,
+    });
+    assert_eq!(
+        r,
+        Response::Submitted {
+            run: a,
+            created: false
+        }
+    );
+    assert_eq!(s.runs.len(), 1);
+}
+
+#[test]
+fn a_failure_is_retried_then_skips_dependents() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 1000);
+    let run = submit(
+        &mut s,
+        pipeline(vec![stage("a", &[], 100, 1), stage("b", &["a"], 100, 0)]),
+        "",
+    );
+    place(&mut s, run, 0, "n1");
+    event(&mut s, run, 0, "n1", TaskStatus::Failed);
+    let a = s.task(TaskRef { run, stage: 0 }).unwrap();
+    assert_eq!(
+        (a.status, a.attempt),
+        (TaskStatus::Pending, 2),
+        "one retry left"
+    );
+    place(&mut s, run, 0, "n1");
+    event(&mut s, run, 0, "n1", TaskStatus::Failed);
+    assert_eq!(
+        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        TaskStatus::Failed
+    );
+    assert_eq!(
+        s.task(TaskRef { run, stage: 1 }).unwrap().status,
+        TaskStatus::Skipped
+    );
+    assert_eq!(s.runs[&run].status, RunStatus::Failed);
+}
+
+#[test]
+fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 1000);
+    register(&mut s, "n2", 1000);
+    let run = submit(&mut s, pipeline(vec![stage("a", &[], 500, 0)]), "");
+    place(&mut s, run, 0, "n1");
+    event(&mut s, run, 0, "n1", TaskStatus::Running);
+    let r = s.apply(&Command::MarkNodeDown {
+        node: "n1".into(),
+        now_ms: 10,
+    });
+    assert_eq!(
+        r,
+        Response::NodeDown {
+            lost: vec![TaskRef { run, stage: 0 }]
+        }
+    );
+    let t = s.task(TaskRef { run, stage: 0 }).unwrap();
+    assert_eq!(
+        (t.status, t.attempt, t.attempts[0].status),
+        (TaskStatus::Pending, 2, TaskStatus::Lost)
+    );
+    assert_eq!(s.nodes["n1"].reserved, Resources::default());
+    // A late event from the lost attempt is ignored.
+    let e = TaskEvent {
+        task: TaskRef { run, stage: 0 },
+        attempt: 1,
+        status: TaskStatus::Succeeded,
+        exit_code: Some(0),
+        message: String::new(),
+        at_ms: 11,
+    };
+    s.apply(&Command::TaskEvents {
+        node: "n1".into(),
+        events: vec![e],
+        now_ms: 11,
+    });
+    assert_eq!(
+        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        TaskStatus::Pending
+    );
+    place(&mut s, run, 0, "n2");
+    event(&mut s, run, 0, "n2", TaskStatus::Succeeded);
+    assert_eq!(s.runs[&run].status, RunStatus::Succeeded);
+}
+
+#[test]
+fn placements_that_no_longer_fit_are_rejected() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 1000);
+    let run = submit(
+        &mut s,
+        pipeline(vec![stage("a", &[], 800, 0), stage("b", &[], 800, 0)]),
+        "",
+    );
+    let batch = vec![
+        Placement {
+            task: TaskRef { run, stage: 0 },
+            attempt: 1,
+            node: "n1".into(),
+        },
+        Placement {
+            task: TaskRef { run, stage: 1 },
+            attempt: 1,
+            node: "n1".into(),
+        },
+    ];
+    match s.apply(&Command::PlaceBatch {
+        pass: 1,
+        placements: batch,
+        now_ms: 1,
+    }) {
+        Response::Placed { accepted, rejected } => {
+            assert_eq!(accepted.len(), 1);
+            assert_eq!(
+                rejected,
+                vec![(TaskRef { run, stage: 1 }, "cpu exhausted".to_string())]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.nodes["n1"].reserved.cpu_millis, 800);
+}
+
+#[test]
+fn cancel_stops_pending_work_and_asks_for_kills() {
+    let mut s = ClusterState::default();
+    register(&mut s, "n1", 1000);
+    let run = submit(
+        &mut s,
+        pipeline(vec![stage("a", &[], 100, 0), stage("b", &["a"], 100, 0)]),
+        "",
+    );
+    place(&mut s, run, 0, "n1");
+    let r = s.apply(&Command::CancelRun { run, now_ms: 5 });
+    let Response::Cancelled { kills } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kills.len(), 1);
+    assert_eq!(s.runs[&run].status, RunStatus::Cancelled);
+    assert!(s.runs[&run].finished_ms.is_none(), "a still holds its node");
+    event(&mut s, run, 0, "n1", TaskStatus::Failed);
+    assert_eq!(
+        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        TaskStatus::Cancelled
+    );
+    assert!(s.runs[&run].finished_ms.is_some());
+    assert!(matches!(
+        s.apply(&Command::CancelRun { run, now_ms: 6 }),
+        Response::Rejected { .. }
+    ));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(u64),
+    Place(usize, usize),
+    Finish(usize, bool),
+    Lose(usize),
+    Register(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (100u64..1500).prop_map(Op::Submit),
+        (0usize..64, 0usize..3).prop_map(|(t, n)| Op::Place(t, n)),
+        (0usize..64, any::<bool>()).prop_map(|(t, ok)| Op::Finish(t, ok)),
+        (0usize..3).prop_map(Op::Lose),
+        (0usize..3).prop_map(Op::Register),
+    ]
+}
+
+proptest! {
+    /// No sequence of submissions, placements (even ones the scheduler would never make),
+    /// completions and node losses over-commits a node, and `reserved` always equals the sum
+    /// of the node's allocations.
+    #[test]
+    fn no_node_is_ever_over_committed(ops in proptest::collection::vec(op(), 1..200)) {
+        let mut s = ClusterState::default();
+        let nodes = ["n0", "n1", "n2"];
+        for n in nodes { register(&mut s, n, 2000); }
+        let mut now = 0;
+        for op in ops {
+            now += 1;
+            let tasks: Vec<TaskRef> = s.runs.values().flat_map(|r| (0..r.tasks.len() as u32).map(move |i| TaskRef { run: r.number, stage: i })).collect();
+            let command = match op {
+                Op::Submit(cpu) => Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![stage("a", &[], cpu, 1), stage("b", &["a"], cpu, 0)]), now_ms: now },
+                Op::Place(t, n) if !tasks.is_empty() => {
+                    let task = tasks[t % tasks.len()];
+                    let attempt = s.task(task).unwrap().attempt;
+                    Command::PlaceBatch { pass: now as u64, placements: vec![Placement { task, attempt, node: nodes[n].into() }], now_ms: now }
+                }
+                Op::Finish(t, ok) if !tasks.is_empty() => {
+                    let task = tasks[t % tasks.len()];
+                    let tk = s.task(task).unwrap();
+                    let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
+                    let status = if ok { TaskStatus::Succeeded } else { TaskStatus::Failed };
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now }], now_ms: now }
+                }
+                Op::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
+                Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 } }, now_ms: now },
+                _ => continue,
+            };
+            s.apply(&command);
+            for node in s.nodes.values() {
+                let sum = node.allocations.iter().fold(Resources::default(), |acc, t| acc.saturating_add(s.ask(*t)));
+                prop_assert_eq!(node.reserved, sum);
+                prop_assert!(node.reserved.cpu_millis <= node.capacity.cpu_millis);
+                prop_assert!(node.reserved.memory_bytes <= node.capacity.memory_bytes);
+                for t in &node.allocations {
+                    prop_assert!(s.task(*t).unwrap().status.is_allocated());
+                }
+            }
+        }
+    }
+}
