@@ -13,5 +13,6 @@
 //!
 //! I/O lives only in `raft`, `controllers`, `api` and `server`.
 
+pub mod raft;
 pub mod scheduler;
 pub mod state;
