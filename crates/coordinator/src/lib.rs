@@ -6,13 +6,24 @@
 //! - [`state`]: the replicated state and its commands. Pure: `apply(state, command)`.
 //! - [`scheduler`]: pure placement, feasibility checks then ranking, one pass at a time.
 //! - [`raft`]: openraft wired to sled (log, vote, snapshots) and to tonic (the network).
-//! - [`controllers`]: the leader's loops: scheduling passes, task events, node liveness.
+//! - [`core`]: what the running parts share, and `Core::write`, the one way to propose.
+//! - [`controllers`]: the leader's loops: scheduling passes, node liveness, leadership.
 //! - [`api`]: the edges: gRPC for clients, agents and peers; HTTP for `/healthz` and
 //!   `/metrics`.
 //! - [`server`]: wiring it all together on bound listeners, with a shutdown signal.
 //!
-//! I/O lives only in `raft`, `controllers`, `api` and `server`.
+//! I/O lives only in `raft`, `controllers`, `api` and `server`; `state` and `scheduler`
+//! are plain data in, decisions out.
 
+pub mod api;
+pub mod controllers;
+pub mod core;
+pub mod error;
+pub mod metrics;
 pub mod raft;
 pub mod scheduler;
+pub mod server;
 pub mod state;
+
+pub use error::{Error, Result};
+pub use server::{Config, Coordinator, start};

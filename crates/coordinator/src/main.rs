@@ -1,1 +1,108 @@
-fn main() {}
+//! `kiln-coordinator`: one member of a kiln cluster.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use kiln_coordinator::core::Tuning;
+use kiln_coordinator::scheduler::SchedulerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A kiln coordinator: Raft-replicated state, scheduler and API"
+)]
+struct Args {
+    /// This coordinator's Raft id (non-zero, unique in the cluster).
+    #[arg(long, env = "KILN_ID")]
+    id: u64,
+    /// gRPC address to listen on (clients, agents and peers).
+    #[arg(long, default_value = "127.0.0.1:7470", env = "KILN_LISTEN")]
+    listen: String,
+    /// HTTP address for /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:7471", env = "KILN_HTTP")]
+    http: String,
+    /// Address peers and agents should use, if not the listen address.
+    #[arg(long, env = "KILN_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, default_value = "./.kiln/coordinator", env = "KILN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Start a new cluster with this coordinator as its only member (ignored once it has state).
+    #[arg(long)]
+    bootstrap: bool,
+    /// Join the cluster one of whose coordinators listens here (ignored once it has state).
+    #[arg(long)]
+    join: Option<String>,
+    /// Mark a node down after this many milliseconds without a heartbeat.
+    #[arg(long, default_value_t = 10_000)]
+    node_grace_ms: u64,
+    /// Heartbeat interval asked of agents, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_ms: u64,
+    /// Raft election timeout (minimum; the maximum is twice this), in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    election_timeout_ms: u64,
+    /// Score every feasible node instead of a sample of two.
+    #[arg(long)]
+    exact_scoring: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("kiln-coordinator: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.id == 0 {
+        return Err("--id: must be non-zero".into());
+    }
+    let grpc = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .map_err(|e| format!("--http {}: {e}", args.http))?;
+    let config = kiln_coordinator::Config {
+        id: args.id,
+        data_dir: args.data_dir,
+        advertise: args.advertise,
+        bootstrap: args.bootstrap,
+        join: args.join,
+        tuning: Tuning {
+            node_grace: Duration::from_millis(args.node_grace_ms),
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            election_timeout_ms: args.election_timeout_ms,
+            scheduler: SchedulerConfig {
+                sample: if args.exact_scoring { None } else { Some(2) },
+                ..Default::default()
+            },
+        },
+    };
+    let coordinator = kiln_coordinator::start(config, grpc, http).await?;
+    println!(
+        "kiln-coordinator ready id={} grpc={} http={}",
+        args.id, coordinator.grpc_addr, coordinator.http_addr
+    );
+    shutdown_signal().await;
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,261 @@
+//! The agent protocol, leader side (`kiln.v1.AgentService/Session`).
+//!
+//! 1. The agent sends `Register`; it is committed as `RegisterNode` (the node becomes ready).
+//! 2. The leader answers `Registered`, then reconciles: it re-sends the assignments of every
+//!    task placed on the node that the agent did not list as known, and kills what the agent
+//!    runs that should not run (cancelled, re-placed elsewhere, or unknown).
+//! 3. Heartbeats update the leader's memory only. Task events are committed in batches, one
+//!    Raft entry per batch, and acknowledged up to the last sequence number committed.
+//!
+//! A follower refuses the stream with the leader's address, and the agent goes there.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kiln_api::pb::agent_service_server::AgentService;
+use kiln_api::pb::{self, agent_message::Msg as In, coordinator_message::Msg as Out};
+use kiln_api::spec::Resources;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::controllers::sessions::{Session, assignment};
+use crate::core::{Core, now_ms};
+use crate::error::Error;
+use crate::state::{
+    Command, NodeRegistration, Placement, Response as Reply, TaskEvent, TaskStatus,
+};
+
+pub struct AgentApi {
+    pub core: Arc<Core>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        self.core.ensure_leader()?;
+        let mut inbound = req.into_inner();
+        let register = match inbound.message().await? {
+            Some(pb::AgentMessage {
+                msg: Some(In::Register(r)),
+            }) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Register",
+                ));
+            }
+        };
+        let node = register.node_id.clone();
+        if node.is_empty() {
+            return Err(Status::invalid_argument(
+                "register.node_id: must not be empty",
+            ));
+        }
+        let span = tracing::info_span!("agent_session", %node);
+        let _e = span.enter();
+
+        let reg = NodeRegistration {
+            id: node.clone(),
+            labels: register.labels.clone().into_iter().collect(),
+            drivers: register.drivers.clone(),
+            capacity: Resources {
+                cpu_millis: register.cpu_millis,
+                memory_bytes: register.memory_bytes,
+            },
+        };
+        drop(_e);
+        self.core
+            .write(Command::RegisterNode {
+                node: reg,
+                now_ms: now_ms(),
+            })
+            .await?;
+        self.core
+            .liveness()
+            .entry(node.clone())
+            .or_default()
+            .last_seen_ms = now_ms();
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = self.core.sessions.open(&node, tx);
+        session.send(Out::Registered(pb::Registered {
+            leader_id: self.core.id,
+            heartbeat_ms: self.core.tuning.heartbeat.as_millis() as u64,
+        }));
+        reconcile(&self.core, &node, &register.known, &session);
+        tracing::info!(%node, known = register.known.len(), "agent registered");
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(commit_events(
+            self.core.clone(),
+            node.clone(),
+            session.clone(),
+            events_rx,
+        ));
+        tokio::spawn(read_inbound(
+            self.core.clone(),
+            node,
+            session.clone(),
+            inbound,
+            events_tx,
+        ));
+
+        let closed = session.closed.clone();
+        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .take_until(async move { closed.cancelled_owned().await });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Brings the agent and the state into agreement after (re)registration.
+fn reconcile(core: &Core, node: &str, known: &[pb::TaskRef], session: &Session) {
+    let state = core.state.read();
+    let known_set: HashSet<(&str, u32)> = known
+        .iter()
+        .map(|k| (k.task_id.as_str(), k.attempt))
+        .collect();
+    if let Some(n) = state.nodes.get(node) {
+        for &task in &n.allocations {
+            let Some(t) = state.task(task) else { continue };
+            let id = state.task_id(task);
+            if !known_set.contains(&(id.as_str(), t.attempt)) {
+                let p = Placement {
+                    task,
+                    attempt: t.attempt,
+                    node: node.to_string(),
+                };
+                if let Some(a) = assignment(&state, &p) {
+                    session.send(Out::Assign(a));
+                }
+            }
+        }
+    }
+    for k in known.iter().filter(|k| k.running) {
+        let should_run = state
+            .parse_task_id(&k.task_id)
+            .and_then(|t| state.task(t))
+            .is_some_and(|t| {
+                t.attempt == k.attempt
+                    && t.status.is_allocated()
+                    && !t.cancel_requested
+                    && t.current().is_some_and(|a| a.node == node)
+            });
+        if !should_run {
+            session.send(Out::Kill(pb::KillTask {
+                task_id: k.task_id.clone(),
+                attempt: k.attempt,
+                reason: "not assigned to this node".into(),
+            }));
+        }
+    }
+}
+
+async fn read_inbound(
+    core: Arc<Core>,
+    node: String,
+    session: Session,
+    mut inbound: Streaming<pb::AgentMessage>,
+    events: mpsc::UnboundedSender<pb::TaskEvent>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = session.closed.cancelled() => break,
+            m = inbound.message() => m,
+        };
+        match msg {
+            Ok(Some(pb::AgentMessage { msg: Some(m) })) => match m {
+                In::Heartbeat(h) => {
+                    let mut live = core.liveness();
+                    let l = live.entry(node.clone()).or_default();
+                    l.last_seen_ms = now_ms();
+                    l.cpu_percent = h.cpu_percent;
+                    l.memory_used_bytes = h.memory_used_bytes;
+                }
+                In::TaskEvent(e) => {
+                    let _ = events.send(e);
+                }
+                In::LogData(d) => core.sessions.route_log(d),
+                In::Register(_) => tracing::warn!(%node, "ignoring a second Register"),
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(%node, error = %e, "agent stream ended");
+                break;
+            }
+        }
+    }
+    core.sessions.close(&node, session.generation);
+}
+
+/// Commits the agent's task events in batches (whatever arrived while the previous batch was
+/// being committed) and acknowledges them.
+async fn commit_events(
+    core: Arc<Core>,
+    node: String,
+    session: Session,
+    mut rx: mpsc::UnboundedReceiver<pb::TaskEvent>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = session.closed.cancelled() => return,
+            n = rx.recv_many(&mut batch, 4096) => if n == 0 { return },
+        }
+        let up_to = batch.iter().map(|e| e.seq).max().unwrap_or(0);
+        let events: Vec<TaskEvent> = {
+            let state = core.state.read();
+            batch
+                .drain(..)
+                .filter_map(|e| {
+                    let task = state.parse_task_id(&e.task_id)?;
+                    let status = TaskStatus::parse(&e.status)?;
+                    Some(TaskEvent {
+                        task,
+                        attempt: e.attempt,
+                        status,
+                        exit_code: e.exit_code,
+                        message: e.message,
+                        at_ms: e.at_ms,
+                    })
+                })
+                .collect()
+        };
+        let count = events.len() as u64;
+        if !events.is_empty() {
+            match core
+                .write(Command::TaskEvents {
+                    node: node.clone(),
+                    events,
+                    now_ms: now_ms(),
+                })
+                .await
+            {
+                Ok(Reply::EventsApplied { kills, .. }) => {
+                    let state = core.state.read();
+                    core.sessions.kill(&state, &kills);
+                }
+                Ok(_) => {}
+                Err(Error::NotLeader { .. }) => {
+                    session.closed.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "task events not committed; the agent will re-send them");
+                    session.closed.cancel();
+                    return;
+                }
+            }
+        }
+        core.metrics.task_events.inc_by(count);
+        session.send(Out::Ack(pb::AckEvents { up_to_seq: up_to }));
+    }
+}

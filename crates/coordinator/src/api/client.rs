@@ -1,0 +1,328 @@
+//! The client API (`kiln.v1.Kiln`): submissions, reads, cancellation, logs, membership.
+//!
+//! Reads come from this coordinator's applied state, whichever role it has. Writes go through
+//! [`Core::write`], which on a follower fails with the leader's address attached.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use kiln_api::pb::{self, kiln_server::Kiln};
+use kiln_api::validate::parse_pipeline;
+use openraft::BasicNode;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::core::{Core, now_ms};
+use crate::error::Error;
+use crate::state::{Command, Response as Reply, parse_run_id};
+
+pub struct ClientService {
+    pub core: Arc<Core>,
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kiln for ClientService {
+    #[tracing::instrument(skip_all, fields(file = %req.get_ref().file_name, request = %req.get_ref().request_id))]
+    async fn submit_run(
+        &self,
+        req: Request<pb::SubmitRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let req = req.into_inner();
+        let file = if req.file_name.is_empty() {
+            "pipeline"
+        } else {
+            req.file_name.as_str()
+        };
+        let pipeline = parse_pipeline(file, &req.pipeline_yaml)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let trigger = if req.trigger.is_empty() {
+            "manual".to_string()
+        } else {
+            req.trigger
+        };
+        let command = Command::SubmitRun {
+            request_id: req.request_id,
+            trigger,
+            pipeline,
+            now_ms: now_ms(),
+        };
+        match self.core.write(command).await? {
+            Reply::Submitted { run, created } => {
+                tracing::info!(run, created, "run submitted");
+                Ok(Response::new(pb::SubmitRunResponse {
+                    run_id: crate::state::run_id(run),
+                    created,
+                }))
+            }
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let id = req.into_inner().run_id;
+        let state = self.core.state.read();
+        let run = parse_run_id(&id)
+            .and_then(|n| state.runs.get(&n))
+            .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
+        let waiting = self.core.waiting();
+        Ok(Response::new(convert::run(&state, run, &waiting)))
+    }
+
+    async fn list_runs(
+        &self,
+        _: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let state = self.core.state.read();
+        let waiting = self.core.waiting();
+        let runs = state
+            .runs
+            .values()
+            .map(|r| convert::run(&state, r, &waiting))
+            .collect();
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    #[tracing::instrument(skip_all, fields(run = %req.get_ref().run_id))]
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let id = req.into_inner().run_id;
+        let run = parse_run_id(&id)
+            .ok_or_else(|| Error::InvalidInput(format!("{id:?} is not a run id")))?;
+        if !self.core.state.read().runs.contains_key(&run) {
+            return Err(Error::NotFound(format!("run {id} not found")).into());
+        }
+        match self
+            .core
+            .write(Command::CancelRun {
+                run,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Cancelled { kills } => {
+                let state = self.core.state.read();
+                self.core.sessions.kill(&state, &kills);
+                Ok(Response::new(pb::CancelRunResponse {
+                    status: "cancelled".into(),
+                }))
+            }
+            Reply::Rejected { reason } => Err(Error::Conflict(reason).into()),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let state = self.core.state.read();
+        let live = self.core.liveness();
+        let nodes = state
+            .nodes
+            .values()
+            .map(|n| convert::node(n, live.get(&n.id)))
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        self.core.ensure_leader()?;
+        let req = req.into_inner();
+        let (task_id, attempt, node) = {
+            let state = self.core.state.read();
+            let task_id = format!("{}/{}", req.run_id, req.stage);
+            let tref = state.parse_task_id(&task_id).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "stage {} of run {} not found",
+                    req.stage, req.run_id
+                ))
+            })?;
+            let task = state
+                .task(tref)
+                .ok_or_else(|| Error::NotFound(task_id.clone()))?;
+            let want = if req.attempt == 0 {
+                task.attempts.last().map(|a| a.attempt)
+            } else {
+                Some(req.attempt)
+            };
+            let attempt = want
+                .and_then(|n| task.attempts.iter().find(|a| a.attempt == n))
+                .ok_or_else(|| {
+                    Error::NotFound(format!("{task_id} has no attempt {} yet", req.attempt))
+                })?;
+            (state.task_id(tref), attempt.attempt, attempt.node.clone())
+        };
+        let session = self.core.sessions.get(&node).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "node {node}, which ran {task_id}, is not connected"
+            ))
+        })?;
+        let (request_id, mut rx) = self.core.sessions.start_log_request();
+        session.send(pb::coordinator_message::Msg::LogRequest(pb::LogRequest {
+            request_id,
+            task_id,
+            attempt,
+            follow: req.follow,
+        }));
+        let stream = async_stream(move |tx| async move {
+            while let Some(d) = rx.recv().await {
+                if !d.error.is_empty() {
+                    let _ = tx.send(Err(Status::not_found(d.error)));
+                    return;
+                }
+                if !d.data.is_empty() && tx.send(Ok(pb::LogChunk { data: d.data })).is_err() {
+                    return;
+                }
+                if d.eof {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let metrics = self.core.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            id: self.core.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            members,
+            role: format!("{:?}", m.state).to_lowercase(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(id = req.get_ref().id, addr = %req.get_ref().addr))]
+    async fn join_cluster(
+        &self,
+        req: Request<pb::JoinClusterRequest>,
+    ) -> Result<Response<pb::JoinClusterResponse>, Status> {
+        self.core.ensure_leader()?;
+        let req = req.into_inner();
+        if req.id == 0 || req.addr.is_empty() {
+            return Err(
+                Error::InvalidInput("join needs a non-zero id and an address".into()).into(),
+            );
+        }
+        let raft = &self.core.raft;
+        let node = BasicNode {
+            addr: req.addr.clone(),
+        };
+        raft.add_learner(req.id, node, true)
+            .await
+            .map_err(membership_error)?;
+        let voters = self.voters_with(|v| {
+            v.insert(req.id);
+        });
+        raft.change_membership(voters, false)
+            .await
+            .map_err(membership_error)?;
+        tracing::info!("coordinator joined as a voter");
+        Ok(Response::new(pb::JoinClusterResponse {
+            members: self.members(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(id = req.get_ref().id))]
+    async fn leave_cluster(
+        &self,
+        req: Request<pb::LeaveClusterRequest>,
+    ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        self.core.ensure_leader()?;
+        let id = req.into_inner().id;
+        let voters = self.voters_with(|v| {
+            v.remove(&id);
+        });
+        if voters.is_empty() {
+            return Err(Error::InvalidInput("cannot remove the last voter".into()).into());
+        }
+        self.core
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(membership_error)?;
+        tracing::info!("coordinator left the voters");
+        Ok(Response::new(pb::LeaveClusterResponse {
+            members: self.members(),
+        }))
+    }
+}
+
+impl ClientService {
+    fn voters_with(&self, edit: impl FnOnce(&mut BTreeSet<u64>)) -> BTreeSet<u64> {
+        let mut voters: BTreeSet<u64> = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        edit(&mut voters);
+        voters
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.core.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+}
+
+fn membership_error<E: std::fmt::Display>(e: E) -> Status {
+    Error::Conflict(format!("membership change failed: {e}")).into()
+}
+
+/// A stream fed by a spawned producer.
+fn async_stream<F, Fut>(producer: F) -> LogStream
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Result<pb::LogChunk, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+}

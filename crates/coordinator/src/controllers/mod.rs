@@ -1,0 +1,14 @@
+//! The leader's loops. Each runs on every coordinator and does its work only while that
+//! coordinator leads; all of them act by proposing commands, never by editing state.
+//!
+//! - [`scheduling`]: wakes on every applied change, runs a scheduler pass over the state,
+//!   commits the pass as one entry and pushes the placements to the agents.
+//! - [`liveness`]: marks nodes down whose heartbeats stopped past the grace period.
+//! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
+//!   it closes the agent sessions so agents reconnect to the new leader.
+//! - [`sessions`]: the agent sessions the loops push through.
+
+pub mod leadership;
+pub mod liveness;
+pub mod scheduling;
+pub mod sessions;

@@ -1,0 +1,147 @@
+//! [`Core`]: what every part of a running coordinator shares — its Raft handle, the applied
+//! state, the leader's in-memory views (agent sessions, liveness, waiting reasons) and the
+//! metrics — and the one way to propose a command ([`Core::write`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::controllers::sessions::Sessions;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::raft::state_machine::SharedState;
+use crate::raft::{NodeId, Raft};
+use crate::scheduler::SchedulerConfig;
+use crate::state::{Command, Response, TaskRef};
+
+/// Settings that shape a coordinator's behaviour (not where it listens).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// A node whose heartbeats stop for this long is marked down.
+    pub node_grace: Duration,
+    /// How often agents are asked to heartbeat.
+    pub heartbeat: Duration,
+    pub election_timeout_ms: u64,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            node_grace: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+            election_timeout_ms: 200,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// Live figures an agent sends with each heartbeat; leader memory only, never replicated.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness {
+    pub last_seen_ms: i64,
+    pub cpu_percent: f64,
+    pub memory_used_bytes: u64,
+}
+
+pub struct Core {
+    pub id: NodeId,
+    /// This coordinator's gRPC address, as peers and agents reach it.
+    pub addr: String,
+    pub raft: Raft,
+    pub state: Arc<SharedState>,
+    pub sessions: Sessions,
+    pub liveness: Mutex<HashMap<String, Liveness>>,
+    /// Why each pending task waits, from the leader's last scheduling pass.
+    pub waiting: Mutex<BTreeMap<TaskRef, String>>,
+    pub metrics: Metrics,
+    pub tuning: Tuning,
+    passes: AtomicU64,
+}
+
+impl Core {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft,
+        state: Arc<SharedState>,
+        tuning: Tuning,
+    ) -> Core {
+        Core {
+            id,
+            addr,
+            raft,
+            state,
+            sessions: Sessions::default(),
+            liveness: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(BTreeMap::new()),
+            metrics: Metrics::default(),
+            tuning,
+            passes: AtomicU64::new(0),
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn write(&self, command: Command) -> Result<Response> {
+        match self.raft.client_write(command).await {
+            Ok(reply) => Ok(reply.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::Conflict(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(Error::Storage(e.to_string())),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// `Ok` on the leader, else the error that tells the client where the leader is.
+    pub fn ensure_leader(&self) -> Result<()> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            Some(l) if l == self.id => Ok(()),
+            Some(l) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone());
+                Err(Error::NotLeader { leader: addr })
+            }
+            None => Err(Error::NotLeader { leader: None }),
+        }
+    }
+
+    /// A fresh scheduling-pass number: the term in the high bits, a counter in the low.
+    pub fn next_pass(&self) -> u64 {
+        let term = self.raft.metrics().borrow().current_term;
+        (term << 32) | (self.passes.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+    }
+
+    pub fn liveness(&self) -> MutexGuard<'_, HashMap<String, Liveness>> {
+        self.liveness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn waiting(&self) -> MutexGuard<'_, BTreeMap<TaskRef, String>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch. Taken only at the edges (the leader puts it
+/// into commands), never inside `state/`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,199 @@
+//! Starting a coordinator: open sled, start Raft, serve gRPC and HTTP on listeners the caller
+//! bound (so tests bind port 0), start the leader's loops, and stop it all on shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_api::pb;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{agent::AgentApi, client::ClientService, http, raft_service::RaftService};
+use crate::controllers;
+use crate::core::{Core, Tuning};
+use crate::error::{Error, Result};
+use crate::raft::{
+    self, Raft, log_store::LogStore, network::Network, state_machine::StateMachineStore,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This coordinator's Raft id; unique in the cluster, never reused.
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// The gRPC address peers and agents use; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// Start a new single-member cluster if this one has no Raft state yet.
+    pub bootstrap: bool,
+    /// Ask the cluster at this address to add this coordinator, if it has no Raft state yet.
+    pub join: Option<String>,
+    pub tuning: Tuning,
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub core: Arc<Core>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+pub async fn start(
+    config: Config,
+    grpc: TcpListener,
+    http_listener: TcpListener,
+) -> Result<Coordinator> {
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Storage(format!("{}: {e}", config.data_dir.display())))?;
+    let db = raft::open_db(&config.data_dir).map_err(|e| Error::Storage(e.to_string()))?;
+    let log = LogStore::open(&db).map_err(|e| Error::Storage(e.to_string()))?;
+    let sm = StateMachineStore::open(&db).map_err(|e| Error::Storage(e.to_string()))?;
+    let shared = sm.shared();
+    let raft_config = raft::config(config.tuning.election_timeout_ms)
+        .validate()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let raft = Raft::new(config.id, Arc::new(raft_config), Network, log, sm)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    if config.bootstrap && !initialized {
+        let members = BTreeMap::from([(config.id, BasicNode { addr: addr.clone() })]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        tracing::info!(id = config.id, %addr, "bootstrapped a new cluster");
+    }
+
+    let core = Arc::new(Core::new(
+        config.id,
+        addr.clone(),
+        raft,
+        shared,
+        config.tuning.clone(),
+    ));
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::kiln_server::KilnServer<ClientService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let router = tonic::transport::Server::builder()
+        .add_service(pb::kiln_server::KilnServer::new(ClientService {
+            core: core.clone(),
+        }))
+        .add_service(pb::agent_service_server::AgentServiceServer::new(
+            AgentApi { core: core.clone() },
+        ))
+        .add_service(
+            pb::raft_server::RaftServer::new(RaftService { core: core.clone() })
+                .max_decoding_message_size(256 << 20),
+        )
+        .add_service(health_service)
+        .add_service(reflection);
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    let stop = shutdown.clone();
+    let app = http::router(core.clone());
+    tasks.spawn(async move {
+        let serve = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    tasks.spawn(controllers::leadership::run(core.clone(), shutdown.clone()));
+    tasks.spawn(controllers::scheduling::run(core.clone(), shutdown.clone()));
+    tasks.spawn(controllers::liveness::run(core.clone(), shutdown.clone()));
+    if let (Some(target), false) = (config.join.clone(), initialized) {
+        tasks.spawn(join_cluster(target, config.id, addr, shutdown.clone()));
+    }
+    tracing::info!(id = config.id, grpc = %grpc_addr, http = %http_addr, "coordinator started");
+    Ok(Coordinator {
+        core,
+        grpc_addr,
+        http_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Coordinator {
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.core.sessions.close_all();
+        let _ = self.core.raft.shutdown().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Asks the cluster to add this coordinator, following leader hints, until it succeeds.
+async fn join_cluster(target: String, id: u64, addr: String, shutdown: CancellationToken) {
+    let mut at = target;
+    loop {
+        let result = async {
+            let mut client = pb::kiln_client::KilnClient::connect(format!("http://{at}")).await?;
+            client
+                .join_cluster(pb::JoinClusterRequest {
+                    id,
+                    addr: addr.clone(),
+                })
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        match result.await {
+            Ok(()) => {
+                tracing::info!(id, "joined the cluster");
+                return;
+            }
+            Err(e) => {
+                let hint = e
+                    .downcast_ref::<tonic::Status>()
+                    .and_then(|s| s.metadata().get(kiln_api::LEADER_METADATA_KEY))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                match hint {
+                    Some(leader) => at = leader,
+                    None => tracing::info!(error = %e, "join not accepted yet; retrying"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
