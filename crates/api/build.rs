@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kiln_descriptor.bin"))
+        // So that `--json` output and tests can use the wire types directly.
+        .type_attribute(
+            ".kiln.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .compile_protos(&paths, &[root.clone()])?;
     for p in &paths {
         println!("cargo:rerun-if-changed={}", p.display());

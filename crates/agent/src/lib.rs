@@ -1,1 +1,81 @@
+//! The kiln agent: one per node. It tells the leader what the node has, runs what the leader
+//! assigns, keeps each task's output on the node's own disk, and reports what happened.
+//!
+//! - [`fingerprint`]: CPU and memory from sysinfo, labels, drivers.
+//! - [`process`]: the process driver (argv or `sh -c`, env, work directory, timeout, kill of
+//!   the whole process group).
+//! - [`runner`]: the task table: at most one run per (task, attempt), however often it is
+//!   assigned, across restarts too (a task's log file is its record that it started).
+//! - [`outbox`]: task events with sequence numbers, kept until the leader acknowledges them
+//!   and re-sent after every reconnect.
+//! - [`logs`]: where task output lives, and streaming it back on request.
+//! - [`session`]: the one long-lived stream to the leader: register, heartbeats, events in;
+//!   assignments, kills, acknowledgements and log requests out. It follows leader hints and
+//!   reconnects after any failure, while tasks keep running.
+//!
+//! The agent never links the coordinator: it speaks only the agent protocol in `kiln-api`.
 
+pub mod fingerprint;
+pub mod logs;
+pub mod outbox;
+pub mod process;
+pub mod runner;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    /// gRPC addresses of the coordinators; any one will do, the agent finds the leader.
+    pub coordinators: Vec<String>,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// Override the CPU capacity reported (millicores).
+    pub cpu_millis: Option<u64>,
+    /// Override the memory capacity reported (bytes).
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until `shutdown` is cancelled. Tasks still running then are left running
+/// only if the process exits abruptly; on a clean shutdown they are killed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.node_id.is_empty() {
+        return Err(Error::Config("node id must not be empty".into()));
+    }
+    if config.coordinators.is_empty() {
+        return Err(Error::Config(
+            "at least one coordinator address is needed".into(),
+        ));
+    }
+    let logs = logs::LogStore::open(&config.data_dir)?;
+    let outbox = Arc::new(outbox::Outbox::default());
+    let runner = Arc::new(runner::Runner::new(logs.clone(), outbox.clone()));
+    let node = fingerprint::fingerprint(&config);
+    tracing::info!(node = %config.node_id, cpu_millis = node.cpu_millis, memory_bytes = node.memory_bytes, "agent starting");
+    session::run(config, node, runner.clone(), outbox, logs, shutdown).await;
+    runner.kill_all("agent shutting down");
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,90 @@
-fn main() {}
+//! `kiln-agent`: runs on every node.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A kiln agent: reports this node and runs the work placed on it"
+)]
+struct Args {
+    /// This node's id; defaults to the host name.
+    #[arg(long, env = "KILN_NODE_ID")]
+    node_id: Option<String>,
+    /// Coordinator gRPC addresses, comma-separated; any one will do.
+    #[arg(
+        long,
+        env = "KILN_COORDINATORS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7470"
+    )]
+    coordinators: Vec<String>,
+    #[arg(long, default_value = "./.kiln/agent", env = "KILN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A node label, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Report this CPU capacity instead of the detected one (e.g. 2, 500m).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Report this memory capacity instead of the detected one (e.g. 4Gi).
+    #[arg(long)]
+    memory: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = async {
+        let cpu_millis = args.cpu.as_deref().map(kiln_api::units::parse_cpu).transpose().map_err(|e| format!("--cpu: {e}"))?;
+        let memory_bytes =
+            args.memory.as_deref().map(kiln_api::units::parse_memory).transpose().map_err(|e| format!("--memory: {e}"))?;
+        let node_id = match args.node_id {
+            Some(id) => id,
+            None => hostname::get().map_err(|e| format!("hostname: {e}"))?.to_string_lossy().into_owned(),
+        };
+        let config = kiln_agent::Config {
+            node_id,
+            coordinators: args.coordinators,
+            data_dir: args.data_dir,
+            labels: args.labels.into_iter().collect(),
+            cpu_millis,
+            memory_bytes,
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            stop.cancel();
+        });
+        println!("kiln-agent ready node={}", config.node_id);
+        kiln_agent::run(config, shutdown).await.map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("kiln-agent: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,143 @@
-fn main() {}
+//! `kiln`: the command line for a kiln cluster, and `kiln dev`, a whole cluster (one
+//! coordinator and one agent) in one process.
+//!
+//! Every command finds the leader by itself from `--addr` / `KILN_ADDR` (any coordinator,
+//! or several comma-separated). Read commands take `--json`. Exit codes are in `error.rs`.
+
+mod client;
+mod commands;
+mod error;
+mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use client::Client;
+use error::CliError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "kiln: a distributed CI/CD scheduler for AI services"
+)]
+struct Cli {
+    /// Coordinator gRPC address(es), comma-separated; any one will do.
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7470"
+    )]
+    addr: Vec<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to keep retrying while no leader answers, in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    wait: u64,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Run a coordinator and an agent in this process, with data on local disk.
+    Dev(commands::dev::DevArgs),
+    /// Submit a pipeline file; prints the run id.
+    Run {
+        file: PathBuf,
+        /// Show progress until the run ends, and exit with its status.
+        #[arg(long, short)]
+        follow: bool,
+        /// Idempotency key: submitting the same id twice creates one run.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// List runs, or show one run's stages.
+    Status { run: Option<String> },
+    /// Print a stage's output, read from the node that ran it.
+    Logs {
+        run: String,
+        stage: String,
+        /// Keep streaming until the stage ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Which attempt (default: the latest).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
+    },
+    /// List nodes with their capacity, reservations and live usage.
+    Nodes,
+    /// Cancel a run: pending stages never start, running ones are killed.
+    Cancel { run: String },
+    /// Coordinator membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Show the leader, the term and the members.
+    Status,
+    /// Add a started, empty coordinator to the voters.
+    Join {
+        #[arg(long)]
+        id: u64,
+        /// Its gRPC address.
+        #[arg(long = "member-addr")]
+        member_addr: String,
+    },
+    /// Remove a coordinator from the voters.
+    Leave {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let json = cli.json;
+    let mut client = Client::new(cli.addr.clone(), Duration::from_secs(cli.wait));
+    match cli.command {
+        Commands::Dev(args) => commands::dev::dev(args, json).await,
+        Commands::Run {
+            file,
+            follow,
+            request_id,
+        } => commands::run::run(&mut client, &file, follow, request_id, json)
+            .await
+            .map(|_| ()),
+        Commands::Status { run } => commands::read::status(&mut client, run, json).await,
+        Commands::Logs {
+            run,
+            stage,
+            follow,
+            attempt,
+        } => commands::read::logs(&mut client, run, stage, attempt, follow).await,
+        Commands::Nodes => commands::read::nodes(&mut client, json).await,
+        Commands::Cancel { run } => commands::read::cancel(&mut client, run, json).await,
+        Commands::Cluster(c) => match c {
+            ClusterCommand::Status => commands::cluster::status(&mut client, json).await,
+            ClusterCommand::Join { id, member_addr } => {
+                commands::cluster::join(&mut client, id, member_addr, json).await
+            }
+            ClusterCommand::Leave { id } => commands::cluster::leave(&mut client, id, json).await,
+        },
+    }
+}

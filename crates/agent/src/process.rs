@@ -1,0 +1,219 @@
+//! The process driver: runs a task as a child process in its own process group, with its
+//! output in the task's log file, and stops the whole group on timeout or cancel.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kiln_api::pb;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+/// How long a cancelled task gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub succeeded: bool,
+    pub exit_code: Option<i32>,
+    pub message: String,
+}
+
+/// Starts the task's process. Returns the child, or the reason it could not start.
+pub fn spawn(
+    a: &pb::Assignment,
+    work_dir: &Path,
+    log: &Path,
+) -> Result<tokio::process::Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
+    let mut cmd = if !a.shell.is_empty() {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(&a.shell);
+        c
+    } else {
+        let (program, args) = a.argv.split_first().ok_or("empty command")?;
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    };
+    cmd.current_dir(work_dir)
+        .envs(&a.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start {}: {e}",
+            if a.shell.is_empty() {
+                &a.argv[0]
+            } else {
+                "/bin/sh"
+            }
+        )
+    })
+}
+
+/// Waits for the child, enforcing the timeout and honouring a kill request. The whole process
+/// group is killed once the main process is gone, so no stray children outlive the task.
+pub async fn wait(
+    mut child: tokio::process::Child,
+    timeout: Duration,
+    kill: oneshot::Receiver<String>,
+) -> Outcome {
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let signal_group = |sig: Signal| {
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, sig);
+        }
+    };
+    let mut stop_reason: Option<String> = None;
+    tokio::pin!(kill);
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = tokio::time::sleep(timeout) => {
+            stop_reason = Some(format!("timed out after {}", humanize(timeout)));
+            signal_group(Signal::SIGKILL);
+            child.wait().await
+        }
+        reason = &mut kill => {
+            stop_reason = Some(reason.unwrap_or_else(|_| "killed".into()));
+            signal_group(Signal::SIGTERM);
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(s) => s,
+                Err(_) => {
+                    signal_group(Signal::SIGKILL);
+                    child.wait().await
+                }
+            }
+        }
+    };
+    signal_group(Signal::SIGKILL);
+    match (status, stop_reason) {
+        (_, Some(reason)) => Outcome {
+            succeeded: false,
+            exit_code: None,
+            message: reason,
+        },
+        (Ok(s), None) => match s.code() {
+            Some(0) => Outcome {
+                succeeded: true,
+                exit_code: Some(0),
+                message: String::new(),
+            },
+            Some(code) => Outcome {
+                succeeded: false,
+                exit_code: Some(code),
+                message: format!("exited with code {code}"),
+            },
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                let sig = s.signal().unwrap_or(0);
+                Outcome {
+                    succeeded: false,
+                    exit_code: None,
+                    message: format!("killed by signal {sig}"),
+                }
+            }
+        },
+        (Err(e), None) => Outcome {
+            succeeded: false,
+            exit_code: None,
+            message: format!("wait failed: {e}"),
+        },
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(shell: &str) -> pb::Assignment {
+        pb::Assignment {
+            task_id: "run-1/a".into(),
+            attempt: 1,
+            shell: shell.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn run(shell: &str, timeout: Duration) -> (Outcome, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let child = spawn(&assignment(shell), dir.path(), &log).unwrap();
+        let (_tx, rx) = oneshot::channel();
+        let outcome = wait(child, timeout, rx).await;
+        (outcome, std::fs::read_to_string(log).unwrap())
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_output_are_captured() {
+        let (ok, out) = run("echo hello; echo oops >&2", Duration::from_secs(10)).await;
+        assert!(ok.succeeded);
+        assert_eq!(out, "hello\noops\n");
+        let (failed, _) = run("exit 3", Duration::from_secs(10)).await;
+        assert_eq!((failed.succeeded, failed.exit_code), (false, Some(3)));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let (outcome, _) = run(&script, Duration::from_millis(300)).await;
+        assert_eq!(outcome.message, "timed out after 300ms");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild was in the group: it is gone (or a zombie being reaped by init).
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .unwrap_or(false);
+        assert!(!alive, "background child {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_kill_request_stops_the_task_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let child = spawn(&assignment("sleep 30"), dir.path(), &log).unwrap();
+        let (tx, rx) = oneshot::channel();
+        tx.send("run cancelled".to_string()).unwrap();
+        let outcome = wait(child, Duration::from_secs(60), rx).await;
+        assert_eq!(
+            outcome,
+            Outcome {
+                succeeded: false,
+                exit_code: None,
+                message: "run cancelled".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn argv_commands_run_without_a_shell_and_bad_programs_fail_to_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let a = pb::Assignment {
+            argv: vec!["/definitely/not/here".into()],
+            ..Default::default()
+        };
+        let err = spawn(&a, dir.path(), &log).unwrap_err();
+        assert!(err.contains("cannot start /definitely/not/here"), "{err}");
+    }
+}

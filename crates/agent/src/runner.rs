@@ -1,0 +1,199 @@
+//! The task table. Each (task, attempt) runs at most once, however often it is assigned:
+//! repeats within this process are recognised from the table, and repeats after a restart
+//! from the attempt's log file on disk, whose presence means the attempt already started —
+//! such an attempt is reported lost rather than run a second time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_api::pb;
+use tokio::sync::{oneshot, watch};
+
+use crate::logs::LogStore;
+use crate::outbox::Outbox;
+use crate::{now_ms, process};
+
+type Key = (String, u32);
+
+struct Entry {
+    /// Present while the task runs.
+    kill: Option<oneshot::Sender<String>>,
+    /// Turns true when the task has finished.
+    done: watch::Receiver<bool>,
+}
+
+pub struct Runner {
+    logs: LogStore,
+    outbox: Arc<Outbox>,
+    tasks: Mutex<HashMap<Key, Entry>>,
+}
+
+impl Runner {
+    pub fn new(logs: LogStore, outbox: Arc<Outbox>) -> Runner {
+        Runner {
+            logs,
+            outbox,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event(&self, a: &pb::Assignment, status: &str, exit_code: Option<i32>, message: String) {
+        self.outbox.emit(pb::TaskEvent {
+            seq: 0,
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            status: status.into(),
+            exit_code,
+            message,
+            at_ms: now_ms(),
+        });
+    }
+
+    /// Starts an assigned task unless this attempt was already started.
+    pub fn assign(self: &Arc<Self>, a: pb::Assignment) {
+        let key = (a.task_id.clone(), a.attempt);
+        let (done_tx, done_rx) = watch::channel(false);
+        {
+            let mut table = self.table();
+            if table.contains_key(&key) {
+                return;
+            }
+            table.insert(
+                key.clone(),
+                Entry {
+                    kill: None,
+                    done: done_rx,
+                },
+            );
+        }
+        let _span = tracing::info_span!("task", task = %a.task_id, attempt = a.attempt).entered();
+        let Some(dir) = self.logs.attempt_dir(&a.task_id, a.attempt) else {
+            self.event(
+                &a,
+                "failed",
+                None,
+                format!("invalid task id {:?}", a.task_id),
+            );
+            let _ = done_tx.send(true);
+            return;
+        };
+        let log = dir.join("output.log");
+        if log.exists() {
+            tracing::warn!(
+                "attempt already started before this agent restarted: reporting it lost"
+            );
+            self.event(
+                &a,
+                "lost",
+                None,
+                "the agent restarted while this attempt ran".into(),
+            );
+            let _ = done_tx.send(true);
+            return;
+        }
+        let work = dir.join("work");
+        if let Err(e) = std::fs::create_dir_all(&work) {
+            self.event(
+                &a,
+                "failed",
+                None,
+                format!("creating {}: {e}", work.display()),
+            );
+            let _ = done_tx.send(true);
+            return;
+        }
+        let child = match process::spawn(&a, &work, &log) {
+            Ok(c) => c,
+            Err(reason) => {
+                tracing::info!(%reason, "task failed to start");
+                self.event(&a, "failed", Some(127), reason);
+                let _ = done_tx.send(true);
+                return;
+            }
+        };
+        self.event(&a, "running", None, String::new());
+        let (kill_tx, kill_rx) = oneshot::channel();
+        if let Some(entry) = self.table().get_mut(&key) {
+            entry.kill = Some(kill_tx);
+        }
+        let runner = self.clone();
+        let timeout = Duration::from_millis(a.timeout_ms.max(1));
+        tokio::spawn(async move {
+            let outcome = process::wait(child, timeout, kill_rx).await;
+            let status = if outcome.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            tracing::info!(task = %a.task_id, attempt = a.attempt, status, message = %outcome.message, "task finished");
+            runner.event(&a, status, outcome.exit_code, outcome.message);
+            if let Some(entry) = runner.table().get_mut(&key) {
+                entry.kill = None;
+            }
+            let _ = done_tx.send(true);
+        });
+    }
+
+    pub fn kill(&self, task_id: &str, attempt: u32, reason: &str) {
+        let sender = self
+            .table()
+            .get_mut(&(task_id.to_string(), attempt))
+            .and_then(|e| e.kill.take());
+        if let Some(tx) = sender {
+            tracing::info!(task = task_id, attempt, reason, "killing task");
+            let _ = tx.send(reason.to_string());
+        }
+    }
+
+    pub fn kill_all(&self, reason: &str) {
+        for entry in self.table().values_mut() {
+            if let Some(tx) = entry.kill.take() {
+                let _ = tx.send(reason.to_string());
+            }
+        }
+    }
+
+    /// Everything the leader should know this agent has: running tasks, and finished ones
+    /// whose final event is not acknowledged yet.
+    pub fn known(&self) -> Vec<pb::TaskRef> {
+        let mut known: Vec<pb::TaskRef> = self
+            .table()
+            .iter()
+            .filter(|(_, e)| e.kill.is_some())
+            .map(|((task_id, attempt), _)| pb::TaskRef {
+                task_id: task_id.clone(),
+                attempt: *attempt,
+                running: true,
+            })
+            .collect();
+        for (task_id, attempt) in self.outbox.pending_tasks() {
+            if !known
+                .iter()
+                .any(|k| k.task_id == task_id && k.attempt == attempt)
+            {
+                known.push(pb::TaskRef {
+                    task_id,
+                    attempt,
+                    running: false,
+                });
+            }
+        }
+        known
+    }
+
+    /// A receiver that turns true when the attempt finishes; `None` if it never ran here.
+    pub fn done(&self, task_id: &str, attempt: u32) -> Option<watch::Receiver<bool>> {
+        self.table()
+            .get(&(task_id.to_string(), attempt))
+            .map(|e| e.done.clone())
+    }
+
+    pub fn logs(&self) -> &LogStore {
+        &self.logs
+    }
+}

@@ -1,0 +1,105 @@
+//! `kiln dev`: one coordinator (bootstrapped, id 1) and one agent in this process, data in
+//! `./.kiln`. With `--run FILE` it runs that pipeline to the end and exits with its status;
+//! without, it serves until interrupted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kiln_coordinator::core::Tuning;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::error::CliError;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[arg(long, default_value = "./.kiln")]
+    data_dir: PathBuf,
+    /// gRPC address (0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7470")]
+    listen: String,
+    /// HTTP address for /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:7471")]
+    http: String,
+    /// Run this pipeline, follow it, and exit with its status.
+    #[arg(long)]
+    run: Option<PathBuf>,
+}
+
+pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
+    let filter = if args.run.is_some() {
+        "warn"
+    } else {
+        "info,openraft=warn,sled=warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(file) = &args.run {
+        // Check the file before starting anything.
+        let yaml = std::fs::read_to_string(file)
+            .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+        kiln_api::validate::parse_pipeline(&file.display().to_string(), &yaml)
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
+    }
+    let grpc = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--listen {}: {e}", args.listen)))?;
+    let http = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--http {}: {e}", args.http)))?;
+    let config = kiln_coordinator::Config {
+        id: 1,
+        data_dir: args.data_dir.join("coordinator"),
+        advertise: None,
+        bootstrap: true,
+        join: None,
+        tuning: Tuning {
+            node_grace: Duration::from_secs(10),
+            ..Default::default()
+        },
+    };
+    let coordinator = kiln_coordinator::start(config, grpc, http)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let addr = coordinator.grpc_addr.to_string();
+    eprintln!(
+        "kiln dev: coordinator grpc={} http={}, data in {}",
+        addr,
+        coordinator.http_addr,
+        args.data_dir.display()
+    );
+    eprintln!("kiln dev: KILN_ADDR={addr} kiln status   # from another terminal");
+
+    let shutdown = CancellationToken::new();
+    let agent_config = kiln_agent::Config {
+        node_id: "dev".into(),
+        coordinators: vec![addr.clone()],
+        data_dir: args.data_dir.join("agent"),
+        labels: [("kiln.dev".to_string(), "true".to_string())].into(),
+        cpu_millis: None,
+        memory_bytes: None,
+    };
+    let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
+
+    let result = match &args.run {
+        Some(file) => {
+            let mut client = Client::new(vec![addr], Duration::from_secs(15));
+            super::run::run(&mut client, file, true, None, json)
+                .await
+                .map(|_| ())
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    let _ = agent.await;
+    coordinator.shutdown().await;
+    result
+}

@@ -1,0 +1,51 @@
+//! The CLI's errors and their exit codes (documented in the README):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success (for `run --follow` and `dev --run`: the run succeeded) |
+//! | 1 | the run failed or was cancelled, or an unexpected error |
+//! | 2 | invalid input: a bad spec, flag or argument; nothing was changed |
+//! | 3 | the cluster could not be reached, or has no leader |
+//! | 4 | not found (a run, stage or attempt) |
+//! | 5 | refused: the request conflicts with the current state |
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    RunFailed(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::RunFailed(_) | CliError::Other(_) => 1,
+            CliError::Invalid(_) => 2,
+            CliError::Unavailable(_) => 3,
+            CliError::NotFound(_) => 4,
+            CliError::Conflict(_) => 5,
+        }
+    }
+
+    pub fn from_status(s: Status) -> CliError {
+        let m = s.message().to_string();
+        match s.code() {
+            Code::InvalidArgument => CliError::Invalid(m),
+            Code::NotFound => CliError::NotFound(m),
+            Code::FailedPrecondition | Code::AlreadyExists => CliError::Conflict(m),
+            Code::Unavailable => CliError::Unavailable(m),
+            _ => CliError::Other(format!("{}: {m}", s.code())),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Tables and lines for people; `--json` bypasses all of this.
+
+use std::fmt::Write;
+
+use kiln_api::pb;
+
+pub fn duration_ms(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+fn stage_duration(s: &pb::Stage) -> String {
+    match (s.started_ms, s.finished_ms) {
+        (0, _) => "-".into(),
+        (start, 0) => format!("{} so far", duration_ms(now_ms() - start)),
+        (start, end) => duration_ms(end - start),
+    }
+}
+
+pub fn stage_progress(s: &pb::Stage) -> String {
+    let mut line = s.status.clone();
+    if s.attempt > 1 {
+        let _ = write!(line, " (attempt {})", s.attempt);
+    }
+    if !s.node.is_empty() {
+        let _ = write!(line, " on {}", s.node);
+    }
+    if let Some(code) = s.exit_code.filter(|c| *c != 0) {
+        let _ = write!(line, " exit {code}");
+    }
+    if !s.waiting_reason.is_empty() && s.status == "pending" {
+        let _ = write!(line, " — {}", s.waiting_reason);
+    }
+    line
+}
+
+pub fn run(r: &pb::Run) -> String {
+    let mut out = String::new();
+    let took = if r.finished_ms > 0 {
+        duration_ms(r.finished_ms - r.created_ms)
+    } else {
+        "-".into()
+    };
+    let _ = writeln!(out, "{}  {}  {}  ({})", r.id, r.pipeline, r.status, took);
+    let _ = writeln!(
+        out,
+        "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  {}",
+        "STAGE", "STATUS", "ATTEMPT", "NODE", "EXIT", "TIME", "NOTE"
+    );
+    for s in &r.stages {
+        let exit = s
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        let note = if !s.waiting_reason.is_empty() && s.status == "pending" {
+            s.waiting_reason.clone()
+        } else {
+            s.attempts
+                .last()
+                .map(|a| a.message.clone())
+                .unwrap_or_default()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  {}",
+            s.name,
+            s.status,
+            s.attempt,
+            if s.node.is_empty() { "-" } else { &s.node },
+            exit,
+            stage_duration(s),
+            note
+        );
+    }
+    out
+}
+
+pub fn runs(runs: &[pb::Run]) -> String {
+    let mut out = format!(
+        "{:<10} {:<24} {:<10} {:>7} {:>10}\n",
+        "RUN", "PIPELINE", "STATUS", "STAGES", "TIME"
+    );
+    for r in runs {
+        let done = r.stages.iter().filter(|s| s.status == "succeeded").count();
+        let took = if r.finished_ms > 0 {
+            duration_ms(r.finished_ms - r.created_ms)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<24} {:<10} {:>7} {:>10}",
+            r.id,
+            r.pipeline,
+            r.status,
+            format!("{done}/{}", r.stages.len()),
+            took
+        );
+    }
+    out
+}
+
+fn bytes(b: u64) -> String {
+    const GI: f64 = (1u64 << 30) as f64;
+    const MI: f64 = (1u64 << 20) as f64;
+    if b as f64 >= GI {
+        format!("{:.1}Gi", b as f64 / GI)
+    } else {
+        format!("{:.0}Mi", b as f64 / MI)
+    }
+}
+
+pub fn nodes(nodes: &[pb::Node]) -> String {
+    let mut out = format!(
+        "{:<16} {:<6} {:>15} {:>17} {:>6} {:>6} {:>9}  {}\n",
+        "NODE", "STATUS", "CPU RESERVED", "MEMORY RESERVED", "TASKS", "CPU%", "MEM USED", "LABELS"
+    );
+    for n in nodes {
+        let mut labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:>15} {:>17} {:>6} {:>6.1} {:>9}  {}",
+            n.id,
+            n.status,
+            format!("{}/{}m", n.reserved_cpu_millis, n.cpu_millis),
+            format!(
+                "{}/{}",
+                bytes(n.reserved_memory_bytes),
+                bytes(n.memory_bytes)
+            ),
+            n.allocations,
+            n.cpu_percent,
+            bytes(n.memory_used_bytes),
+            labels.join(",")
+        );
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
