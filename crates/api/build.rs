@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kiln.v1",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
-        .compile_protos(&paths, &[root.clone()])?;
+        .compile_protos(&paths, std::slice::from_ref(&root))?;
     for p in &paths {
         println!("cargo:rerun-if-changed={}", p.display());
     }

@@ -1,1 +1,413 @@
+//! The harness for kiln's end-to-end tests: it starts the real `kiln-coordinator` and
+//! `kiln-agent` binaries as separate processes on 127.0.0.1 with free ports and temp data
+//! dirs, drives them with the real `kiln` binary, and kills them all when dropped.
+//!
+//! Readiness is awaited against a deadline while checking that the children are alive, so
+//! a crash fails the test at once with its log instead of timing out. On failure the temp dir
+//! is kept and its path printed: every process's output is there.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where cargo put the binaries: next to the `deps/` folder this test runs from.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub coordinators: usize,
+    pub agents: usize,
+    pub node_grace_ms: u64,
+    pub heartbeat_ms: u64,
+    /// CPU given to each agent (e.g. "4").
+    pub agent_cpu: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            coordinators: 3,
+            agents: 2,
+            node_grace_ms: 10_000,
+            heartbeat_ms: 250,
+            agent_cpu: "4".into(),
+        }
+    }
+}
+
+/// One child process, restartable with the same arguments.
+pub struct Proc {
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, program: PathBuf, args: Vec<String>, dir: &Path) -> Proc {
+        let mut p = Proc {
+            name: name.into(),
+            program,
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// kill -9, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("process is running")
+    }
+
+    /// Forgets a child that was killed from outside (and reaps it).
+    pub fn reap_if_exited(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(_)) = c.try_wait()
+        {
+            self.child = None;
+        }
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("{} exited with {status}; its log:\n{log}", self.name);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Coordinator {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub proc: Proc,
+}
+
+impl Coordinator {
+    pub fn proc_pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    pub fn reap_if_exited(&mut self) {
+        self.proc.reap_if_exited();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinators: Vec<Coordinator>,
+    pub agents: Vec<Proc>,
+}
+
+impl Cluster {
+    pub fn start(opts: Options) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut cluster = Cluster {
+            dir,
+            coordinators: Vec::new(),
+            agents: Vec::new(),
+        };
+        for i in 1..=opts.coordinators as u64 {
+            let (grpc, http) = (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            );
+            let mut args = vec![
+                "--id".into(),
+                i.to_string(),
+                "--listen".into(),
+                grpc.clone(),
+                "--http".into(),
+                http.clone(),
+                "--data-dir".into(),
+                cluster
+                    .dir
+                    .path()
+                    .join(format!("c{i}"))
+                    .display()
+                    .to_string(),
+                "--node-grace-ms".into(),
+                opts.node_grace_ms.to_string(),
+                "--heartbeat-ms".into(),
+                opts.heartbeat_ms.to_string(),
+            ];
+            if i == 1 {
+                args.push("--bootstrap".into());
+            } else {
+                args.push("--join".into());
+                args.push(cluster.coordinators[0].grpc.clone());
+            }
+            let proc = Proc::spawn(
+                &format!("coordinator-{i}"),
+                bin("kiln-coordinator"),
+                args,
+                cluster.dir.path(),
+            );
+            cluster.coordinators.push(Coordinator {
+                id: i,
+                grpc,
+                http,
+                proc,
+            });
+            if i == 1 {
+                cluster.wait_for(
+                    "the first coordinator to lead",
+                    Duration::from_secs(20),
+                    |c| c.leader().is_some(),
+                );
+            }
+        }
+        let n = opts.coordinators;
+        cluster.wait_for("every coordinator to join", Duration::from_secs(30), |c| {
+            c.cluster_status().is_some_and(|s| {
+                s["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().filter(|m| m["voter"] == true).count() == n)
+            })
+        });
+        for i in 1..=opts.agents {
+            cluster.add_agent(&format!("agent-{i}"), &opts.agent_cpu);
+        }
+        let want = opts.agents;
+        cluster.wait_for("every agent to be ready", Duration::from_secs(30), |c| {
+            c.ready_nodes().len() == want
+        });
+        cluster
+    }
+
+    pub fn add_agent(&mut self, node_id: &str, cpu: &str) {
+        let args = vec![
+            "--node-id".into(),
+            node_id.into(),
+            "--coordinators".into(),
+            self.addrs(),
+            "--data-dir".into(),
+            self.dir.path().join(node_id).display().to_string(),
+            "--cpu".into(),
+            cpu.into(),
+            "--memory".into(),
+            "8Gi".into(),
+        ];
+        self.agents.push(Proc::spawn(
+            node_id,
+            bin("kiln-agent"),
+            args,
+            self.dir.path(),
+        ));
+    }
+
+    /// Every coordinator's gRPC address, comma-separated, as `KILN_ADDR` takes them.
+    pub fn addrs(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(|c| c.grpc.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs the real `kiln` CLI against the cluster.
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(bin("kiln"))
+            .args(args)
+            .env("KILN_ADDR", self.addrs())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running kiln")
+    }
+
+    /// Runs `kiln ... --json` and parses its output; panics with stderr on failure.
+    pub fn kiln_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.kiln(&all);
+        assert!(
+            out.status.success(),
+            "kiln {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "kiln {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn cluster_status(&self) -> Option<Value> {
+        let out = self.kiln(&["cluster", "status", "--json", "--wait", "1"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// The leader's index in `coordinators`, if one is elected and reachable.
+    pub fn leader(&self) -> Option<usize> {
+        let s = self.cluster_status()?;
+        let id = s["leader_id"].as_u64().filter(|id| *id != 0)?;
+        self.coordinators
+            .iter()
+            .position(|c| c.id == id && c.proc.is_running())
+    }
+
+    pub fn ready_nodes(&self) -> Vec<String> {
+        let out = self.kiln(&["nodes", "--json", "--wait", "1"]);
+        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        nodes
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["status"] == "ready")
+                    .filter_map(|n| n["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn run_status(&self, run: &str) -> Value {
+        self.kiln_json(&["status", run])
+    }
+
+    /// Polls `check` until it holds, failing fast if a child died.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Cluster) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for c in &mut self.coordinators {
+                c.proc.check_alive();
+            }
+            for a in &mut self.agents {
+                a.check_alive();
+            }
+            if check(self) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a file into the cluster's temp dir and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write file");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill();
+        }
+        for c in &mut self.coordinators {
+            c.proc.kill();
+        }
+        if std::thread::panicking() {
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("kiln e2e: logs and data kept in {}", kept.display());
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The stage named `name` in a run's JSON.
+pub fn stage<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {run}"))
+}

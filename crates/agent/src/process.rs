@@ -130,7 +130,7 @@ pub async fn wait(
 
 fn humanize(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -182,7 +182,7 @@ mod tests {
             .unwrap();
         // The grandchild was in the group: it is gone (or a zombie being reaped by init).
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
     }

@@ -49,8 +49,8 @@ pub fn run(r: &pb::Run) -> String {
     let _ = writeln!(out, "{}  {}  {}  ({})", r.id, r.pipeline, r.status, took);
     let _ = writeln!(
         out,
-        "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  {}",
-        "STAGE", "STATUS", "ATTEMPT", "NODE", "EXIT", "TIME", "NOTE"
+        "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  NOTE",
+        "STAGE", "STATUS", "ATTEMPT", "NODE", "EXIT", "TIME"
     );
     for s in &r.stages {
         let exit = s

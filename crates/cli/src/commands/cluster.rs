@@ -62,10 +62,7 @@ pub async fn join(client: &mut Client, id: u64, addr: String, json: bool) -> Res
 pub async fn leave(client: &mut Client, id: u64, json: bool) -> Result<(), CliError> {
     let req = pb::LeaveClusterRequest { id };
     let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.leave_cluster(req).await }
-        })
+        .call(|mut c| async move { c.leave_cluster(req).await })
         .await?;
     if json {
         println!(

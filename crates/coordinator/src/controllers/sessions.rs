@@ -61,10 +61,10 @@ impl Sessions {
     /// Removes the session if it is still the current one for `node`.
     pub fn close(&self, node: &str, generation: u64) {
         let mut map = self.map();
-        if map.get(node).is_some_and(|s| s.generation == generation) {
-            if let Some(s) = map.remove(node) {
-                s.closed.cancel();
-            }
+        if map.get(node).is_some_and(|s| s.generation == generation)
+            && let Some(s) = map.remove(node)
+        {
+            s.closed.cancel();
         }
     }
 

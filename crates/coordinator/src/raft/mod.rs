@@ -15,6 +15,9 @@
 //! [`Command`]: crate::state::Command
 //! [`ClusterState`]: crate::state::ClusterState
 
+// openraft's traits fix `StorageError` (224 bytes) as the error type of every storage call.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

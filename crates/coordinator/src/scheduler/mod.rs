@@ -90,7 +90,7 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
             &nodes,
             &overlay,
             &ask,
-            &*checks,
+            &checks,
             &ranker,
             seed(pass, task),
             config.sample,
