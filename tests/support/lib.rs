@@ -13,17 +13,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Where cargo put the binaries: next to the `deps/` folder this test runs from.
+/// Where cargo put the binaries: beside the running executable (a benchmark in
+/// `target/release/`) or beside the `deps/` folder a test runs from.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does it)",
-        path.display()
-    );
-    path
+    let here = exe.parent().expect("exe dir");
+    let candidates = [
+        here.join(name),
+        here.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing beside {}: build the binaries first (`cargo build --workspace --bins`; scripts/test does it)",
+            here.display()
+        )
+    })
 }
 
 pub fn free_port() -> u16 {
@@ -37,6 +41,8 @@ pub fn free_port() -> u16 {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub coordinators: usize,
+    /// Extra flags for every coordinator.
+    pub coordinator_args: Vec<String>,
     pub agents: usize,
     pub node_grace_ms: u64,
     pub heartbeat_ms: u64,
@@ -48,6 +54,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             coordinators: 3,
+            coordinator_args: Vec::new(),
             agents: 2,
             node_grace_ms: 10_000,
             heartbeat_ms: 250,
@@ -86,7 +93,11 @@ impl Proc {
             .expect("log file");
         let child = Command::new(&self.program)
             .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn,sled=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KILN_E2E_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -116,6 +127,25 @@ impl Proc {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// CPU seconds used so far (user + system) and resident memory in bytes, from /proc.
+    pub fn usage(&self) -> Option<(f64, u64)> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some((ticks / 100.0, rss_kb * 1024))
     }
 
     pub fn pid(&self) -> i32 {
@@ -208,6 +238,7 @@ impl Cluster {
                 "--heartbeat-ms".into(),
                 opts.heartbeat_ms.to_string(),
             ];
+            args.extend(opts.coordinator_args.iter().cloned());
             if i == 1 {
                 args.push("--bootstrap".into());
             } else {

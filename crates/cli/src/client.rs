@@ -58,7 +58,9 @@ impl Client {
                         return Err(CliError::Unavailable(last_error));
                     }
                     rotation += 1;
-                    if rotation > self.addrs.len() && rotation % self.addrs.len() == 1 {
+                    if rotation > self.addrs.len()
+                        && (rotation - 1).is_multiple_of(self.addrs.len())
+                    {
                         if Instant::now() >= deadline {
                             return Err(CliError::Unavailable(last_error));
                         }

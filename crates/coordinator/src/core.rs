@@ -33,7 +33,7 @@ impl Default for Tuning {
         Tuning {
             node_grace: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
-            election_timeout_ms: 200,
+            election_timeout_ms: 100,
             scheduler: SchedulerConfig::default(),
         }
     }

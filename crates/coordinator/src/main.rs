@@ -39,8 +39,9 @@ struct Args {
     /// Heartbeat interval asked of agents, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     heartbeat_ms: u64,
-    /// Raft election timeout (minimum; the maximum is twice this), in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// Raft election timeout (minimum; the maximum is twice this), in milliseconds. A follower
+    /// starts an election after the leader's lease (the maximum) plus this timeout.
+    #[arg(long, default_value_t = 100)]
     election_timeout_ms: u64,
     /// Score every feasible node instead of a sample of two.
     #[arg(long)]
