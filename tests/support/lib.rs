@@ -201,6 +201,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Proc>,
+    node_grace_ms: u64,
+    heartbeat_ms: u64,
 }
 
 impl Cluster {
@@ -213,6 +215,8 @@ impl Cluster {
             dir,
             coordinators: Vec::new(),
             agents: Vec::new(),
+            node_grace_ms: opts.node_grace_ms,
+            heartbeat_ms: opts.heartbeat_ms,
         };
         for i in 1..=opts.coordinators as u64 {
             let (grpc, http) = (
@@ -281,6 +285,41 @@ impl Cluster {
             c.ready_nodes().len() == want
         });
         cluster
+    }
+
+    /// Starts one more coordinator with an empty data dir and no `--join`: it waits to be
+    /// added with `kiln cluster join`.
+    pub fn add_empty_coordinator(&mut self, id: u64) {
+        let (grpc, http) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let args = vec![
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            grpc.clone(),
+            "--http".into(),
+            http.clone(),
+            "--data-dir".into(),
+            self.dir.path().join(format!("c{id}")).display().to_string(),
+            "--node-grace-ms".into(),
+            self.node_grace_ms.to_string(),
+            "--heartbeat-ms".into(),
+            self.heartbeat_ms.to_string(),
+        ];
+        let proc = Proc::spawn(
+            &format!("coordinator-{id}"),
+            bin("kiln-coordinator"),
+            args,
+            self.dir.path(),
+        );
+        self.coordinators.push(Coordinator {
+            id,
+            grpc,
+            http,
+            proc,
+        });
     }
 
     pub fn add_agent(&mut self, node_id: &str, cpu: &str) {

@@ -104,6 +104,8 @@ pub async fn start(
         .build_v1()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let router = tonic::transport::Server::builder()
+        // A span for every RPC, named by its method path.
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(pb::kiln_server::KilnServer::new(ClientService {
             core: core.clone(),
         }))

@@ -263,9 +263,13 @@ impl Kiln for ClientService {
     ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
         self.core.ensure_leader()?;
         let id = req.into_inner().id;
+        let mut was_voter = false;
         let voters = self.voters_with(|v| {
-            v.remove(&id);
+            was_voter = v.remove(&id);
         });
+        if !was_voter {
+            return Err(Error::NotFound(format!("coordinator {id} is not a voter")).into());
+        }
         if voters.is_empty() {
             return Err(Error::InvalidInput("cannot remove the last voter".into()).into());
         }

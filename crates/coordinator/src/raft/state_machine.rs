@@ -185,7 +185,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(command) => {
                         let _span =
                             tracing::debug_span!("apply", index = entry.log_id.index).entered();
-                        state.apply(&command)
+                        let response = state.apply(&command);
+                        tracing::debug!(command = command.kind(), ?response, "applied");
+                        response
                     }
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m);

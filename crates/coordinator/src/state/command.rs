@@ -46,6 +46,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// A short name for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterNode { .. } => "register_node",
+            Command::MarkNodeDown { .. } => "mark_node_down",
+            Command::SubmitRun { .. } => "submit_run",
+            Command::PlaceBatch { .. } => "place_batch",
+            Command::TaskEvents { .. } => "task_events",
+            Command::CancelRun { .. } => "cancel_run",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistration {
     pub id: NodeId,
