@@ -8,6 +8,10 @@
 //!   - name: build
 //!     command: cargo build --release
 //!     resources: { cpu: 500m, memory: 256Mi }
+//!   - name: train
+//!     needs: [build]
+//!     command: python train.py
+//!     resources: { gpus: 2, gpu_model: "*H100*" }
 //!   - name: test
 //!     needs: [build]
 //!     command: ["cargo", "test"]
@@ -62,6 +66,14 @@ pub enum CommandFile {
 pub struct ResourcesFile {
     pub cpu: Option<Scalar>,
     pub memory: Option<Scalar>,
+    /// Whole GPUs, given to this stage alone.
+    pub gpus: Option<i64>,
+    /// A share of one GPU, accounted by its memory (`20GiB`); several shares fit on one GPU.
+    pub gpu_memory: Option<Scalar>,
+    /// A glob on the GPU model name (`*H100*`).
+    pub gpu_model: Option<String>,
+    /// Only GPUs with at least this much memory in total.
+    pub gpu_min_memory: Option<Scalar>,
 }
 
 /// A YAML scalar that may be written as a number or as text (`cpu: 2` and `cpu: 500m`).
@@ -98,6 +110,9 @@ pub struct Stage {
     pub command: Command,
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
+    /// GPUs, when the stage asks for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuRequest>,
     /// How many times a failed attempt is tried again.
     pub retries: u32,
     pub timeout_ms: u64,
@@ -133,6 +148,47 @@ impl Resources {
     }
 }
 
+/// What a stage asks of GPUs: `count` whole GPUs, or (with `count` 0) a share of one GPU of
+/// `share_bytes` of its memory. Either way only GPUs whose model matches `model` (a glob) and
+/// that have at least `min_memory_bytes` in total are considered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuRequest {
+    pub count: u32,
+    pub share_bytes: u64,
+    pub model: Option<String>,
+    pub min_memory_bytes: u64,
+}
+
+impl GpuRequest {
+    pub fn is_share(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Does a GPU of this model and memory qualify?
+    pub fn accepts(&self, model: &str, memory_bytes: u64) -> bool {
+        memory_bytes >= self.min_memory_bytes
+            && memory_bytes >= self.share_bytes
+            && self
+                .model
+                .as_deref()
+                .is_none_or(|glob| glob_match(glob, model))
+    }
+}
+
+/// Shell-style glob: `*` any run of characters, `?` one character; case-sensitive.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    fn go(g: &[char], t: &[char]) -> bool {
+        match g.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            Some(('?', rest)) => !t.is_empty() && go(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    let (g, t): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    go(&g, &t)
+}
+
 /// Defaults for a stage that says nothing, in the spirit of GitLab's and Nomad's.
 pub mod defaults {
     pub const CPU_MILLIS: u64 = 100;
@@ -149,4 +205,7 @@ pub mod limits {
     pub const MAX_RETRIES: i64 = 10;
     pub const MAX_STAGES: usize = 1000;
     pub const MAX_NAME_LEN: usize = 63;
+    pub const MAX_GPUS: i64 = 64;
+    /// No GPU made has more memory than this; a larger share is a typo.
+    pub const MAX_GPU_MEMORY_BYTES: u64 = 1 << 40;
 }

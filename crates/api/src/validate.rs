@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::spec::{
-    Command, CommandFile, Pipeline, PipelineFile, Resources, Scalar, Stage, StageFile, defaults,
-    limits,
+    Command, CommandFile, GpuRequest, Pipeline, PipelineFile, Resources, Scalar, Stage, StageFile,
+    defaults, limits,
 };
 use crate::units;
 
@@ -143,10 +143,8 @@ impl Checker<'_> {
     fn check_stage(&mut self, s: &StageFile, at: Option<usize>) -> Option<Stage> {
         let before = self.errors.len();
         let path = format!("stages.{}", s.name);
-        let line = |key: &str| {
-            at.and_then(|l| find_key_line(self.source, l - 1, key))
-                .or(at)
-        };
+        let source = self.source;
+        let line = |key: &str| at.and_then(|l| find_key_line(source, l - 1, key)).or(at);
 
         let command = match &s.command {
             None => {
@@ -208,6 +206,8 @@ impl Checker<'_> {
             3_600_000,
         );
 
+        let gpu = self.check_gpu(s, &path, &line);
+
         let retries = match s.retries {
             None => 0,
             Some(r) if (0..=limits::MAX_RETRIES).contains(&r) => r as u32,
@@ -236,9 +236,70 @@ impl Checker<'_> {
                 cpu_millis,
                 memory_bytes,
             },
+            gpu,
             retries,
             timeout_ms,
             constraints: s.constraints.clone(),
+        })
+    }
+
+    /// `gpus`, `gpu_memory`, `gpu_model`, `gpu_min_memory`.
+    fn check_gpu(
+        &mut self,
+        s: &StageFile,
+        path: &str,
+        line: &dyn Fn(&str) -> Option<usize>,
+    ) -> Option<GpuRequest> {
+        let r = &s.resources;
+        let count = match r.gpus {
+            None => 0,
+            Some(n) if (1..=limits::MAX_GPUS).contains(&n) => n as u32,
+            Some(n) => {
+                let reason = format!("{n} is out of range (1 to {})", limits::MAX_GPUS);
+                self.push(line("gpus"), &format!("{path}.resources.gpus"), reason);
+                0
+            }
+        };
+        let mut memory = |value: Option<&Scalar>, key: &str| {
+            self.quantity(
+                value,
+                line(key),
+                &format!("{path}.resources.{key}"),
+                units::parse_memory,
+                0,
+                limits::MAX_GPU_MEMORY_BYTES,
+                "GiB",
+                1 << 30,
+            )
+        };
+        let share_bytes = memory(r.gpu_memory.as_ref(), "gpu_memory");
+        let min_memory_bytes = memory(r.gpu_min_memory.as_ref(), "gpu_min_memory");
+        if r.gpus.is_some() && r.gpu_memory.is_some() {
+            let reason =
+                "use gpus for whole GPUs or gpu_memory for a share of one, not both".into();
+            self.push(
+                line("gpu_memory"),
+                &format!("{path}.resources.gpu_memory"),
+                reason,
+            );
+        }
+        if let Some(glob) = &r.gpu_model
+            && glob.trim().is_empty()
+        {
+            let field = format!("{path}.resources.gpu_model");
+            self.push(line("gpu_model"), &field, "empty model glob".into());
+        }
+        let asks_gpu = count > 0 || share_bytes > 0;
+        if !asks_gpu && (r.gpu_model.is_some() || r.gpu_min_memory.is_some()) {
+            let reason = "gpu_model and gpu_min_memory need gpus or gpu_memory".into();
+            let at = line("gpu_model").or(line("gpu_min_memory"));
+            self.push(at, &format!("{path}.resources"), reason);
+        }
+        asks_gpu.then(|| GpuRequest {
+            count,
+            share_bytes,
+            model: r.gpu_model.clone(),
+            min_memory_bytes,
         })
     }
 

@@ -45,6 +45,8 @@ pub struct Liveness {
     pub last_seen_ms: i64,
     pub cpu_percent: f64,
     pub memory_used_bytes: u64,
+    /// Per-GPU live figures (NVML or simulated), by GPU index.
+    pub gpus: Vec<kiln_api::pb::GpuStats>,
 }
 
 pub struct Core {

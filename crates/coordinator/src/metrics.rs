@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +25,12 @@ pub struct Metrics {
     /// Time from a change that woke the scheduler to the commit of its pass.
     pub scheduling_seconds: Histogram,
     pub task_events: Counter,
+    /// Per GPU, labelled by node, index, model and whether it is simulated.
+    pub gpu_utilization: Family<Labels, FloatGauge>,
+    pub gpu_memory_used: Family<Labels, FloatGauge>,
+    pub gpu_memory_total: Family<Labels, FloatGauge>,
+    pub gpu_temperature: Family<Labels, FloatGauge>,
+    pub gpu_power: Family<Labels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -40,6 +47,11 @@ impl Default for Metrics {
             placements_rejected: Counter::default(),
             scheduling_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             task_events: Counter::default(),
+            gpu_utilization: Family::default(),
+            gpu_memory_used: Family::default(),
+            gpu_memory_total: Family::default(),
+            gpu_temperature: Family::default(),
+            gpu_power: Family::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
@@ -72,6 +84,27 @@ impl Default for Metrics {
             "Task events committed",
             m.task_events.clone(),
         );
+        registry.register(
+            "gpu_utilization_percent",
+            "GPU utilisation",
+            m.gpu_utilization.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use",
+            m.gpu_memory_used.clone(),
+        );
+        registry.register(
+            "gpu_memory_total_bytes",
+            "GPU memory in total",
+            m.gpu_memory_total.clone(),
+        );
+        registry.register(
+            "gpu_temperature_celsius",
+            "GPU temperature",
+            m.gpu_temperature.clone(),
+        );
+        registry.register("gpu_power_watts", "GPU power draw", m.gpu_power.clone());
         Metrics { registry, ..m }
     }
 }

@@ -2,6 +2,7 @@
 //! the reason.
 
 use super::*;
+use crate::spec::GpuRequest;
 
 fn err(src: &str) -> String {
     match parse_pipeline("p.yaml", src) {
@@ -151,4 +152,64 @@ fn every_error_is_reported_once_per_line() {
         "name: d\nstages:\n  - name: a\n    command: \"\"\n  - name: b\n    needs: [zz]\n    command: x\n",
     );
     assert_eq!(e.lines().count(), 2, "{e}");
+}
+
+#[test]
+fn gpu_requests() {
+    let whole = parse_pipeline("p.yaml", "name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpus: 2, gpu_model: \"*H100*\", gpu_min_memory: 40GiB }\n").unwrap();
+    assert_eq!(
+        whole.stages[0].gpu,
+        Some(GpuRequest {
+            count: 2,
+            share_bytes: 0,
+            model: Some("*H100*".into()),
+            min_memory_bytes: 40 << 30
+        })
+    );
+    let share = parse_pipeline(
+        "p.yaml",
+        "name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpu_memory: 20GiB }\n",
+    )
+    .unwrap();
+    assert!(share.stages[0].gpu.as_ref().unwrap().is_share());
+    assert_eq!(parse_pipeline("p.yaml", GOOD).unwrap().stages[0].gpu, None);
+}
+
+#[test]
+fn bad_gpu_requests_name_the_field() {
+    let neg = err("name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpus: -1 }\n");
+    assert_eq!(
+        neg,
+        "p.yaml:5: stages.a.resources.gpus: -1 is out of range (1 to 64)"
+    );
+    let zero =
+        err("name: d\nstages:\n  - name: a\n    command: x\n    resources:\n      gpu_memory: 0\n");
+    assert_eq!(
+        zero,
+        "p.yaml:6: stages.a.resources.gpu_memory: 0 must be greater than zero"
+    );
+    let unit = err(
+        "name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpu_memory: 20GB2 }\n",
+    );
+    assert!(unit.contains("stages.a.resources.gpu_memory"), "{unit}");
+    let huge =
+        err("name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpu_memory: 2TiB }\n");
+    assert!(huge.contains("more than the limit of 1024 GiB"), "{huge}");
+    let both = err(
+        "name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpus: 1, gpu_memory: 1GiB }\n",
+    );
+    assert!(both.contains("not both"), "{both}");
+    let lonely = err(
+        "name: d\nstages:\n  - name: a\n    command: x\n    resources: { gpu_model: \"A100*\" }\n",
+    );
+    assert!(lonely.contains("need gpus or gpu_memory"), "{lonely}");
+}
+
+#[test]
+fn globs() {
+    use crate::spec::glob_match;
+    assert!(glob_match("*H100*", "NVIDIA H100 80GB HBM3"));
+    assert!(glob_match("NVIDIA A?00*", "NVIDIA A100-SXM4-40GB"));
+    assert!(!glob_match("*H100*", "NVIDIA A100-SXM4-40GB"));
+    assert!(glob_match("*", ""));
 }

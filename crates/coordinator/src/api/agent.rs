@@ -24,7 +24,7 @@ use crate::controllers::sessions::{Session, assignment};
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::{
-    Command, NodeRegistration, Placement, Response as Reply, TaskEvent, TaskStatus,
+    Command, GpuDevice, NodeRegistration, Placement, Response as Reply, TaskEvent, TaskStatus,
 };
 
 pub struct AgentApi {
@@ -70,6 +70,18 @@ impl AgentService for AgentApi {
                 cpu_millis: register.cpu_millis,
                 memory_bytes: register.memory_bytes,
             },
+            gpus: register
+                .gpus
+                .iter()
+                .map(|g| GpuDevice {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_bytes: g.memory_bytes,
+                    nvlink_peers: g.nvlink_peers.clone(),
+                    simulated: g.simulated,
+                })
+                .collect(),
         };
         drop(_e);
         self.core
@@ -131,6 +143,7 @@ fn reconcile(core: &Core, node: &str, known: &[pb::TaskRef], session: &Session) 
                     task,
                     attempt: t.attempt,
                     node: node.to_string(),
+                    gpus: t.current().map(|a| a.gpus.clone()).unwrap_or_default(),
                 };
                 if let Some(a) = assignment(&state, &p) {
                     session.send(Out::Assign(a));
@@ -178,6 +191,7 @@ async fn read_inbound(
                     l.last_seen_ms = now_ms();
                     l.cpu_percent = h.cpu_percent;
                     l.memory_used_bytes = h.memory_used_bytes;
+                    l.gpus = h.gpus;
                 }
                 In::TaskEvent(e) => {
                     let _ = events.send(e);

@@ -39,6 +39,7 @@ impl Kiln for ClientService {
         };
         let pipeline = parse_pipeline(file, &req.pipeline_yaml)
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        check_gpu_shares(&self.core, &pipeline, file)?;
         let trigger = if req.trigger.is_empty() {
             "manual".to_string()
         } else {
@@ -329,4 +330,40 @@ where
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(producer(tx));
     Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+}
+
+/// A GPU share larger than every GPU in the cluster could never be placed: refuse it now,
+/// naming the field, rather than leaving it pending for ever. (With no GPU node registered
+/// yet, the stage waits with its reason instead.)
+fn check_gpu_shares(
+    core: &Core,
+    pipeline: &kiln_api::spec::Pipeline,
+    file: &str,
+) -> Result<(), Error> {
+    let state = core.state.read();
+    let largest = state
+        .nodes
+        .values()
+        .flat_map(|n| n.gpus.iter())
+        .map(|g| g.memory_bytes)
+        .max();
+    let Some(largest) = largest else {
+        return Ok(());
+    };
+    for stage in &pipeline.stages {
+        if let Some(share) = stage
+            .gpu
+            .as_ref()
+            .map(|g| g.share_bytes)
+            .filter(|&s| s > largest)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{file}: stages.{}.resources.gpu_memory: {:.1} GiB is larger than any GPU in the cluster (the largest has {:.1} GiB)",
+                stage.name,
+                share as f64 / (1u64 << 30) as f64,
+                largest as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(())
 }

@@ -51,6 +51,15 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
                         placed_ms: a.time_of(TaskStatus::Placed).unwrap_or(0),
                         started_ms: a.time_of(TaskStatus::Running).unwrap_or(0),
                         finished_ms: a.finished_ms().unwrap_or(0),
+                        gpus: a
+                            .gpus
+                            .iter()
+                            .map(|g| pb::GpuGrant {
+                                index: g.index,
+                                whole: g.whole,
+                                memory_bytes: g.memory_bytes,
+                            })
+                            .collect(),
                         transitions: a
                             .transitions
                             .iter()
@@ -92,5 +101,32 @@ pub fn node(n: &Node, live: Option<&Liveness>) -> pb::Node {
         cpu_percent: live.cpu_percent,
         memory_used_bytes: live.memory_used_bytes,
         last_heartbeat_ms: live.last_seen_ms,
+        gpus: n
+            .gpus
+            .iter()
+            .map(|g| {
+                let stats = live
+                    .gpus
+                    .iter()
+                    .find(|s| s.index == g.index)
+                    .cloned()
+                    .unwrap_or_default();
+                pb::Gpu {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_bytes: g.memory_bytes,
+                    nvlink_peers: g.nvlink_peers.clone(),
+                    simulated: g.simulated,
+                    whole_reserved: g.whole.is_some(),
+                    shared_memory_reserved_bytes: g.shared_bytes(),
+                    shares: g.shares.len() as u32,
+                    utilization_percent: stats.utilization_percent,
+                    memory_used_bytes: stats.memory_used_bytes,
+                    temperature_celsius: stats.temperature_celsius,
+                    power_watts: stats.power_watts,
+                }
+            })
+            .collect(),
     }
 }

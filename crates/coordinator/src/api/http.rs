@@ -49,6 +49,45 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
                 .get_or_create(&vec![("status".into(), status.into())])
                 .set(n as i64);
         }
+        let live = core.liveness();
+        for family in [
+            &m.gpu_utilization,
+            &m.gpu_memory_used,
+            &m.gpu_memory_total,
+            &m.gpu_temperature,
+            &m.gpu_power,
+        ] {
+            family.clear();
+        }
+        for node in state.nodes.values() {
+            for gpu in &node.gpus {
+                let labels = vec![
+                    ("node".to_string(), node.id.clone()),
+                    ("gpu".to_string(), gpu.index.to_string()),
+                    ("model".to_string(), gpu.model.clone()),
+                    ("simulated".to_string(), gpu.simulated.to_string()),
+                ];
+                m.gpu_memory_total
+                    .get_or_create(&labels)
+                    .set(gpu.memory_bytes as f64);
+                let stats = live
+                    .get(&node.id)
+                    .and_then(|l| l.gpus.iter().find(|s| s.index == gpu.index));
+                if let Some(s) = stats {
+                    m.gpu_utilization
+                        .get_or_create(&labels)
+                        .set(s.utilization_percent);
+                    m.gpu_memory_used
+                        .get_or_create(&labels)
+                        .set(s.memory_used_bytes as f64);
+                    m.gpu_temperature
+                        .get_or_create(&labels)
+                        .set(s.temperature_celsius);
+                    m.gpu_power.get_or_create(&labels).set(s.power_watts);
+                }
+            }
+        }
+        drop(live);
         m.nodes.clear();
         for status in [NodeStatus::Ready, NodeStatus::Down] {
             let n = state.nodes.values().filter(|x| x.status == status).count();

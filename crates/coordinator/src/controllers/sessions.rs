@@ -144,6 +144,25 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
     env.insert("KILN_TASK_ID".into(), task_id.clone());
     env.insert("KILN_ATTEMPT".into(), p.attempt.to_string());
     env.insert("KILN_NODE".into(), p.node.clone());
+    let gpu_indices: Vec<u32> = p.gpus.iter().map(|g| g.index).collect();
+    let share = p
+        .gpus
+        .iter()
+        .find(|g| !g.whole)
+        .map_or(0, |g| g.memory_bytes);
+    if !gpu_indices.is_empty() {
+        let list = gpu_indices
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        env.insert("CUDA_VISIBLE_DEVICES".into(), list.clone());
+        env.insert("NVIDIA_VISIBLE_DEVICES".into(), list);
+    }
+    if share > 0 {
+        // The task's budget on a shared GPU; frameworks read it to cap their allocator.
+        env.insert("KILN_GPU_MEMORY_BYTES".into(), share.to_string());
+    }
     Some(pb::Assignment {
         task_id,
         attempt: p.attempt,
@@ -155,5 +174,7 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         timeout_ms: stage.timeout_ms,
         cpu_millis: stage.resources.cpu_millis,
         memory_bytes: stage.resources.memory_bytes,
+        gpu_indices,
+        gpu_memory_bytes: share,
     })
 }

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use kiln_api::spec::{Resources, Stage};
+use kiln_api::spec::{GpuRequest, Resources, Stage};
 
-use crate::state::Node;
+use super::{Planned, gpus};
 use crate::state::fit::{Misfit, fits};
+use crate::state::{Node, NodeStatus};
 
 /// What a task asks of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -14,6 +15,7 @@ pub struct Ask {
     pub resources: Resources,
     pub driver: &'static str,
     pub constraints: BTreeMap<String, String>,
+    pub gpu: Option<GpuRequest>,
 }
 
 impl Ask {
@@ -22,13 +24,14 @@ impl Ask {
             resources: stage.resources,
             driver: "process",
             constraints: stage.constraints.clone(),
+            gpu: stage.gpu.clone(),
         }
     }
 }
 
 pub trait Check: Send + Sync {
-    /// `extra` is what this pass already reserved on the node.
-    fn check(&self, node: &Node, extra: Resources, ask: &Ask) -> Result<(), &'static str>;
+    /// `planned` is what this pass already reserved on the node.
+    fn check(&self, node: &Node, planned: &Planned, ask: &Ask) -> Result<(), &'static str>;
 }
 
 pub fn default_checks() -> Box<[Box<dyn Check>]> {
@@ -37,6 +40,7 @@ pub fn default_checks() -> Box<[Box<dyn Check>]> {
         Box::new(Driver),
         Box::new(Constraints),
         Box::new(Capacity),
+        Box::new(GpuCapacity),
     ])
 }
 
@@ -44,10 +48,10 @@ pub fn default_checks() -> Box<[Box<dyn Check>]> {
 pub struct NodeReady;
 
 impl Check for NodeReady {
-    fn check(&self, node: &Node, _: Resources, _: &Ask) -> Result<(), &'static str> {
+    fn check(&self, node: &Node, _: &Planned, _: &Ask) -> Result<(), &'static str> {
         match node.status {
-            crate::state::NodeStatus::Ready => Ok(()),
-            crate::state::NodeStatus::Down => Err("node down"),
+            NodeStatus::Ready => Ok(()),
+            NodeStatus::Down => Err("node down"),
         }
     }
 }
@@ -56,7 +60,7 @@ impl Check for NodeReady {
 pub struct Driver;
 
 impl Check for Driver {
-    fn check(&self, node: &Node, _: Resources, ask: &Ask) -> Result<(), &'static str> {
+    fn check(&self, node: &Node, _: &Planned, ask: &Ask) -> Result<(), &'static str> {
         if node.drivers.iter().any(|d| d == ask.driver) {
             Ok(())
         } else {
@@ -69,7 +73,7 @@ impl Check for Driver {
 pub struct Constraints;
 
 impl Check for Constraints {
-    fn check(&self, node: &Node, _: Resources, ask: &Ask) -> Result<(), &'static str> {
+    fn check(&self, node: &Node, _: &Planned, ask: &Ask) -> Result<(), &'static str> {
         let ok = ask
             .constraints
             .iter()
@@ -86,7 +90,21 @@ impl Check for Constraints {
 pub struct Capacity;
 
 impl Check for Capacity {
-    fn check(&self, node: &Node, extra: Resources, ask: &Ask) -> Result<(), &'static str> {
-        fits(node, extra, ask.resources).map_err(Misfit::as_str)
+    fn check(&self, node: &Node, planned: &Planned, ask: &Ask) -> Result<(), &'static str> {
+        fits(node, planned.resources, ask.resources).map_err(Misfit::as_str)
+    }
+}
+
+/// GPUs: enough whole GPUs, or one with room for the share, of the model and size asked.
+pub struct GpuCapacity;
+
+impl Check for GpuCapacity {
+    fn check(&self, node: &Node, planned: &Planned, ask: &Ask) -> Result<(), &'static str> {
+        match &ask.gpu {
+            None => Ok(()),
+            Some(request) => gpus::choose(node, &planned.gpus, request)
+                .map(|_| ())
+                .map_err(Misfit::as_str),
+        }
     }
 }

@@ -3,30 +3,35 @@
 //! ```text
 //!  pending tasks ──► for each task, oldest run first
 //!                      │
-//!                      ▼  nodes in a rotated order seeded by (pass, task)
-//!                    feasibility stack: NodeReady → Driver → Constraints → Capacity
+//!                      ▼  nodes in a rotated order seeded by (pass, task);
+//!                      │  CPU-only work walks the nodes without GPUs first
+//!                    feasibility stack: NodeReady → Driver → Constraints → Capacity → GpuCapacity
 //!                      │      (a node that fails yields a named reason, counted)
 //!                      ▼
-//!                    rank the first `sample` feasible nodes: BinPack
+//!                    rank the first `sample` feasible nodes: BinPack + GpuFit
 //!                      │
 //!                      ▼
-//!                    best node, reserved in the pass's overlay so the next task sees it
+//!                    best node (and its exact GPUs), reserved in the pass's overlay
 //! ```
 //!
 //! Like Nomad, a pass scores a bounded sample of feasible nodes (two for batch work by
 //! default) rather than all of them, so its cost stays flat as the cluster grows; setting
-//! `sample` to `None` scores every feasible node. Ties and the starting node are chosen
-//! from a seed derived from the pass number, so a pass can be replayed exactly.
+//! `sample` to `None` scores every feasible node. The starting node is chosen from a seed
+//! derived from the pass number, so a pass can be replayed exactly.
+//!
+//! Work that asks for no GPU looks at nodes without GPUs first and goes to a GPU node only
+//! when no CPU node fits, so GPUs are not blocked by CPU work.
 //!
 //! A task that fits nowhere is not an error: it stays pending, and the pass reports why,
 //! with the number of nodes that gave each reason ("cpu exhausted on 2 nodes"). Tasks with
-//! the same ask and constraints as one that already failed in this pass are skipped with
-//! the same reason, so a full cluster costs one scan per distinct shape, not per task.
+//! the same ask as one that already failed in this pass are skipped with the same reason,
+//! so a full cluster costs one scan per distinct shape, not per task.
 //!
-//! The capacity check is [`crate::state::fit::fits`], the same function the state machine
+//! The capacity checks are [`crate::state::fit`]'s, the same functions the state machine
 //! runs again when it applies the pass.
 
 mod checks;
+pub mod gpus;
 mod rank;
 
 #[cfg(test)]
@@ -36,9 +41,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use kiln_api::spec::Resources;
 
-use crate::state::{ClusterState, Node, NodeId, Placement, TaskRef};
+use crate::state::{ClusterState, GpuGrant, Node, NodeId, Placement, TaskRef};
 pub use checks::{Ask, Check, default_checks};
-pub use rank::{BinPack, Rank};
+pub use rank::{BinPack, GpuFit, Rank, Spread};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -57,6 +62,13 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// What this pass has already reserved on one node.
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    pub resources: Resources,
+    pub gpus: Vec<GpuGrant>,
+}
+
 /// What one pass decided.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Pass {
@@ -65,12 +77,22 @@ pub struct Pass {
     pub waiting: BTreeMap<TaskRef, String>,
 }
 
+/// The fixed stack a pass runs: checks in order, rankers added.
+struct Stack {
+    checks: Box<[Box<dyn Check>]>,
+    rankers: Vec<Box<dyn Rank>>,
+}
+
 /// Plans placements for every pending task that fits somewhere.
 pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pass {
-    let checks = default_checks();
-    let ranker = BinPack;
-    let nodes: Vec<&Node> = state.nodes.values().collect();
-    let mut overlay: HashMap<&NodeId, Resources> = HashMap::new();
+    let stack = Stack {
+        checks: default_checks(),
+        rankers: vec![Box::new(BinPack), Box::new(GpuFit)],
+    };
+    let (cpu_nodes, gpu_nodes): (Vec<&Node>, Vec<&Node>) =
+        state.nodes.values().partition(|n| n.gpus.is_empty());
+    let all: Vec<&Node> = state.nodes.values().collect();
+    let mut overlay: HashMap<&NodeId, Planned> = HashMap::new();
     let mut failed_shapes: HashMap<Ask, String> = HashMap::new();
     let mut out = Pass::default();
 
@@ -86,25 +108,30 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
             out.waiting.insert(task, reason.clone());
             continue;
         }
-        match pick(
-            &nodes,
-            &overlay,
-            &ask,
-            &checks,
-            &ranker,
-            seed(pass, task),
-            config.sample,
-        ) {
-            Ok(node) => {
-                let extra = overlay.entry(&node.id).or_default();
-                *extra = extra.saturating_add(ask.resources);
+        let seed = seed(pass, task);
+        let picked = if ask.gpu.is_none() && !gpu_nodes.is_empty() && !cpu_nodes.is_empty() {
+            // CPU work: GPU nodes only when no CPU node fits.
+            pick(&cpu_nodes, &overlay, &ask, &stack, seed, config.sample).or_else(|_| {
+                pick(&gpu_nodes, &overlay, &ask, &stack, seed, config.sample)
+                    .map_err(|e| e.combined(&all, &overlay, &ask, &stack))
+            })
+        } else {
+            pick(&all, &overlay, &ask, &stack, seed, config.sample)
+        };
+        match picked {
+            Ok((node, grants)) => {
+                let planned = overlay.entry(&node.id).or_default();
+                planned.resources = planned.resources.saturating_add(ask.resources);
+                planned.gpus.extend(grants.iter().copied());
                 out.placements.push(Placement {
                     task,
                     attempt: t.attempt,
                     node: node.id.clone(),
+                    gpus: grants,
                 });
             }
-            Err(reason) => {
+            Err(no_fit) => {
+                let reason = no_fit.to_string();
                 failed_shapes.insert(ask, reason.clone());
                 out.waiting.insert(task, reason);
             }
@@ -113,32 +140,82 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
     out
 }
 
+/// Why no node fit: each reason with the number of nodes that gave it.
+#[derive(Debug, Default)]
+struct NoFit(BTreeMap<&'static str, usize>);
+
+impl NoFit {
+    /// The reasons over every node (for CPU work that tried CPU nodes, then GPU nodes).
+    fn combined(
+        self,
+        all: &[&Node],
+        overlay: &HashMap<&NodeId, Planned>,
+        ask: &Ask,
+        stack: &Stack,
+    ) -> NoFit {
+        let mut reasons = BTreeMap::new();
+        for node in all {
+            let planned = overlay.get(&node.id).cloned().unwrap_or_default();
+            if let Some(r) = stack
+                .checks
+                .iter()
+                .find_map(|c| c.check(node, &planned, ask).err())
+            {
+                *reasons.entry(r).or_default() += 1;
+            }
+        }
+        NoFit(reasons)
+    }
+}
+
+impl std::fmt::Display for NoFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no nodes registered");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        write!(f, "no node fits: {}", parts.join(", "))
+    }
+}
+
 /// Picks the best of the first `sample` feasible nodes, walking from a seeded offset.
 fn pick<'a>(
     nodes: &[&'a Node],
-    overlay: &HashMap<&NodeId, Resources>,
+    overlay: &HashMap<&NodeId, Planned>,
     ask: &Ask,
-    checks: &[Box<dyn Check>],
-    ranker: &dyn Rank,
+    stack: &Stack,
     seed: u64,
     sample: Option<usize>,
-) -> Result<&'a Node, String> {
+) -> Result<(&'a Node, Vec<GpuGrant>), NoFit> {
     if nodes.is_empty() {
-        return Err("no nodes registered".into());
+        return Err(NoFit::default());
     }
     let start = (seed % nodes.len() as u64) as usize;
     let want = sample.unwrap_or(usize::MAX).max(1);
-    let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let empty = Planned::default();
+    let mut reasons = NoFit::default();
     let mut best: Option<(f64, &Node)> = None;
     let mut feasible = 0;
     for i in 0..nodes.len() {
         let node = nodes[(start + i) % nodes.len()];
-        let extra = overlay.get(&node.id).copied().unwrap_or_default();
-        if let Some(reason) = checks.iter().find_map(|c| c.check(node, extra, ask).err()) {
-            *reasons.entry(reason).or_default() += 1;
+        let planned = overlay.get(&node.id).unwrap_or(&empty);
+        if let Some(reason) = stack
+            .checks
+            .iter()
+            .find_map(|c| c.check(node, planned, ask).err())
+        {
+            *reasons.0.entry(reason).or_default() += 1;
             continue;
         }
-        let score = ranker.score(node, extra, ask);
+        let score: f64 = stack
+            .rankers
+            .iter()
+            .map(|r| r.score(node, planned, ask))
+            .sum();
         if best.is_none_or(|(b, _)| score > b) {
             best = Some((score, node));
         }
@@ -147,13 +224,17 @@ fn pick<'a>(
             break;
         }
     }
-    best.map(|(_, n)| n).ok_or_else(|| {
-        let parts: Vec<String> = reasons
-            .iter()
-            .map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" }))
-            .collect();
-        format!("no node fits: {}", parts.join(", "))
-    })
+    let (_, node) = best.ok_or(reasons)?;
+    let grants = match &ask.gpu {
+        None => Vec::new(),
+        Some(request) => {
+            let planned = overlay.get(&node.id).unwrap_or(&empty);
+            gpus::choose(node, &planned.gpus, request)
+                .map(|c| c.grants)
+                .unwrap_or_default()
+        }
+    };
+    Ok((node, grants))
 }
 
 /// A deterministic 64-bit mix of the pass number and the task (splitmix64).

@@ -1,8 +1,8 @@
 //! Named rows for each rule, and passes over whole states.
 
 use super::*;
-use crate::state::{Command, NodeRegistration, NodeStatus, Response};
-use kiln_api::spec::{Command as Cmd, Pipeline, Stage};
+use crate::state::{Command, GpuDevice, NodeRegistration, NodeStatus, Response};
+use kiln_api::spec::{Command as Cmd, GpuRequest, Pipeline, Stage};
 
 fn node(id: &str, cpu: u64, reserved: u64, labels: &[(&str, &str)], drivers: &[&str]) -> Node {
     Node {
@@ -23,6 +23,7 @@ fn node(id: &str, cpu: u64, reserved: u64, labels: &[(&str, &str)], drivers: &[&
         },
         allocations: Default::default(),
         status_changed_ms: 0,
+        gpus: Vec::new(),
     }
 }
 
@@ -37,6 +38,136 @@ fn ask(cpu: u64, constraints: &[(&str, &str)]) -> Ask {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        gpu: None,
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+/// `n` GPUs of `model` with `gib` GiB each, NVLinked in the given pairs.
+fn gpus(n: u32, model: &str, gib: u64, links: &[(u32, u32)]) -> Vec<GpuDevice> {
+    (0..n)
+        .map(|i| GpuDevice {
+            index: i,
+            uuid: format!("GPU-{i}"),
+            model: model.into(),
+            memory_bytes: gib * GIB,
+            nvlink_peers: links
+                .iter()
+                .filter_map(|&(a, b)| {
+                    if a == i {
+                        Some(b)
+                    } else if b == i {
+                        Some(a)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+            simulated: true,
+        })
+        .collect()
+}
+
+fn whole(count: u32) -> GpuRequest {
+    GpuRequest {
+        count,
+        ..Default::default()
+    }
+}
+
+fn share(gib: u64) -> GpuRequest {
+    GpuRequest {
+        share_bytes: gib * GIB,
+        ..Default::default()
+    }
+}
+
+struct Cluster {
+    state: ClusterState,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            state: ClusterState::default(),
+        }
+    }
+
+    fn node(mut self, id: &str, cpu: u64, devices: Vec<GpuDevice>) -> Cluster {
+        let reg = NodeRegistration {
+            id: id.to_string(),
+            labels: Default::default(),
+            drivers: vec!["process".into()],
+            capacity: Resources {
+                cpu_millis: cpu,
+                memory_bytes: 64 * GIB,
+            },
+            gpus: devices,
+        };
+        self.state.apply(&Command::RegisterNode {
+            node: reg,
+            now_ms: 0,
+        });
+        self
+    }
+
+    /// Submits one run whose stages have these (cpu, gpu) asks and no needs.
+    fn submit(&mut self, stages: &[(u64, Option<GpuRequest>)]) {
+        let stages = stages
+            .iter()
+            .enumerate()
+            .map(|(i, (cpu, gpu))| Stage {
+                name: format!("s{i}"),
+                needs: vec![],
+                command: Cmd::Shell("true".into()),
+                env: Default::default(),
+                resources: Resources {
+                    cpu_millis: *cpu,
+                    memory_bytes: 1 << 20,
+                },
+                gpu: gpu.clone(),
+                retries: 0,
+                timeout_ms: 1000,
+                constraints: Default::default(),
+            })
+            .collect();
+        let pipeline = Pipeline {
+            name: "p".into(),
+            stages,
+        };
+        let r = self.state.apply(&Command::SubmitRun {
+            request_id: String::new(),
+            trigger: String::new(),
+            pipeline,
+            now_ms: 0,
+        });
+        assert!(matches!(r, Response::Submitted { .. }));
+    }
+
+    /// Schedules and applies one pass; returns it.
+    fn pass(&mut self, number: u64) -> Pass {
+        let pass = schedule(
+            &self.state,
+            number,
+            &SchedulerConfig {
+                sample: None,
+                ..Default::default()
+            },
+        );
+        let r = self.state.apply(&Command::PlaceBatch {
+            pass: number,
+            placements: pass.placements.clone(),
+            now_ms: 1,
+        });
+        let Response::Placed { rejected, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!(
+            rejected.is_empty(),
+            "the state machine rejected {rejected:?}"
+        );
+        pass
     }
 }
 
@@ -90,84 +221,267 @@ fn feasibility_rules() {
             ask(500, &[]),
             Err("cpu exhausted"),
         ),
+        (
+            "gpu asked, none there",
+            node("a", 1000, 0, &[], &["process"]),
+            Ask {
+                gpu: Some(whole(1)),
+                ..ask(100, &[])
+            },
+            Err("no gpus"),
+        ),
     ];
     let checks = default_checks();
     for (name, n, a, want) in rows {
         let got = checks
             .iter()
-            .try_for_each(|c| c.check(&n, Resources::default(), &a));
+            .try_for_each(|c| c.check(&n, &Planned::default(), &a));
         assert_eq!(got, want, "row {name:?}");
     }
 }
 
 #[test]
-fn binpack_prefers_the_fuller_node() {
+fn gpu_feasibility_rules() {
+    let h100 = gpus(4, "NVIDIA H100 80GB HBM3", 80, &[]);
+    let a100 = gpus(2, "NVIDIA A100-SXM4-40GB", 40, &[]);
+    let rows: Vec<(&str, Vec<GpuDevice>, GpuRequest, Result<(), &str>)> = vec![
+        ("whole gpus fit", h100.clone(), whole(4), Ok(())),
+        (
+            "too many whole gpus",
+            h100.clone(),
+            whole(5),
+            Err("gpus exhausted"),
+        ),
+        (
+            "model glob matches",
+            h100.clone(),
+            GpuRequest {
+                model: Some("*H100*".into()),
+                ..whole(1)
+            },
+            Ok(()),
+        ),
+        (
+            "model glob misses",
+            a100.clone(),
+            GpuRequest {
+                model: Some("*H100*".into()),
+                ..whole(1)
+            },
+            Err("no gpu matches the model or memory asked"),
+        ),
+        (
+            "min memory met",
+            h100.clone(),
+            GpuRequest {
+                min_memory_bytes: 80 * GIB,
+                ..whole(1)
+            },
+            Ok(()),
+        ),
+        (
+            "min memory missed",
+            a100.clone(),
+            GpuRequest {
+                min_memory_bytes: 80 * GIB,
+                ..whole(1)
+            },
+            Err("no gpu matches the model or memory asked"),
+        ),
+        ("share fits", a100.clone(), share(20), Ok(())),
+        (
+            "share larger than the gpu",
+            a100,
+            share(48),
+            Err("no gpu matches the model or memory asked"),
+        ),
+    ];
+    let checks = default_checks();
+    for (name, devices, request, want) in rows {
+        let c = Cluster::new().node("n", 8000, devices);
+        let n = &c.state.nodes["n"];
+        let a = Ask {
+            gpu: Some(request),
+            ..ask(100, &[])
+        };
+        let got = checks
+            .iter()
+            .try_for_each(|c| c.check(n, &Planned::default(), &a));
+        assert_eq!(got, want, "row {name:?}");
+    }
+}
+
+#[test]
+fn binpack_prefers_the_fuller_node_and_spread_the_emptier() {
     let a = ask(100, &[]);
     let empty = node("empty", 1000, 0, &[], &["process"]);
     let half = node("half", 1000, 500, &[], &["process"]);
-    assert!(
-        BinPack.score(&half, Resources::default(), &a)
-            > BinPack.score(&empty, Resources::default(), &a)
+    let p = Planned::default();
+    assert!(BinPack.score(&half, &p, &a) > BinPack.score(&empty, &p, &a));
+    assert!(Spread.score(&empty, &p, &a) > Spread.score(&half, &p, &a));
+}
+
+#[test]
+fn two_20gib_shares_land_on_one_80gb_gpu() {
+    let mut c = Cluster::new().node("n", 8000, gpus(2, "NVIDIA H100 80GB HBM3", 80, &[]));
+    c.submit(&[(100, Some(share(20))), (100, Some(share(20)))]);
+    let pass = c.pass(1);
+    let indices: Vec<u32> = pass.placements.iter().map(|p| p.gpus[0].index).collect();
+    assert_eq!(
+        indices,
+        vec![0, 0],
+        "the second share goes on the already shared GPU"
+    );
+    let gpu1 = &c.state.nodes["n"].gpus[1];
+    assert!(gpu1.is_free(), "GPU 1 stays whole");
+}
+
+#[test]
+fn shares_prefer_a_node_whose_gpu_is_already_shared() {
+    let mut c = Cluster::new()
+        .node("fresh", 8000, gpus(1, "H100", 80, &[]))
+        .node("shared", 8000, gpus(1, "H100", 80, &[]));
+    c.submit(&[(100, Some(share(10)))]);
+    // Put the first share on "shared" by hand, then see where the next one goes.
+    let first = c.state.pending.iter().next().copied().unwrap();
+    let grant = GpuGrant {
+        index: 0,
+        whole: false,
+        memory_bytes: 10 * GIB,
+    };
+    let p = Placement {
+        task: first,
+        attempt: 1,
+        node: "shared".into(),
+        gpus: vec![grant],
+    };
+    c.state.apply(&Command::PlaceBatch {
+        pass: 0,
+        placements: vec![p],
+        now_ms: 0,
+    });
+    c.submit(&[(100, Some(share(10)))]);
+    let pass = c.pass(2);
+    assert_eq!(
+        pass.placements[0].node, "shared",
+        "fragmentation: keep the fresh node's GPU whole"
     );
 }
 
-fn state_with(nodes: &[(&str, u64)], stages: Vec<(u64, &[(&str, &str)])>) -> ClusterState {
-    let mut s = ClusterState::default();
-    for (id, cpu) in nodes {
-        let reg = NodeRegistration {
-            id: id.to_string(),
-            labels: Default::default(),
-            drivers: vec!["process".into()],
-            capacity: Resources {
-                cpu_millis: *cpu,
-                memory_bytes: 1 << 30,
-            },
-        };
-        s.apply(&Command::RegisterNode {
-            node: reg,
-            now_ms: 0,
-        });
-    }
-    let stages = stages
-        .into_iter()
-        .enumerate()
-        .map(|(i, (cpu, c))| Stage {
-            name: format!("s{i}"),
-            needs: vec![],
-            command: Cmd::Shell("true".into()),
-            env: Default::default(),
-            resources: Resources {
-                cpu_millis: cpu,
-                memory_bytes: 1 << 20,
-            },
-            retries: 0,
-            timeout_ms: 1000,
-            constraints: c
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .collect();
-    let r = s.apply(&Command::SubmitRun {
-        request_id: String::new(),
-        trigger: String::new(),
-        pipeline: Pipeline {
-            name: "p".into(),
-            stages,
-        },
-        now_ms: 0,
+#[test]
+fn multi_gpu_asks_take_nvlink_connected_sets() {
+    // 0-1 and 2-3 are NVLinked pairs; 0-2 is not.
+    let mut c = Cluster::new().node("n", 8000, gpus(4, "H100", 80, &[(0, 1), (2, 3)]));
+    c.submit(&[(100, Some(whole(1))), (100, Some(whole(2)))]);
+    let pass = c.pass(1);
+    let single: Vec<u32> = pass.placements[0].gpus.iter().map(|g| g.index).collect();
+    let pair: Vec<u32> = pass.placements[1].gpus.iter().map(|g| g.index).collect();
+    let connected = |set: &[u32]| set == [0, 1] || set == [2, 3];
+    assert!(
+        connected(&pair),
+        "the pair {pair:?} must be NVLinked (single took {single:?})"
+    );
+    assert!(!pair.contains(&single[0]));
+}
+
+#[test]
+fn a_single_gpu_goes_where_it_breaks_no_nvlink_pair() {
+    // 0-1 linked, 2 alone: one GPU should take 2 and leave the pair whole.
+    let mut c = Cluster::new().node("n", 8000, gpus(3, "H100", 80, &[(0, 1)]));
+    c.submit(&[(100, Some(whole(1)))]);
+    let pass = c.pass(1);
+    assert_eq!(pass.placements[0].gpus[0].index, 2);
+}
+
+#[test]
+fn cpu_work_avoids_gpu_nodes_while_cpu_nodes_fit() {
+    let mut c = Cluster::new()
+        .node("gpu", 8000, gpus(1, "H100", 80, &[]))
+        .node("cpu", 1000, vec![]);
+    c.submit(&[(600, None), (600, None)]);
+    let pass = c.pass(1);
+    assert_eq!(pass.placements[0].node, "cpu");
+    assert_eq!(
+        pass.placements[1].node, "gpu",
+        "once the CPU node is full, the GPU node takes CPU work"
+    );
+}
+
+#[test]
+fn a_gpu_ask_that_cannot_fit_waits_with_its_reason_and_is_placed_once_room_frees() {
+    let mut c = Cluster::new().node("n", 8000, gpus(1, "H100", 80, &[]));
+    c.submit(&[(100, Some(whole(1))), (100, Some(whole(1)))]);
+    let pass = c.pass(1);
+    assert_eq!(pass.placements.len(), 1);
+    assert_eq!(
+        pass.waiting.values().next().unwrap(),
+        "no node fits: gpus exhausted on 1 node"
+    );
+    // The first finishes; the second is placed on the freed GPU.
+    let done = pass.placements[0].task;
+    let e = crate::state::TaskEvent {
+        task: done,
+        attempt: 1,
+        status: crate::state::TaskStatus::Succeeded,
+        exit_code: Some(0),
+        message: String::new(),
+        at_ms: 2,
+    };
+    c.state.apply(&Command::TaskEvents {
+        node: "n".into(),
+        events: vec![e],
+        now_ms: 2,
     });
-    assert!(matches!(r, Response::Submitted { .. }));
-    s
+    let pass = c.pass(2);
+    assert_eq!(pass.placements.len(), 1);
+    assert_eq!(pass.placements[0].gpus[0].index, 0);
+}
+
+#[test]
+fn the_state_machine_rejects_grants_that_collide() {
+    let mut c = Cluster::new().node("n", 8000, gpus(1, "H100", 80, &[]));
+    c.submit(&[(100, Some(whole(1))), (100, Some(share(10)))]);
+    let tasks: Vec<TaskRef> = c.state.pending.iter().copied().collect();
+    let g = |whole, gib| {
+        vec![GpuGrant {
+            index: 0,
+            whole,
+            memory_bytes: gib * GIB,
+        }]
+    };
+    let batch = vec![
+        Placement {
+            task: tasks[0],
+            attempt: 1,
+            node: "n".into(),
+            gpus: g(true, 80),
+        },
+        Placement {
+            task: tasks[1],
+            attempt: 1,
+            node: "n".into(),
+            gpus: g(false, 10),
+        },
+    ];
+    let r = c.state.apply(&Command::PlaceBatch {
+        pass: 1,
+        placements: batch,
+        now_ms: 1,
+    });
+    let Response::Placed { accepted, rejected } = r else {
+        panic!()
+    };
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(rejected[0].1, "gpu memory exhausted");
 }
 
 #[test]
 fn a_pass_never_plans_more_than_fits_and_says_why_the_rest_wait() {
-    let s = state_with(
-        &[("n1", 1000), ("n2", 1000)],
-        vec![(600, &[]), (600, &[]), (600, &[])],
-    );
-    let pass = schedule(&s, 7, &SchedulerConfig::default());
+    let mut c = Cluster::new()
+        .node("n1", 1000, vec![])
+        .node("n2", 1000, vec![]);
+    c.submit(&[(600, None), (600, None), (600, None)]);
+    let pass = schedule(&c.state, 7, &SchedulerConfig::default());
     assert_eq!(pass.placements.len(), 2);
     let nodes: std::collections::BTreeSet<_> =
         pass.placements.iter().map(|p| p.node.clone()).collect();
@@ -180,21 +494,26 @@ fn a_pass_never_plans_more_than_fits_and_says_why_the_rest_wait() {
 
 #[test]
 fn a_pass_is_replayable_from_its_number() {
-    let nodes: Vec<(String, u64)> = (0..50).map(|i| (format!("n{i}"), 4000)).collect();
-    let refs: Vec<(&str, u64)> = nodes.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-    let s = state_with(&refs, (0..40).map(|_| (100u64, &[][..])).collect());
-    let a = schedule(&s, 42, &SchedulerConfig::default());
-    let b = schedule(&s, 42, &SchedulerConfig::default());
+    let mut c = Cluster::new();
+    for i in 0..50 {
+        c = c.node(&format!("n{i}"), 4000, vec![]);
+    }
+    c.submit(&vec![(100, None); 40]);
+    let a = schedule(&c.state, 42, &SchedulerConfig::default());
+    let b = schedule(&c.state, 42, &SchedulerConfig::default());
     assert_eq!(a, b);
     assert_eq!(a.placements.len(), 40);
 }
 
 #[test]
 fn exact_scoring_packs_onto_the_fullest_node() {
-    let mut s = state_with(&[("big", 8000), ("small", 1000)], vec![(500, &[])]);
-    s.nodes.get_mut("big").unwrap().reserved.cpu_millis = 7000;
+    let mut c = Cluster::new()
+        .node("big", 8000, vec![])
+        .node("small", 1000, vec![]);
+    c.state.nodes.get_mut("big").unwrap().reserved.cpu_millis = 7000;
+    c.submit(&[(500, None)]);
     let pass = schedule(
-        &s,
+        &c.state,
         1,
         &SchedulerConfig {
             sample: None,
@@ -206,19 +525,10 @@ fn exact_scoring_packs_onto_the_fullest_node() {
 
 #[test]
 fn applying_a_pass_accepts_all_of_it() {
-    let mut s = state_with(
-        &[("n1", 1000), ("n2", 1000)],
-        vec![(300, &[]), (300, &[]), (300, &[]), (300, &[])],
-    );
-    let pass = schedule(&s, 3, &SchedulerConfig::default());
-    let r = s.apply(&Command::PlaceBatch {
-        pass: 3,
-        placements: pass.placements.clone(),
-        now_ms: 1,
-    });
-    let Response::Placed { accepted, rejected } = r else {
-        panic!()
-    };
-    assert_eq!((accepted.len(), rejected.len()), (4, 0));
-    assert!(s.pending.is_empty());
+    let mut c = Cluster::new()
+        .node("n1", 1000, vec![])
+        .node("n2", 1000, vec![]);
+    c.submit(&[(300, None), (300, None), (300, None), (300, None)]);
+    c.pass(3);
+    assert!(c.state.pending.is_empty());
 }

@@ -8,7 +8,7 @@ use kiln_api::spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::model::{NodeId, TaskRef, TaskStatus};
+use super::model::{GpuGrant, NodeId, TaskRef, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -66,6 +66,19 @@ pub struct NodeRegistration {
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<String>,
     pub capacity: Resources,
+    #[serde(default)]
+    pub gpus: Vec<GpuDevice>,
+}
+
+/// A GPU as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub nvlink_peers: Vec<u32>,
+    pub simulated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,6 +86,9 @@ pub struct Placement {
     pub task: TaskRef,
     pub attempt: u32,
     pub node: NodeId,
+    /// The exact GPUs chosen, for a task that asks for any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuGrant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

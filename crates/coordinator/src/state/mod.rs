@@ -36,10 +36,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use kiln_api::spec::{Resources, Stage};
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Kill, NodeRegistration, Placement, Response, TaskEvent};
+pub use command::{Command, GpuDevice, Kill, NodeRegistration, Placement, Response, TaskEvent};
 pub use model::{
-    Attempt, Node, NodeId, NodeStatus, Run, RunStatus, Task, TaskRef, TaskStatus, parse_run_id,
-    run_id,
+    Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, Run, RunStatus, Task, TaskRef, TaskStatus,
+    parse_run_id, run_id,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

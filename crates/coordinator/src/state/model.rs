@@ -35,6 +35,40 @@ impl NodeStatus {
     }
 }
 
+/// One GPU of a node: what the agent reported, and what is reserved on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub nvlink_peers: Vec<u32>,
+    pub simulated: bool,
+    /// The task holding the whole GPU, if any.
+    pub whole: Option<TaskRef>,
+    /// Shares of its memory, by task. Never both `whole` and shares.
+    pub shares: BTreeMap<TaskRef, u64>,
+}
+
+impl Gpu {
+    pub fn shared_bytes(&self) -> u64 {
+        self.shares.values().sum()
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.whole.is_none() && self.shares.is_empty()
+    }
+}
+
+/// A reservation on one GPU: the whole of it, or a share of its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuGrant {
+    pub index: u32,
+    pub whole: bool,
+    /// The share's size; for a whole GPU, its memory.
+    pub memory_bytes: u64,
+}
+
 /// A machine running an agent, as the cluster has agreed it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -47,6 +81,8 @@ pub struct Node {
     pub reserved: Resources,
     pub allocations: BTreeSet<TaskRef>,
     pub status_changed_ms: i64,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +165,9 @@ pub struct Attempt {
     pub message: String,
     /// Every status this attempt went through, with the time it was recorded.
     pub transitions: Vec<(TaskStatus, i64)>,
+    /// The GPUs reserved for this attempt.
+    #[serde(default)]
+    pub gpus: Vec<GpuGrant>,
 }
 
 impl Attempt {

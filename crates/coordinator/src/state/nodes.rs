@@ -1,8 +1,8 @@
 //! Nodes joining, coming back, and being lost.
 
 use super::ClusterState;
-use super::command::{NodeRegistration, Response};
-use super::model::{Node, NodeStatus};
+use super::command::{GpuDevice, NodeRegistration, Response};
+use super::model::{Gpu, Node, NodeStatus};
 
 impl ClusterState {
     pub(super) fn register_node(&mut self, reg: &NodeRegistration, now_ms: i64) -> Response {
@@ -15,7 +15,9 @@ impl ClusterState {
             reserved: Default::default(),
             allocations: Default::default(),
             status_changed_ms: now_ms,
+            gpus: Vec::new(),
         });
+        update_gpus(&mut node.gpus, &reg.gpus);
         node.labels = reg.labels.clone();
         node.drivers = reg.drivers.clone();
         node.capacity = reg.capacity;
@@ -45,4 +47,33 @@ impl ClusterState {
         }
         Response::NodeDown { lost }
     }
+}
+
+/// Takes the agent's GPU inventory, keeping the reservations on GPUs it still reports. A GPU
+/// that disappeared is dropped only if nothing is reserved on it (its tasks keep their
+/// reservation until they end).
+fn update_gpus(gpus: &mut Vec<Gpu>, reported: &[GpuDevice]) {
+    gpus.retain(|g| !g.is_free() || reported.iter().any(|r| r.index == g.index));
+    for r in reported {
+        match gpus.iter_mut().find(|g| g.index == r.index) {
+            Some(g) => {
+                g.uuid = r.uuid.clone();
+                g.model = r.model.clone();
+                g.memory_bytes = r.memory_bytes;
+                g.nvlink_peers = r.nvlink_peers.clone();
+                g.simulated = r.simulated;
+            }
+            None => gpus.push(Gpu {
+                index: r.index,
+                uuid: r.uuid.clone(),
+                model: r.model.clone(),
+                memory_bytes: r.memory_bytes,
+                nvlink_peers: r.nvlink_peers.clone(),
+                simulated: r.simulated,
+                whole: None,
+                shares: Default::default(),
+            }),
+        }
+    }
+    gpus.sort_by_key(|g| g.index);
 }

@@ -3,7 +3,7 @@
 
 use super::ClusterState;
 use super::command::{Placement, Response};
-use super::fit::fits;
+use super::fit::{fits, gpus_fit};
 use super::model::{Attempt, RunStatus, TaskStatus};
 
 impl ClusterState {
@@ -28,11 +28,30 @@ impl ClusterState {
                 task.status, task.attempt
             ));
         }
+        let gpu_request = self.stage(p.task).and_then(|s| s.gpu.clone());
         let node = self.nodes.get_mut(&p.node).ok_or("node not found")?;
         fits(node, Default::default(), ask).map_err(|m| m.as_str().to_string())?;
+        match &gpu_request {
+            Some(request) => {
+                gpus_fit(node, &[], request, &p.gpus).map_err(|m| m.as_str().to_string())?
+            }
+            None if !p.gpus.is_empty() => {
+                return Err("gpus granted to a task that asked for none".into());
+            }
+            None => {}
+        }
 
         node.reserved = node.reserved.saturating_add(ask);
         node.allocations.insert(p.task);
+        for grant in &p.gpus {
+            if let Some(gpu) = node.gpus.iter_mut().find(|g| g.index == grant.index) {
+                if grant.whole {
+                    gpu.whole = Some(p.task);
+                } else {
+                    gpu.shares.insert(p.task, grant.memory_bytes);
+                }
+            }
+        }
         self.pending.remove(&p.task);
         let run = self.runs.get_mut(&p.task.run).ok_or("run not found")?;
         if run.status == RunStatus::Pending {
@@ -47,6 +66,7 @@ impl ClusterState {
             exit_code: None,
             message: String::new(),
             transitions: vec![(TaskStatus::Placed, now_ms)],
+            gpus: p.gpus.clone(),
         });
         Ok(())
     }

@@ -252,6 +252,12 @@ impl ClusterState {
             && n.allocations.remove(&task)
         {
             n.reserved = n.reserved.saturating_sub(ask);
+            for gpu in &mut n.gpus {
+                if gpu.whole == Some(task) {
+                    gpu.whole = None;
+                }
+                gpu.shares.remove(&task);
+            }
         }
     }
 

@@ -17,6 +17,7 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         retries,
         timeout_ms: 60_000,
         constraints: Default::default(),
+        gpu: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn register(s: &mut ClusterState, id: &str, cpu: u64) {
             cpu_millis: cpu,
             memory_bytes: 1 << 30,
         },
+        gpus: vec![],
     };
     s.apply(&Command::RegisterNode { node, now_ms: 0 });
 }
@@ -58,6 +60,7 @@ fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
         task: TaskRef { run, stage },
         attempt,
         node: node.into(),
+        gpus: vec![],
     };
     s.apply(&Command::PlaceBatch {
         pass: 1,
@@ -260,11 +263,13 @@ fn placements_that_no_longer_fit_are_rejected() {
             task: TaskRef { run, stage: 0 },
             attempt: 1,
             node: "n1".into(),
+            gpus: vec![],
         },
         Placement {
             task: TaskRef { run, stage: 1 },
             attempt: 1,
             node: "n1".into(),
+            gpus: vec![],
         },
     ];
     match s.apply(&Command::PlaceBatch {
@@ -350,7 +355,7 @@ proptest! {
                 Op::Place(t, n) if !tasks.is_empty() => {
                     let task = tasks[t % tasks.len()];
                     let attempt = s.task(task).unwrap().attempt;
-                    Command::PlaceBatch { pass: now as u64, placements: vec![Placement { task, attempt, node: nodes[n].into() }], now_ms: now }
+                    Command::PlaceBatch { pass: now as u64, placements: vec![Placement { task, attempt, node: nodes[n].into(), gpus: vec![] }], now_ms: now }
                 }
                 Op::Finish(t, ok) if !tasks.is_empty() => {
                     let task = tasks[t % tasks.len()];
@@ -360,7 +365,7 @@ proptest! {
                     Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now }], now_ms: now }
                 }
                 Op::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
-                Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 } }, now_ms: now },
+                Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 }, gpus: vec![] }, now_ms: now },
                 _ => continue,
             };
             s.apply(&command);
@@ -371,6 +376,88 @@ proptest! {
                 prop_assert!(node.reserved.memory_bytes <= node.capacity.memory_bytes);
                 for t in &node.allocations {
                     prop_assert!(s.task(*t).unwrap().status.is_allocated());
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum GpuOp {
+    /// A one-stage run asking `count` whole GPUs (0: a share of `gib`).
+    Submit(u32, u64),
+    /// Place task `t` on node `n` with arbitrary grants (index, whole, GiB): the state
+    /// machine must refuse every set that does not fit.
+    Place(usize, usize, Vec<(u32, bool, u64)>),
+    Finish(usize),
+    Lose(usize),
+}
+
+fn gpu_op() -> impl Strategy<Value = GpuOp> {
+    prop_oneof![
+        (0u32..3, 1u64..90).prop_map(|(c, g)| GpuOp::Submit(c, g)),
+        (
+            0usize..64,
+            0usize..2,
+            proptest::collection::vec((0u32..3, any::<bool>(), 1u64..90), 0..3)
+        )
+            .prop_map(|(t, n, g)| GpuOp::Place(t, n, g)),
+        (0usize..64).prop_map(GpuOp::Finish),
+        (0usize..2).prop_map(GpuOp::Lose),
+    ]
+}
+
+proptest! {
+    /// Under random GPU requests, placements with arbitrary grants, completions and node
+    /// losses: no GPU is both whole and shared, shares never exceed its memory, a whole GPU
+    /// belongs to exactly one running task, and every reservation belongs to a live task.
+    #[test]
+    fn no_gpu_is_ever_over_committed(ops in proptest::collection::vec(gpu_op(), 1..150)) {
+        const GIB: u64 = 1 << 30;
+        let mut s = ClusterState::default();
+        let nodes = ["g0", "g1"];
+        for n in nodes {
+            let devices = (0..2).map(|i| GpuDevice { index: i, uuid: format!("{n}-{i}"), model: "H100".into(), memory_bytes: 80 * GIB, nvlink_peers: vec![], simulated: true }).collect();
+            let reg = NodeRegistration { id: n.into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 64_000, memory_bytes: 1 << 40 }, gpus: devices };
+            s.apply(&Command::RegisterNode { node: reg, now_ms: 0 });
+        }
+        let mut now = 0;
+        for op in ops {
+            now += 1;
+            let tasks: Vec<TaskRef> = s.runs.keys().map(|&run| TaskRef { run, stage: 0 }).collect();
+            let command = match op {
+                GpuOp::Submit(count, gib) => {
+                    let mut st = stage("a", &[], 100, 0);
+                    st.gpu = Some(kiln_api::spec::GpuRequest { count, share_bytes: if count == 0 { gib * GIB } else { 0 }, ..Default::default() });
+                    Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![st]), now_ms: now }
+                }
+                GpuOp::Place(t, n, grants) if !tasks.is_empty() => {
+                    let task = tasks[t % tasks.len()];
+                    let attempt = s.task(task).unwrap().attempt;
+                    let gpus = grants.into_iter().map(|(index, whole, gib)| GpuGrant { index, whole, memory_bytes: if whole { 80 * GIB } else { gib * GIB } }).collect();
+                    Command::PlaceBatch { pass: now as u64, placements: vec![Placement { task, attempt, node: nodes[n].into(), gpus }], now_ms: now }
+                }
+                GpuOp::Finish(t) if !tasks.is_empty() => {
+                    let task = tasks[t % tasks.len()];
+                    let tk = s.task(task).unwrap();
+                    let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status: TaskStatus::Succeeded, exit_code: Some(0), message: String::new(), at_ms: now }], now_ms: now }
+                }
+                GpuOp::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
+                _ => continue,
+            };
+            s.apply(&command);
+            for node in s.nodes.values() {
+                for gpu in &node.gpus {
+                    prop_assert!(gpu.whole.is_none() || gpu.shares.is_empty(), "GPU {} of {} is whole and shared", gpu.index, node.id);
+                    prop_assert!(gpu.shared_bytes() <= gpu.memory_bytes);
+                    let holders = gpu.whole.iter().chain(gpu.shares.keys());
+                    for t in holders {
+                        let task = s.task(*t).unwrap();
+                        prop_assert!(task.status.is_allocated());
+                        prop_assert!(node.allocations.contains(t));
+                        prop_assert!(task.current().unwrap().gpus.iter().any(|g| g.index == gpu.index));
+                    }
                 }
             }
         }
