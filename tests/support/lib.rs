@@ -323,7 +323,12 @@ impl Cluster {
     }
 
     pub fn add_agent(&mut self, node_id: &str, cpu: &str) {
-        let args = vec![
+        self.add_agent_with(node_id, cpu, &[]);
+    }
+
+    /// Starts an agent with extra flags (e.g. `--simulate-gpus`).
+    pub fn add_agent_with(&mut self, node_id: &str, cpu: &str, extra: &[&str]) {
+        let mut args: Vec<String> = vec![
             "--node-id".into(),
             node_id.into(),
             "--coordinators".into(),
@@ -335,6 +340,7 @@ impl Cluster {
             "--memory".into(),
             "8Gi".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.agents.push(Proc::spawn(
             node_id,
             bin("kiln-agent"),

@@ -1,18 +1,22 @@
 //! What this node has: CPU and memory (sysinfo), its labels and its drivers.
 
+use std::sync::Arc;
+
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
 use crate::Config;
+use crate::gpu::GpuSource;
 
 /// The node's capacity and identity, as sent in `Register`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Fingerprint {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub drivers: Vec<String>,
+    pub gpus: Arc<dyn GpuSource>,
 }
 
-pub fn fingerprint(config: &Config) -> Fingerprint {
+pub fn fingerprint(config: &Config, gpus: Arc<dyn GpuSource>) -> Fingerprint {
     let sys = System::new_with_specifics(
         RefreshKind::nothing()
             .with_cpu(CpuRefreshKind::nothing())
@@ -32,6 +36,7 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
             .memory_bytes
             .unwrap_or(sys.as_ref().map_or(0, |s| s.total_memory())),
         drivers: vec!["process".to_string()],
+        gpus,
     }
 }
 

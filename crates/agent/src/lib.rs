@@ -16,6 +16,7 @@
 //! The agent never links the coordinator: it speaks only the agent protocol in `kiln-api`.
 
 pub mod fingerprint;
+pub mod gpu;
 pub mod logs;
 pub mod outbox;
 pub mod process;
@@ -39,6 +40,8 @@ pub struct Config {
     pub cpu_millis: Option<u64>,
     /// Override the memory capacity reported (bytes).
     pub memory_bytes: Option<u64>,
+    /// Simulate GPUs from this spec (`4xH100-80GB,nvlink=0-1,2-3`) instead of reading NVML.
+    pub simulate_gpus: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +66,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             "at least one coordinator address is needed".into(),
         ));
     }
+    let gpus: Arc<dyn gpu::GpuSource> =
+        gpu::detect(&config.node_id, config.simulate_gpus.as_deref())
+            .map_err(Error::Config)?
+            .into();
     let logs = logs::LogStore::open(&config.data_dir)?;
     let outbox = Arc::new(outbox::Outbox::default());
     let runner = Arc::new(runner::Runner::new(logs.clone(), outbox.clone()));
-    let node = fingerprint::fingerprint(&config);
+    let node = fingerprint::fingerprint(&config, gpus);
     tracing::info!(node = %config.node_id, cpu_millis = node.cpu_millis, memory_bytes = node.memory_bytes, "agent starting");
     session::run(config, node, runner.clone(), outbox, logs, shutdown).await;
     runner.kill_all("agent shutting down");

@@ -32,6 +32,10 @@ struct Args {
     /// Report this memory capacity instead of the detected one (e.g. 4Gi).
     #[arg(long)]
     memory: Option<String>,
+    /// Simulate GPUs instead of reading NVML, e.g. "4xH100-80GB,nvlink=0-1,2-3"; they are
+    /// labelled simulated wherever they show.
+    #[arg(long, env = "KILN_SIMULATE_GPUS")]
+    simulate_gpus: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -68,6 +72,7 @@ async fn main() {
             labels: args.labels.into_iter().collect(),
             cpu_millis,
             memory_bytes,
+            simulate_gpus: args.simulate_gpus,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

@@ -19,6 +19,10 @@ type Key = (String, u32);
 struct Entry {
     /// Present while the task runs.
     kill: Option<oneshot::Sender<String>>,
+    /// The GPUs it was given, and its share of GPU memory (0 for whole GPUs).
+    gpus: Vec<u32>,
+    gpu_share: u64,
+    pid: Option<u32>,
     /// Turns true when the task has finished.
     done: watch::Receiver<bool>,
 }
@@ -67,6 +71,9 @@ impl Runner {
                 key.clone(),
                 Entry {
                     kill: None,
+                    gpus: a.gpu_indices.clone(),
+                    gpu_share: a.gpu_memory_bytes,
+                    pid: None,
                     done: done_rx,
                 },
             );
@@ -120,6 +127,7 @@ impl Runner {
         let (kill_tx, kill_rx) = oneshot::channel();
         if let Some(entry) = self.table().get_mut(&key) {
             entry.kill = Some(kill_tx);
+            entry.pid = child.id();
         }
         let runner = self.clone();
         let timeout = Duration::from_millis(a.timeout_ms.max(1));
@@ -184,6 +192,33 @@ impl Runner {
             }
         }
         known
+    }
+
+    /// What the running tasks hold on each GPU, for GPU statistics.
+    pub fn gpu_load(&self) -> Vec<crate::gpu::Load> {
+        let mut load: Vec<crate::gpu::Load> = Vec::new();
+        for e in self.table().values().filter(|e| e.kill.is_some()) {
+            for &index in &e.gpus {
+                let pos = match load.iter().position(|l| l.index == index) {
+                    Some(p) => p,
+                    None => {
+                        load.push(crate::gpu::Load {
+                            index,
+                            ..Default::default()
+                        });
+                        load.len() - 1
+                    }
+                };
+                let l = &mut load[pos];
+                if e.gpu_share > 0 {
+                    l.shared_bytes += e.gpu_share;
+                } else {
+                    l.whole += 1;
+                }
+                l.pids.extend(e.pid);
+            }
+        }
+        load
     }
 
     /// A receiver that turns true when the attempt finishes; `None` if it never ran here.

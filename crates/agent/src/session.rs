@@ -105,6 +105,7 @@ async fn session(
         memory_bytes: node.memory_bytes,
         known: runner.known(),
         version: env!("CARGO_PKG_VERSION").into(),
+        gpus: node.gpus.devices(),
     };
     let _ = tx.send(pb::AgentMessage {
         msg: Some(Out::Register(register)),
@@ -142,7 +143,14 @@ async fn session(
             In::Registered(r) => {
                 tracing::info!(%addr, leader = r.leader_id, "registered with the leader");
                 let every = Duration::from_millis(r.heartbeat_ms.max(50));
-                tokio::spawn(heartbeats(tx.clone(), every, stop_heartbeats.clone()));
+                let (gpus, runner) = (node.gpus.clone(), runner.clone());
+                tokio::spawn(heartbeats(
+                    tx.clone(),
+                    every,
+                    stop_heartbeats.clone(),
+                    gpus,
+                    runner,
+                ));
             }
             In::Assign(a) => runner.assign(a),
             In::Kill(k) => runner.kill(&k.task_id, k.attempt, &k.reason),
@@ -171,6 +179,8 @@ async fn heartbeats(
     tx: mpsc::UnboundedSender<pb::AgentMessage>,
     every: Duration,
     stop: CancellationToken,
+    gpus: Arc<dyn crate::gpu::GpuSource>,
+    runner: Arc<Runner>,
 ) {
     let mut usage = Usage::default();
     let mut tick = tokio::time::interval(every);
@@ -183,6 +193,7 @@ async fn heartbeats(
         let hb = pb::Heartbeat {
             cpu_percent,
             memory_used_bytes,
+            gpus: gpus.stats(&runner.gpu_load()),
         };
         if tx
             .send(pb::AgentMessage {

@@ -139,6 +139,50 @@ pub fn nodes(nodes: &[pb::Node]) -> String {
             bytes(n.memory_used_bytes),
             labels.join(",")
         );
+        for g in &n.gpus {
+            let reserved = if g.whole_reserved {
+                "reserved whole".to_string()
+            } else if g.shares > 0 {
+                format!(
+                    "{} share{} {}",
+                    g.shares,
+                    if g.shares == 1 { "" } else { "s" },
+                    bytes(g.shared_memory_reserved_bytes)
+                )
+            } else {
+                "free".to_string()
+            };
+            let links = if g.nvlink_peers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  nvlink {}",
+                    g.nvlink_peers
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  gpu{:<2} {:<34} util {:>3.0}%  mem {:>7}/{:<7} {:>3.0}°C {:>4.0}W  {}{}{}",
+                g.index,
+                g.model,
+                g.utilization_percent,
+                bytes(g.memory_used_bytes),
+                bytes(g.memory_bytes),
+                g.temperature_celsius,
+                g.power_watts,
+                reserved,
+                links,
+                if g.simulated && !g.model.contains("simulated") {
+                    "  (simulated)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     out
 }

@@ -25,6 +25,9 @@ pub struct DevArgs {
     /// Run this pipeline, follow it, and exit with its status.
     #[arg(long)]
     run: Option<PathBuf>,
+    /// Give the embedded agent simulated GPUs, e.g. "2xH100-80GB,nvlink=0-1".
+    #[arg(long)]
+    simulate_gpus: Option<String>,
 }
 
 pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
@@ -83,6 +86,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         labels: [("kiln.dev".to_string(), "true".to_string())].into(),
         cpu_millis: None,
         memory_bytes: None,
+        simulate_gpus: args.simulate_gpus.clone(),
     };
     let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
 

@@ -244,7 +244,8 @@ fn feasibility_rules() {
 fn gpu_feasibility_rules() {
     let h100 = gpus(4, "NVIDIA H100 80GB HBM3", 80, &[]);
     let a100 = gpus(2, "NVIDIA A100-SXM4-40GB", 40, &[]);
-    let rows: Vec<(&str, Vec<GpuDevice>, GpuRequest, Result<(), &str>)> = vec![
+    type Row<'a> = (&'a str, Vec<GpuDevice>, GpuRequest, Result<(), &'a str>);
+    let rows: Vec<Row> = vec![
         ("whole gpus fit", h100.clone(), whole(4), Ok(())),
         (
             "too many whole gpus",
