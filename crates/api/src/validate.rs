@@ -7,8 +7,9 @@
 //! search is a heuristic over well-formed YAML; when it finds nothing the error still names
 //! the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::rc::Rc;
 
 use crate::spec::{
     Command, CommandFile, GpuRequest, Pipeline, PipelineFile, Resources, Scalar, Stage, StageFile,
@@ -72,9 +73,11 @@ pub fn parse_pipeline(file: &str, source: &str) -> Result<Pipeline, SpecErrors> 
             reason,
         }])
     })?;
+    let lines: Rc<[&str]> = source.lines().collect();
     Checker {
         file,
-        source,
+        lines,
+        names: name_lines(source),
         errors: Vec::new(),
     }
     .check(raw)
@@ -82,18 +85,20 @@ pub fn parse_pipeline(file: &str, source: &str) -> Result<Pipeline, SpecErrors> 
 
 struct Checker<'a> {
     file: &'a str,
-    source: &'a str,
+    lines: Rc<[&'a str]>,
+    /// The lines of every `name:` key, by name, in order (found once: big pipelines stay linear).
+    names: HashMap<&'a str, Vec<usize>>,
     errors: Vec<SpecError>,
 }
 
 impl Checker<'_> {
     fn check(mut self, raw: PipelineFile) -> Result<Pipeline, SpecErrors> {
         if let Err(reason) = check_name(&raw.name) {
-            let line = find_key_line(self.source, 0, "name");
+            let line = find_key_line(&self.lines, 0, "name");
             self.push(line, "name", reason);
         }
         if raw.stages.is_empty() {
-            let line = find_key_line(self.source, 0, "stages");
+            let line = find_key_line(&self.lines, 0, "stages");
             self.push(line, "stages", "a pipeline needs at least one stage".into());
         }
         if raw.stages.len() > limits::MAX_STAGES {
@@ -105,13 +110,11 @@ impl Checker<'_> {
         }
 
         let mut seen = BTreeMap::new();
+        let mut seen_names = HashMap::new();
         let mut stages = Vec::new();
         for (index, stage) in raw.stages.iter().enumerate() {
-            let occurrence = raw.stages[..index]
-                .iter()
-                .filter(|s| s.name == stage.name)
-                .count();
-            let at = stage_line(self.source, &stage.name, occurrence);
+            let occurrence = bump(&mut seen_names, &stage.name);
+            let at = self.stage_line(&stage.name, occurrence);
             if let Err(reason) = check_name(&stage.name) {
                 self.push(at, &format!("stages[{index}].name"), reason);
                 continue;
@@ -143,8 +146,8 @@ impl Checker<'_> {
     fn check_stage(&mut self, s: &StageFile, at: Option<usize>) -> Option<Stage> {
         let before = self.errors.len();
         let path = format!("stages.{}", s.name);
-        let source = self.source;
-        let line = |key: &str| at.and_then(|l| find_key_line(source, l - 1, key)).or(at);
+        let lines = self.lines.clone();
+        let line = |key: &str| at.and_then(|l| find_key_line(&lines, l - 1, key)).or(at);
 
         let command = match &s.command {
             None => {
@@ -333,11 +336,12 @@ impl Checker<'_> {
     }
 
     fn check_needs(&mut self, stages: &[StageFile], index: &BTreeMap<String, usize>) {
-        for (i, s) in stages.iter().enumerate() {
-            let occurrence = stages[..i].iter().filter(|o| o.name == s.name).count();
-            let at = stage_line(self.source, &s.name, occurrence);
+        let mut seen_names = HashMap::new();
+        for s in stages {
+            let occurrence = bump(&mut seen_names, &s.name);
+            let at = self.stage_line(&s.name, occurrence);
             let line = at
-                .and_then(|l| find_key_line(self.source, l - 1, "needs"))
+                .and_then(|l| find_key_line(&self.lines, l - 1, "needs"))
                 .or(at);
             for need in &s.needs {
                 if need == &s.name {
@@ -356,13 +360,21 @@ impl Checker<'_> {
             }
         }
         if let Some(cycle) = find_cycle(stages, index) {
-            let at = stage_line(self.source, &cycle[0], 0);
+            let at = self.stage_line(&cycle[0], 0);
             let line = at
-                .and_then(|l| find_key_line(self.source, l - 1, "needs"))
+                .and_then(|l| find_key_line(&self.lines, l - 1, "needs"))
                 .or(at);
             let path = format!("stages.{}.needs", cycle[0]);
             self.push(line, &path, format!("cycle: {}", cycle.join(" -> ")));
         }
+    }
+
+    /// The 1-based line of the `occurrence`-th stage named `name` (its `name:` key).
+    fn stage_line(&self, name: &str, occurrence: usize) -> Option<usize> {
+        self.names
+            .get(name)
+            .and_then(|lines| lines.get(occurrence))
+            .copied()
     }
 
     fn push(&mut self, line: Option<usize>, field: &str, reason: String) {
@@ -457,26 +469,32 @@ fn find_cycle(stages: &[StageFile], index: &BTreeMap<String, usize>) -> Option<V
     None
 }
 
-/// The 1-based line of the `occurrence`-th stage named `name` (its `name:` key).
-fn stage_line(source: &str, name: &str, occurrence: usize) -> Option<usize> {
-    source
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix("name:").is_some_and(|v| {
-                let v = v.split(" #").next().unwrap_or("").trim();
-                v.trim_matches(|c| c == '"' || c == '\'') == name
-            })
-        })
-        .map(|(i, _)| i + 1)
-        .nth(occurrence)
+/// The 1-based lines of every `name: X` key, by X, in order.
+fn name_lines(source: &str) -> HashMap<&str, Vec<usize>> {
+    let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, l) in source.lines().enumerate() {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        if let Some(v) = t.strip_prefix("name:") {
+            let v = v.split(" #").next().unwrap_or("").trim();
+            names
+                .entry(v.trim_matches(|c| c == '"' || c == '\''))
+                .or_default()
+                .push(i + 1);
+        }
+    }
+    names
+}
+
+/// Counts one more occurrence of `name`; returns how many came before.
+fn bump<'n>(seen: &mut HashMap<&'n str, usize>, name: &'n str) -> usize {
+    let n = seen.entry(name).or_default();
+    *n += 1;
+    *n - 1
 }
 
 /// The 1-based line of `key:` at or after 0-based line `from`, within the same list item
 /// (stops at the next `- ` item at the item's own indentation or shallower).
-fn find_key_line(source: &str, from: usize, key: &str) -> Option<usize> {
-    let lines: Vec<&str> = source.lines().collect();
+fn find_key_line(lines: &[&str], from: usize, key: &str) -> Option<usize> {
     let first = lines.get(from)?;
     let item_indent = first.len() - first.trim_start().len();
     for (i, line) in lines.iter().enumerate().skip(from) {

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod scheduler;
+
 use clap::{Parser, Subcommand};
 use kiln_api::pb::{self, kiln_client::KilnClient};
 use kiln_e2e::{Cluster, Options, now_ms};
@@ -31,6 +33,16 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Placements per second and submit→placement latency against simulated nodes.
+    Scheduler {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// How long each simulated task "runs".
+        #[arg(long, default_value_t = 2_000)]
+        task_ms: u64,
+    },
     /// Throughput, submit→start latency and failover of pipeline tasks.
     Pipeline {
         #[arg(long, default_value_t = 5000)]
@@ -51,6 +63,15 @@ fn main() {
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     match args.bench {
+        Bench::Scheduler {
+            nodes,
+            tasks,
+            task_ms,
+        } => scheduler::run(scheduler::Params {
+            nodes,
+            tasks,
+            task_ms,
+        }),
         Bench::Pipeline {
             tasks,
             submitters,
@@ -126,6 +147,16 @@ struct Conn {
 /// Submits one run on `conn`, following leader hints and retrying over every address until
 /// it is acknowledged. Returns the run id.
 async fn submit_on(conn: &mut Conn, addrs: &[String], request_id: String) -> String {
+    submit_yaml(conn, addrs, request_id, TRUE.to_string()).await
+}
+
+/// Submits `yaml` on `conn` (see [`submit_on`]).
+async fn submit_yaml(
+    conn: &mut Conn,
+    addrs: &[String],
+    request_id: String,
+    yaml: String,
+) -> String {
     let mut i = 0;
     let mut hint: Option<String> = None;
     loop {
@@ -141,8 +172,8 @@ async fn submit_on(conn: &mut Conn, addrs: &[String], request_id: String) -> Str
         }
         if let Some(c) = conn.client.as_mut() {
             let req = pb::SubmitRunRequest {
-                pipeline_yaml: TRUE.into(),
-                file_name: "trivial.yaml".into(),
+                pipeline_yaml: yaml.clone(),
+                file_name: "bench.yaml".into(),
                 request_id: request_id.clone(),
                 trigger: "bench".into(),
             };
@@ -161,6 +192,21 @@ async fn submit_on(conn: &mut Conn, addrs: &[String], request_id: String) -> Str
         if hint.is_none() && i % addrs.len() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+/// The leader's gRPC address.
+async fn leader_addr(addrs: &[String]) -> String {
+    loop {
+        for a in addrs {
+            if let Some(mut c) = connect(a).await
+                && let Ok(s) = c.cluster_status(pb::ClusterStatusRequest {}).await
+                && s.get_ref().leader_id != 0
+            {
+                return s.into_inner().leader_addr;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

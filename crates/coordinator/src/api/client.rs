@@ -37,7 +37,11 @@ impl Kiln for ClientService {
         } else {
             req.file_name.as_str()
         };
-        let pipeline = parse_pipeline(file, &req.pipeline_yaml)
+        // Off the async runtime: a big pipeline must not stall Raft's heartbeats.
+        let (name, yaml) = (file.to_string(), req.pipeline_yaml);
+        let pipeline = tokio::task::spawn_blocking(move || parse_pipeline(&name, &yaml))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         check_gpu_shares(&self.core, &pipeline, file)?;
         let trigger = if req.trigger.is_empty() {

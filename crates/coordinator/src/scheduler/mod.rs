@@ -109,7 +109,11 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
             continue;
         }
         let seed = seed(pass, task);
-        let picked = if ask.gpu.is_none() && !gpu_nodes.is_empty() && !cpu_nodes.is_empty() {
+        let picked = if ask.gpu.is_some() {
+            // GPU work: only nodes with GPUs can take it.
+            pick(&gpu_nodes, &overlay, &ask, &stack, seed, config.sample)
+                .map_err(|e| e.combined(&all, &overlay, &ask, &stack))
+        } else if !gpu_nodes.is_empty() && !cpu_nodes.is_empty() {
             // CPU work: GPU nodes only when no CPU node fits.
             pick(&cpu_nodes, &overlay, &ask, &stack, seed, config.sample).or_else(|_| {
                 pick(&gpu_nodes, &overlay, &ask, &stack, seed, config.sample)

@@ -47,7 +47,32 @@ pub struct Gpu {
     /// The task holding the whole GPU, if any.
     pub whole: Option<TaskRef>,
     /// Shares of its memory, by task. Never both `whole` and shares.
+    #[serde(with = "pairs")]
     pub shares: BTreeMap<TaskRef, u64>,
+}
+
+/// A map with struct keys, stored as a list of pairs: JSON (the snapshot and log encoding)
+/// only has string keys.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 impl Gpu {

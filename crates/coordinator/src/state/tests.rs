@@ -461,5 +461,9 @@ proptest! {
                 }
             }
         }
+        // Whatever the state holds, it survives the snapshot encoding unchanged.
+        let bytes = serde_json::to_vec(&s).expect("the state encodes");
+        let back: ClusterState = serde_json::from_slice(&bytes).expect("the state decodes");
+        prop_assert_eq!(back, s);
     }
 }
