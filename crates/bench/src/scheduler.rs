@@ -150,7 +150,7 @@ async fn start_nodes(leader: &str, nodes: usize, task_ms: u64, placed: Arc<Atomi
 async fn simulated_node(channel: Channel, i: usize, task_ms: u64, placed: Arc<AtomicU64>) {
     let (tx, rx) = mpsc::unbounded_channel();
     // A quarter of the nodes carry 8 simulated H100s in NVLinked pairs.
-    let gpus = if i % 4 == 0 {
+    let gpus = if i.is_multiple_of(4) {
         (0..8u32)
             .map(|g| pb::GpuDevice {
                 index: g,
