@@ -180,11 +180,18 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The grandchild was in the group: it is gone (or a zombie being reaped by init).
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
-            .unwrap_or(false);
-        assert!(!alive, "background child {pid} survived the timeout");
+        // The grandchild was in the group: SIGKILL reaches it (delivery is asynchronous, so
+        // wait against a deadline for it to be gone, or a zombie waiting for init).
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert!(!alive(), "background child {pid} survived the timeout");
     }
 
     #[tokio::test]
