@@ -61,6 +61,11 @@ fn coordinators_join_and_leave_live() {
 
     // Removing a coordinator that is not a member is "not found" (exit 4); nothing changes.
     let out = cluster.kiln(&["cluster", "leave", "--id", "9"]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(voters(&cluster), vec![1, 2, 4]);
 }

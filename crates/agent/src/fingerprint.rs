@@ -1,4 +1,4 @@
-//! What this node has: CPU and memory (sysinfo), its labels and its drivers.
+//! What this node has: CPU and memory (sysinfo). Its drivers are in `drivers`.
 
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
@@ -9,7 +9,6 @@ use crate::Config;
 pub struct Fingerprint {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
-    pub drivers: Vec<String>,
 }
 
 pub fn fingerprint(config: &Config) -> Fingerprint {
@@ -31,7 +30,6 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
         memory_bytes: config
             .memory_bytes
             .unwrap_or(sys.as_ref().map_or(0, |s| s.total_memory())),
-        drivers: vec!["process".to_string()],
     }
 }
 

@@ -32,6 +32,9 @@ struct Args {
     /// Report this memory capacity instead of the detected one (e.g. 4Gi).
     #[arg(long)]
     memory: Option<String>,
+    /// The cluster's image registry, HOST:PORT: builds push there.
+    #[arg(long, env = "KILN_REGISTRY")]
+    registry: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -68,6 +71,7 @@ async fn main() {
             labels: args.labels.into_iter().collect(),
             cpu_millis,
             memory_bytes,
+            registry: args.registry,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

@@ -16,6 +16,8 @@ use crate::spec::{
 };
 use crate::units;
 
+mod container;
+
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
@@ -129,6 +131,7 @@ impl Checker<'_> {
             }
         }
         self.check_needs(&raw.stages, &seen);
+        self.check_image_refs(&raw.stages, &stages, &seen);
 
         if self.errors.is_empty() {
             Ok(Pipeline {
@@ -143,17 +146,17 @@ impl Checker<'_> {
     fn check_stage(&mut self, s: &StageFile, at: Option<usize>) -> Option<Stage> {
         let before = self.errors.len();
         let path = format!("stages.{}", s.name);
-        let line = |key: &str| {
-            at.and_then(|l| find_key_line(self.source, l - 1, key))
-                .or(at)
-        };
+        let source = self.source;
+        let line = |key: &str| at.and_then(|l| find_key_line(source, l - 1, key)).or(at);
 
+        let container = self.check_container(s, &path, &line);
         let command = match &s.command {
+            None if s.image.is_some() || s.build.is_some() => Some(Command::None),
             None => {
                 self.push(
                     at,
                     &format!("{path}.command"),
-                    "missing: every stage needs a command".into(),
+                    "missing: a stage without image: or build: needs a command".into(),
                 );
                 None
             }
@@ -239,6 +242,7 @@ impl Checker<'_> {
             retries,
             timeout_ms,
             constraints: s.constraints.clone(),
+            container: container?,
         })
     }
 

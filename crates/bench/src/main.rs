@@ -145,6 +145,7 @@ async fn submit_on(conn: &mut Conn, addrs: &[String], request_id: String) -> Str
                 file_name: "trivial.yaml".into(),
                 request_id: request_id.clone(),
                 trigger: "bench".into(),
+                ..Default::default()
             };
             match c.submit_run(req).await {
                 Ok(r) => return r.into_inner().run_id,

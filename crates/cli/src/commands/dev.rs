@@ -83,6 +83,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         labels: [("kiln.dev".to_string(), "true".to_string())].into(),
         cpu_millis: None,
         memory_bytes: None,
+        registry: None,
     };
     let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
 

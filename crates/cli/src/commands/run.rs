@@ -32,6 +32,7 @@ pub async fn run(
         file_name: name,
         request_id,
         trigger: "manual".into(),
+        ..Default::default()
     };
     let reply = client
         .call(|mut c| {

@@ -14,12 +14,14 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::{Command, Response as Reply, parse_run_id};
 
 pub struct ClientService {
     pub core: Arc<Core>,
+    pub blobs: BlobStore,
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
@@ -37,8 +39,21 @@ impl Kiln for ClientService {
         } else {
             req.file_name.as_str()
         };
-        let pipeline = parse_pipeline(file, &req.pipeline_yaml)
+        let mut pipeline = parse_pipeline(file, &req.pipeline_yaml)
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        store_build_contexts(&self.blobs, file, &mut pipeline, req.build_contexts)?;
+        if !req.source_dir.is_empty() {
+            if !req.source_dir.starts_with('/') {
+                let reason = format!("source_dir: {:?} is not an absolute path", req.source_dir);
+                return Err(Error::InvalidInput(reason).into());
+            }
+            for stage in &mut pipeline.stages {
+                stage
+                    .env
+                    .entry("KILN_PIPELINE_DIR".into())
+                    .or_insert_with(|| req.source_dir.clone());
+            }
+        }
         let trigger = if req.trigger.is_empty() {
             "manual".to_string()
         } else {
@@ -314,6 +329,43 @@ impl ClientService {
             })
             .collect()
     }
+}
+
+/// Moves each `build:` stage's packed context into the blob store and writes its digest into
+/// the pipeline, so that only the digest goes through Raft.
+fn store_build_contexts(
+    blobs: &BlobStore,
+    file: &str,
+    pipeline: &mut kiln_api::spec::Pipeline,
+    mut contexts: std::collections::HashMap<String, Vec<u8>>,
+) -> Result<(), Error> {
+    use kiln_api::spec::{Container, limits::MAX_CONTEXT_BYTES};
+    for stage in &mut pipeline.stages {
+        let Some(Container::Build(build)) = &mut stage.container else {
+            continue;
+        };
+        let field = format!("{file}: stages.{}.build.context", stage.name);
+        let bytes = contexts.remove(&stage.name).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{field}: the build context was not sent with the submission (the kiln CLI packs it; other clients put a tar of it in build_contexts[{:?}])",
+                stage.name
+            ))
+        })?;
+        if bytes.len() > MAX_CONTEXT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "{field}: {} MiB packed, more than the limit of {} MiB",
+                bytes.len() >> 20,
+                MAX_CONTEXT_BYTES >> 20
+            )));
+        }
+        build.context_digest = blobs.put(&bytes)?;
+    }
+    if let Some(name) = contexts.keys().next() {
+        return Err(Error::InvalidInput(format!(
+            "{file}: build_contexts[{name:?}]: no build: stage is named {name:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn membership_error<E: std::fmt::Display>(e: E) -> Status {

@@ -39,6 +39,7 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
                     .and_then(|a| a.finished_ms())
                     .unwrap_or(0),
                 waiting_reason: waiting.get(&tref).cloned().unwrap_or_default(),
+                image: current.and_then(|a| a.image.clone()).unwrap_or_default(),
                 attempts: task
                     .attempts
                     .iter()
@@ -51,6 +52,7 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
                         placed_ms: a.time_of(TaskStatus::Placed).unwrap_or(0),
                         started_ms: a.time_of(TaskStatus::Running).unwrap_or(0),
                         finished_ms: a.finished_ms().unwrap_or(0),
+                        image: a.image.clone().unwrap_or_default(),
                         transitions: a
                             .transitions
                             .iter()

@@ -146,6 +146,7 @@ fn state_with(nodes: &[(&str, u64)], stages: Vec<(u64, &[(&str, &str)])>) -> Clu
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            container: None,
         })
         .collect();
     let r = s.apply(&Command::SubmitRun {
@@ -221,4 +222,27 @@ fn applying_a_pass_accepts_all_of_it() {
     };
     assert_eq!((accepted.len(), rejected.len()), (4, 0));
     assert!(s.pending.is_empty());
+}
+
+#[test]
+fn a_container_stage_asks_for_docker_and_says_when_no_node_offers_it() {
+    use kiln_api::spec::{Container, ImageRef};
+    let mut s = state_with(&[("n1", 1000), ("n2", 1000)], vec![(100, &[])]);
+    let run = s.runs.values_mut().next().unwrap();
+    run.pipeline.stages[0].container = Some(Container::Image(ImageRef::Named("busybox".into())));
+    let stage = &run.pipeline.stages[0];
+    assert_eq!(Ask::of(stage).driver, "docker");
+
+    let pass = schedule(&s, 1, &SchedulerConfig::default());
+    assert!(pass.placements.is_empty());
+    assert_eq!(
+        pass.waiting.values().next().unwrap(),
+        "no node offers driver docker: 2 ready nodes offer process"
+    );
+
+    // Once a node offers it, the stage goes there and nowhere else.
+    s.nodes.get_mut("n2").unwrap().drivers.push("docker".into());
+    let pass = schedule(&s, 2, &SchedulerConfig::default());
+    assert_eq!(pass.placements.len(), 1);
+    assert_eq!(pass.placements[0].node, "n2");
 }

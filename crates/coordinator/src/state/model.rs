@@ -129,6 +129,9 @@ pub struct Attempt {
     pub message: String,
     /// Every status this attempt went through, with the time it was recorded.
     pub transitions: Vec<(TaskStatus, i64)>,
+    /// The image it ran, or for a build the image it pushed, pinned by digest.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl Attempt {

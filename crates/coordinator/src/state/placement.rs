@@ -47,6 +47,7 @@ impl ClusterState {
             exit_code: None,
             message: String::new(),
             transitions: vec![(TaskStatus::Placed, now_ms)],
+            image: None,
         });
         Ok(())
     }

@@ -17,6 +17,7 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         retries,
         timeout_ms: 60_000,
         constraints: Default::default(),
+        container: None,
     }
 }
 
@@ -75,6 +76,7 @@ fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskSta
         exit_code: Some(0),
         message: String::new(),
         at_ms: 3,
+        image: None,
     };
     s.apply(&Command::TaskEvents {
         node: node.into(),
@@ -132,6 +134,7 @@ fn replayed_events_change_nothing() {
         exit_code: Some(0),
         message: String::new(),
         at_ms: 3,
+        image: None,
     };
     let r = s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -231,6 +234,7 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
         exit_code: Some(0),
         message: String::new(),
         at_ms: 11,
+        image: None,
     };
     s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -357,7 +361,7 @@ proptest! {
                     let tk = s.task(task).unwrap();
                     let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
                     let status = if ok { TaskStatus::Succeeded } else { TaskStatus::Failed };
-                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now }], now_ms: now }
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now, image: None }], now_ms: now }
                 }
                 Op::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
                 Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 } }, now_ms: now },
