@@ -144,19 +144,24 @@ pub fn agent_instance(data_dir: &Path) -> Option<String> {
 
 /// Ids of the containers (running or not) whose `label` is `value`.
 pub fn containers_with(label: &str, value: &str) -> Vec<String> {
-    sh(
-        "docker",
-        &[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label={label}={value}"),
-        ],
-    )
-    .lines()
-    .map(str::to_string)
-    .collect()
+    let filter = format!("label={label}={value}");
+    let args = ["ps", "-aq", "--no-trunc", "--filter", filter.as_str()];
+    // `docker ps` fails now and then with "No such container" when a container is removed
+    // while it lists them (other tests remove theirs all the time): ask again.
+    for _ in 0..10 {
+        let out = Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .output();
+        if let Some(out) = out.ok().filter(|o| o.status.success()) {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sh("docker", &args).lines().map(str::to_string).collect()
 }
 
 /// Force-removes every container of an agent instance (test clean-up).
