@@ -201,6 +201,8 @@ async fn prepare(
     }
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
+    // The Engine's tar reader does not take GNU sparse entries.
+    tar.sparse(false);
     tar.append_dir_all(".", work)
         .map_err(|e| format!("packing the build context: {e}"))?;
     tar.into_inner()

@@ -70,6 +70,8 @@ pub fn pack_all(
 fn pack(dir: &Path) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Bounded(Vec::new()));
     tar.follow_symlinks(false);
+    // The Engine's tar reader does not take GNU sparse entries.
+    tar.sparse(false);
     tar.mode(tar::HeaderMode::Deterministic);
     tar.append_dir_all(".", dir)?;
     Ok(tar.into_inner()?.0)

@@ -63,7 +63,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
     let registry = match (&docker, args.registry.clone()) {
         (Err(e), _) => {
             if !needs.docker.is_empty() {
-                return Err(CliError::Unavailable(format!(
+                return Err(CliError::Missing(format!(
                     "stages {} run on Docker, but no Docker daemon answers ({e})",
                     needs.docker.join(", ")
                 )));
@@ -89,7 +89,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
             eprintln!("kiln dev: Docker available; images push to the registry at {addr}")
         }
         None if docker.is_ok() && !needs.build.is_empty() => {
-            return Err(CliError::Unavailable(format!(
+            return Err(CliError::Missing(format!(
                 "stages {} build images, which needs a registry: install Debian's {} package (kiln dev then starts one) or pass --registry HOST:PORT",
                 needs.build.join(", "),
                 super::registry::PROGRAM
