@@ -208,3 +208,86 @@ stages:
     assert_eq!(nodes[0]["status"], "ready");
     assert_eq!(nodes[0]["allocations"], 0);
 }
+
+#[test]
+fn a_build_context_survives_the_loss_of_the_coordinator_that_took_it() {
+    if !docker_or_skip("a_build_context_survives_the_loss_of_the_coordinator_that_took_it") {
+        return;
+    }
+    let base = base_image();
+    let registry = Registry::start();
+    let mut cluster = Cluster::start(Options {
+        coordinators: 3,
+        agents: 1,
+        agent_args: vec!["--registry".into(), registry.addr.clone()],
+        ..Default::default()
+    });
+    write(
+        &cluster,
+        "p/app/Dockerfile",
+        &format!("FROM {base}\nCMD [\"true\"]\n"),
+    );
+    let file = write(
+        &cluster,
+        "p/pipeline.yaml",
+        "name: durable
+stages:
+  - name: gate
+    command: while [ ! -e release ]; do sleep 0.1; done
+  - name: image
+    needs: [gate]
+    build: { context: app, name: e2e/durable }
+",
+    );
+    let out = cluster.kiln(&["run", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    // Acknowledged means a majority holds the context; with all three up, all three do.
+    let blob_dirs: Vec<_> = (1..=3)
+        .map(|i| cluster.dir.path().join(format!("c{i}/blobs/sha256")))
+        .collect();
+    let held = |dir: &std::path::PathBuf| {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+    };
+    assert!(
+        blob_dirs.iter().all(|d| held(d) == 1),
+        "every coordinator holds the context"
+    );
+
+    cluster.wait_for("the gate to run", Duration::from_secs(30), |c| {
+        stage(&c.run_status(&run), "gate")["status"] == "running"
+    });
+    let leader = cluster.leader().expect("a leader");
+    cluster.coordinators[leader].proc.kill();
+    cluster.wait_for("a new leader", Duration::from_secs(30), |c| {
+        c.leader().is_some_and(|l| l != leader)
+    });
+    std::fs::write(
+        cluster
+            .agent_dir("agent-1")
+            .join(format!("tasks/{run}/gate/1/work/release")),
+        "",
+    )
+    .unwrap();
+    cluster.wait_for("the build", Duration::from_secs(60), |c| {
+        c.run_status(&run)["finished_ms"].as_i64().unwrap_or(0) > 0
+    });
+    let r = cluster.run_status(&run);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let digest = registry
+        .manifest_digest("e2e/durable", &run)
+        .expect("pushed");
+    assert_eq!(
+        stage(&r, "image")["image"],
+        format!("{}/e2e/durable@{digest}", registry.addr).as_str()
+    );
+}

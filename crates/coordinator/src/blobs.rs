@@ -4,8 +4,7 @@
 //!
 //! Layout: `<data>/blobs/sha256/<64 hex digits>`. A blob is written to a temp file and
 //! renamed into place, so a reader never sees half of one; storing the same bytes twice is
-//! a no-op. A coordinator asked for a blob it lacks (it was uploaded to another leader)
-//! fetches it from its peers: see `api::agent::fetch_blob`.
+//! a no-op. Replication to a majority and fetching from peers are in `api::blobs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{agent::AgentApi, client::ClientService, http, raft_service::RaftService};
+use crate::api::{
+    agent::AgentApi, blobs::BlobService, client::ClientService, http, raft_service::RaftService,
+};
 use crate::blobs::BlobStore;
 use crate::controllers;
 use crate::core::{Core, Tuning};
@@ -117,11 +119,12 @@ pub async fn start(
             .max_decoding_message_size(kiln_api::spec::limits::MAX_CONTEXT_BYTES + (16 << 20)),
         )
         .add_service(pb::agent_service_server::AgentServiceServer::new(
-            AgentApi {
-                core: core.clone(),
-                blobs: blobs.clone(),
-            },
+            AgentApi { core: core.clone() },
         ))
+        .add_service(pb::blobs_server::BlobsServer::new(BlobService {
+            core: core.clone(),
+            blobs: blobs.clone(),
+        }))
         .add_service(
             pb::raft_server::RaftServer::new(RaftService { core: core.clone() })
                 .max_decoding_message_size(256 << 20),

@@ -212,10 +212,9 @@ async fn prepare(
 /// A blob from the coordinator, checked against its digest.
 async fn fetch_blob(leader: &str, digest: &str) -> Result<Vec<u8>, String> {
     let fail = |e: String| format!("fetching the build context {digest}: {e}");
-    let mut client =
-        pb::agent_service_client::AgentServiceClient::connect(format!("http://{leader}"))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+    let mut client = pb::blobs_client::BlobsClient::connect(format!("http://{leader}"))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let mut stream = client
         .fetch_blob(pb::FetchBlobRequest {
             digest: digest.to_string(),

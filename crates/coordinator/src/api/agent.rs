@@ -20,7 +20,6 @@ use kiln_api::spec::Resources;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::BlobStore;
 use crate::controllers::sessions::{Session, assignment};
 use crate::core::{Core, now_ms};
 use crate::error::Error;
@@ -30,44 +29,13 @@ use crate::state::{
 
 pub struct AgentApi {
     pub core: Arc<Core>,
-    pub blobs: BlobStore,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
-type BlobStream = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
-
-/// Metadata on a `FetchBlob` between coordinators: answer from this disk, ask no peer.
-const BLOB_LOCAL_ONLY: &str = "kiln-blob-local-only";
-/// Blobs go out in chunks of this size, well under gRPC's default 4 MiB message limit.
-const BLOB_CHUNK: usize = 1 << 20;
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     type SessionStream = OutStream;
-    type FetchBlobStream = BlobStream;
-
-    /// A build context by digest: from this coordinator's blob store, or else from a peer's
-    /// (the submission may have reached another leader), kept here once fetched.
-    async fn fetch_blob(
-        &self,
-        req: Request<pb::FetchBlobRequest>,
-    ) -> Result<Response<BlobStream>, Status> {
-        let local_only = req.metadata().contains_key(BLOB_LOCAL_ONLY);
-        let digest = req.into_inner().digest;
-        let path = match self.blobs.get(&digest)? {
-            Some(path) => path,
-            None if !local_only => self.fetch_from_peers(&digest).await?,
-            None => return Err(Error::NotFound(format!("blob {digest} not found")).into()),
-        };
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
-        let chunks: Vec<Result<pb::BlobChunk, Status>> = bytes
-            .chunks(BLOB_CHUNK)
-            .map(|c| Ok(pb::BlobChunk { data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
-    }
 
     async fn session(
         &self,
@@ -145,62 +113,6 @@ impl AgentService for AgentApi {
             .take_until(async move { closed.cancelled_owned().await });
         Ok(Response::new(Box::pin(out)))
     }
-}
-
-impl AgentApi {
-    async fn fetch_from_peers(&self, digest: &str) -> Result<std::path::PathBuf, Error> {
-        let peers: Vec<String> = {
-            let metrics = self.core.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.core.id)
-                .map(|(_, n)| n.addr.clone())
-                .collect()
-        };
-        for addr in peers {
-            match fetch_from(&addr, digest).await {
-                Ok(bytes) if crate::blobs::digest_of(&bytes) == digest => {
-                    self.blobs.put(&bytes)?;
-                    if let Some(path) = self.blobs.get(digest)? {
-                        return Ok(path);
-                    }
-                }
-                Ok(_) => {
-                    tracing::warn!(%addr, %digest, "a peer sent a blob that does not match its digest")
-                }
-                Err(e) => tracing::debug!(%addr, %digest, error = %e, "blob not fetched from peer"),
-            }
-        }
-        Err(Error::NotFound(format!(
-            "blob {digest} is on no reachable coordinator"
-        )))
-    }
-}
-
-async fn fetch_from(
-    addr: &str,
-    digest: &str,
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut client =
-        pb::agent_service_client::AgentServiceClient::connect(format!("http://{addr}")).await?;
-    let mut req = Request::new(pb::FetchBlobRequest {
-        digest: digest.to_string(),
-    });
-    req.metadata_mut().insert(
-        BLOB_LOCAL_ONLY,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    let mut stream = client.fetch_blob(req).await?.into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        bytes.extend_from_slice(&chunk.data);
-        if bytes.len() > kiln_api::spec::limits::MAX_CONTEXT_BYTES {
-            return Err("blob larger than any build context may be".into());
-        }
-    }
-    Ok(bytes)
 }
 
 /// Brings the agent and the state into agreement after (re)registration.

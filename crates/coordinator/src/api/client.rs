@@ -41,7 +41,14 @@ impl Kiln for ClientService {
         };
         let mut pipeline = parse_pipeline(file, &req.pipeline_yaml)
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        store_build_contexts(&self.blobs, file, &mut pipeline, req.build_contexts)?;
+        if !req.build_contexts.is_empty() {
+            // Only the leader takes contexts, so that they are replicated before the proposal.
+            self.core.ensure_leader()?;
+        }
+        let stored = store_build_contexts(&self.blobs, file, &mut pipeline, req.build_contexts)?;
+        for (digest, bytes) in &stored {
+            super::blobs::replicate(&self.core, digest, bytes).await?;
+        }
         if !req.source_dir.is_empty() {
             if !req.source_dir.starts_with('/') {
                 let reason = format!("source_dir: {:?} is not an absolute path", req.source_dir);
@@ -332,13 +339,15 @@ impl ClientService {
 }
 
 /// Moves each `build:` stage's packed context into the blob store and writes its digest into
-/// the pipeline, so that only the digest goes through Raft.
+/// the pipeline, so that only the digest goes through Raft. Returns what was stored, by
+/// digest, for replication.
 fn store_build_contexts(
     blobs: &BlobStore,
     file: &str,
     pipeline: &mut kiln_api::spec::Pipeline,
     mut contexts: std::collections::HashMap<String, Vec<u8>>,
-) -> Result<(), Error> {
+) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut stored = Vec::new();
     use kiln_api::spec::{Container, limits::MAX_CONTEXT_BYTES};
     for stage in &mut pipeline.stages {
         let Some(Container::Build(build)) = &mut stage.container else {
@@ -359,13 +368,14 @@ fn store_build_contexts(
             )));
         }
         build.context_digest = blobs.put(&bytes)?;
+        stored.push((build.context_digest.clone(), bytes));
     }
     if let Some(name) = contexts.keys().next() {
         return Err(Error::InvalidInput(format!(
             "{file}: build_contexts[{name:?}]: no build: stage is named {name:?}"
         )));
     }
-    Ok(())
+    Ok(stored)
 }
 
 fn membership_error<E: std::fmt::Display>(e: E) -> Status {
