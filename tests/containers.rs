@@ -61,6 +61,10 @@ stages:
     image: {image}
     command: while [ ! -e release ]; do sleep 0.1; done
     resources: {{ cpu: 500m, memory: 48Mi }}
+  - name: slow
+    image: {image}
+    command: sleep 60
+    timeout: 1s
 "
         ),
     );
@@ -126,6 +130,10 @@ stages:
         "{message}"
     );
     assert_eq!(stage(&r, "limits")["status"], "succeeded");
+    let slow = stage(&r, "slow");
+    assert_eq!(slow["status"], "failed");
+    assert_eq!(slow["attempts"][0]["message"], "timed out", "{slow}");
+    assert!(slow["exit_code"].is_null());
 
     // Output comes back like a process task's; the work dir was the task's own.
     let logs = cluster.kiln(&["logs", &run, "ok"]);
