@@ -308,3 +308,45 @@ fn a_node_without_docker_does_not_offer_it_and_the_stage_says_why_it_waits() {
         "pending"
     );
 }
+
+#[test]
+fn a_node_offers_docker_once_its_daemon_answers_and_the_waiting_stage_runs() {
+    if !docker_or_skip("a_node_offers_docker_once_its_daemon_answers_and_the_waiting_stage_runs") {
+        return;
+    }
+    let image = base_image();
+    let mut cluster = Cluster::start(Options {
+        coordinators: 1,
+        agents: 0,
+        ..Default::default()
+    });
+    // The agent looks for Docker at a socket that appears only later.
+    let socket = cluster.dir.path().join("docker.sock");
+    let host = format!("unix://{}", socket.display());
+    cluster.add_agent_with("agent-1", "4", &[], &[("DOCKER_HOST", &host)]);
+    cluster.wait_for("the agent", Duration::from_secs(30), |c| {
+        c.ready_nodes().len() == 1
+    });
+    let run = submit(
+        &cluster,
+        "later.yaml",
+        &format!(
+            "name: later\nstages:\n  - name: boxed\n    image: {image}\n    command: echo boxed\n"
+        ),
+    );
+    cluster.wait_for("the reason", Duration::from_secs(30), |c| {
+        stage(&c.run_status(&run), "boxed")["waiting_reason"]
+            == "no node offers driver docker: 1 ready node offers process"
+    });
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    // Re-probed within drivers::PROBE_EVERY (10 s); the agent registers again.
+    cluster.wait_for("docker to be offered", Duration::from_secs(30), |c| {
+        c.kiln_json(&["nodes"])[0]["drivers"] == serde_json::json!(["process", "docker"])
+    });
+    cluster.wait_for("the stage to run", Duration::from_secs(30), |c| {
+        finished(c, &run)
+    });
+    let r = cluster.run_status(&run);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(stage(&r, "boxed")["node"], "agent-1");
+}

@@ -257,10 +257,19 @@ pub async fn supervise(
     outcome
 }
 
-/// Waits until the container is not running (any exit counts).
+/// Waits until the container is not running. A wait that ends while the container still
+/// runs (the daemon's connection broke) is waited again, a second later.
 async fn wait(d: &DockerDriver, id: &str) {
-    let mut s = d.client.wait_container(id, None);
-    let _ = s.next().await;
+    loop {
+        let mut s = d.client.wait_container(id, None);
+        let _ = s.next().await;
+        match d.client.inspect_container(id, None).await {
+            Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn pump_logs(client: bollard::Docker, id: String, mut log: Log) {
