@@ -57,23 +57,26 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Installs a Debian package unless `check` already exists.
+/// Installs a Debian package unless `check` already exists. Tests running at once wait for
+/// each other on dpkg's lock rather than fail.
 pub fn apt_install(package: &str, check: &Path) {
-    if check.exists() {
-        return;
-    }
-    let install = || {
+    let apt = |args: &[&str]| {
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .args(["-o", "DPkg::Lock::Timeout=300", "-qq"])
+            .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        assert!(install(), "apt-get install {package} failed");
+    let install = ["install", "-y", "--no-install-recommends", package];
+    if check.exists() || apt(&install) && check.exists() {
+        return;
     }
+    // No package lists yet (a fresh machine): fetch them once, then try again.
+    apt(&["update"]);
+    assert!(apt(&install), "apt-get install {package} failed");
     assert!(
         check.exists(),
         "{} missing after installing {package}",
