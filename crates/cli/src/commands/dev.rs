@@ -74,6 +74,8 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
             None
         }
         (Ok(_), Some(addr)) => Some(addr),
+        // A --run pipeline that builds nothing needs no registry.
+        (Ok(_), None) if args.run.is_some() && needs.build.is_empty() => None,
         (Ok(_), None) => match super::registry::find_program() {
             Some(program) => {
                 let r = super::registry::start(&program, &args.data_dir.join("registry")).await?;
@@ -95,10 +97,11 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
                 super::registry::PROGRAM
             )));
         }
-        None if docker.is_ok() => eprintln!(
+        None if docker.is_ok() && args.run.is_none() => eprintln!(
             "kiln dev: Docker available; no registry (install {} or pass --registry), so build: stages will fail",
             super::registry::PROGRAM
         ),
+        None if docker.is_ok() => eprintln!("kiln dev: Docker available"),
         None => {}
     }
     let grpc = tokio::net::TcpListener::bind(&args.listen)
