@@ -14,7 +14,12 @@ fn start() -> Cluster {
         ..Default::default()
     });
     cluster.add_agent("cpu-1", "4");
-    cluster.add_agent_with("gpu-1", "8", &["--simulate-gpus", "2xH100-80GB,nvlink=0-1"]);
+    cluster.add_agent_with(
+        "gpu-1",
+        "8",
+        &["--simulate-gpus", "2xH100-80GB,nvlink=0-1"],
+        &[],
+    );
     cluster.wait_for("both agents", Duration::from_secs(20), |c| {
         c.ready_nodes().len() == 2
     });

@@ -5,6 +5,11 @@
 //! Readiness is awaited against a deadline while checking that the children are alive, so
 //! a crash fails the test at once with its log instead of timing out. On failure the temp dir
 //! is kept and its path printed: every process's output is there.
+//!
+//! [`docker`] holds what the container tests need: skip-or-fail without Docker, the base
+//! image, a real registry. A dropped cluster also removes every container its agents own.
+
+pub mod docker;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -48,6 +53,8 @@ pub struct Options {
     pub heartbeat_ms: u64,
     /// CPU given to each agent (e.g. "4").
     pub agent_cpu: String,
+    /// Extra flags for every agent (e.g. `--registry`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -59,6 +66,7 @@ impl Default for Options {
             node_grace_ms: 10_000,
             heartbeat_ms: 250,
             agent_cpu: "4".into(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -70,6 +78,7 @@ pub struct Proc {
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -80,6 +89,7 @@ impl Proc {
             args,
             log: dir.join(format!("{name}.log")),
             child: None,
+            env: Vec::new(),
         };
         p.start();
         p
@@ -98,6 +108,7 @@ impl Proc {
                 std::env::var("KILN_E2E_LOG")
                     .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -203,6 +214,7 @@ pub struct Cluster {
     pub agents: Vec<Proc>,
     node_grace_ms: u64,
     heartbeat_ms: u64,
+    agent_args: Vec<String>,
 }
 
 impl Cluster {
@@ -217,6 +229,7 @@ impl Cluster {
             agents: Vec::new(),
             node_grace_ms: opts.node_grace_ms,
             heartbeat_ms: opts.heartbeat_ms,
+            agent_args: opts.agent_args.clone(),
         };
         for i in 1..=opts.coordinators as u64 {
             let (grpc, http) = (
@@ -323,12 +336,20 @@ impl Cluster {
     }
 
     pub fn add_agent(&mut self, node_id: &str, cpu: &str) {
-        self.add_agent_with(node_id, cpu, &[]);
+        self.add_agent_with(node_id, cpu, &[], &[]);
     }
 
-    /// Starts an agent with extra flags (e.g. `--simulate-gpus`).
-    pub fn add_agent_with(&mut self, node_id: &str, cpu: &str, extra: &[&str]) {
-        let mut args: Vec<String> = vec![
+    /// An agent with extra flags (beside the cluster's `agent_args`) and environment.
+    pub fn add_agent_with(
+        &mut self,
+        node_id: &str,
+        cpu: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(self.agent_args.iter().cloned());
+        args.extend([
             "--node-id".into(),
             node_id.into(),
             "--coordinators".into(),
@@ -339,14 +360,25 @@ impl Cluster {
             cpu.into(),
             "--memory".into(),
             "8Gi".into(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        self.agents.push(Proc::spawn(
-            node_id,
-            bin("kiln-agent"),
+        ]);
+        let mut proc = Proc {
+            name: node_id.into(),
+            program: bin("kiln-agent"),
             args,
-            self.dir.path(),
-        ));
+            log: self.dir.path().join(format!("{node_id}.log")),
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        proc.start();
+        self.agents.push(proc);
+    }
+
+    /// An agent's data dir.
+    pub fn agent_dir(&self, node_id: &str) -> PathBuf {
+        self.dir.path().join(node_id)
     }
 
     /// Every coordinator's gRPC address, comma-separated, as `KILN_ADDR` takes them.
@@ -464,6 +496,14 @@ impl Drop for Cluster {
         }
         for c in &mut self.coordinators {
             c.proc.kill();
+        }
+        // Containers outlive a killed agent (by design): remove the ones this cluster made.
+        for a in &self.agents {
+            if let Some(instance) = docker::agent_instance(&self.agent_dir(&a.name))
+                && docker::docker_answers()
+            {
+                docker::remove_containers(&instance);
+            }
         }
         if std::thread::panicking() {
             let kept =

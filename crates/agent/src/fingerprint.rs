@@ -1,4 +1,4 @@
-//! What this node has: CPU and memory (sysinfo), its labels and its drivers.
+//! What this node has: CPU and memory (sysinfo). Its drivers are in `drivers`.
 
 use std::sync::Arc;
 
@@ -12,7 +12,6 @@ use crate::gpu::GpuSource;
 pub struct Fingerprint {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
-    pub drivers: Vec<String>,
     pub gpus: Arc<dyn GpuSource>,
 }
 
@@ -35,7 +34,6 @@ pub fn fingerprint(config: &Config, gpus: Arc<dyn GpuSource>) -> Fingerprint {
         memory_bytes: config
             .memory_bytes
             .unwrap_or(sys.as_ref().map_or(0, |s| s.total_memory())),
-        drivers: vec!["process".to_string()],
         gpus,
     }
 }

@@ -2,6 +2,10 @@
 //! assigns, keeps each task's output on the node's own disk, and reports what happened.
 //!
 //! - [`fingerprint`]: CPU and memory from sysinfo, labels, drivers.
+//! - [`drivers`]: which drivers the node offers (`process`; `docker` while a daemon
+//!   answers), re-checked while the agent runs.
+//! - [`docker`]: the Docker driver (bollard): containers with limits, GPUs, labels and
+//!   adoption after a restart; image builds pushed to the cluster registry.
 //! - [`process`]: the process driver (argv or `sh -c`, env, work directory, timeout, kill of
 //!   the whole process group).
 //! - [`runner`]: the task table: at most one run per (task, attempt), however often it is
@@ -15,6 +19,8 @@
 //!
 //! The agent never links the coordinator: it speaks only the agent protocol in `kiln-api`.
 
+pub mod docker;
+pub mod drivers;
 pub mod fingerprint;
 pub mod gpu;
 pub mod logs;
@@ -42,6 +48,9 @@ pub struct Config {
     pub memory_bytes: Option<u64>,
     /// Simulate GPUs from this spec (`4xH100-80GB,nvlink=0-1,2-3`) instead of reading NVML.
     pub simulate_gpus: Option<String>,
+    /// `host:port` of the cluster's image registry: builds push there (images under it are
+    /// pulled from it like any other).
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +81,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             .into();
     let logs = logs::LogStore::open(&config.data_dir)?;
     let outbox = Arc::new(outbox::Outbox::default());
-    let runner = Arc::new(runner::Runner::new(logs.clone(), outbox.clone()));
+    let instance = docker::instance_id(&config.data_dir)?;
+    let drivers = Arc::new(drivers::Drivers::new(instance, config.registry.clone()));
+    let runner = Arc::new(runner::Runner::new(
+        logs.clone(),
+        outbox.clone(),
+        drivers.clone(),
+    ));
+    // Docker first, then the containers this agent still owns: both must be known before
+    // the first Register.
+    drivers.probe().await;
+    runner.adopt().await;
+    tokio::spawn(drivers::watch(
+        drivers.clone(),
+        runner.clone(),
+        shutdown.clone(),
+    ));
     let node = fingerprint::fingerprint(&config, gpus);
-    tracing::info!(node = %config.node_id, cpu_millis = node.cpu_millis, memory_bytes = node.memory_bytes, "agent starting");
+    tracing::info!(node = %config.node_id, cpu_millis = node.cpu_millis, memory_bytes = node.memory_bytes, drivers = ?*drivers.offered().borrow(), "agent starting");
     session::run(config, node, runner.clone(), outbox, logs, shutdown).await;
     runner.kill_all("agent shutting down");
     Ok(())

@@ -19,10 +19,13 @@ pub struct LogStore {
 impl LogStore {
     pub fn open(data_dir: &Path) -> Result<LogStore, Error> {
         let root = data_dir.join("tasks");
-        std::fs::create_dir_all(&root).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: root.display().to_string(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&root).map_err(io)?;
+        // Absolute, because work directories are bind-mounted into containers.
+        let root = root.canonicalize().map_err(io)?;
         Ok(LogStore { root })
     }
 

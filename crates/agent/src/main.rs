@@ -36,6 +36,9 @@ struct Args {
     /// labelled simulated wherever they show.
     #[arg(long, env = "KILN_SIMULATE_GPUS")]
     simulate_gpus: Option<String>,
+    /// The cluster's image registry, HOST:PORT: builds push there.
+    #[arg(long, env = "KILN_REGISTRY")]
+    registry: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -73,6 +76,7 @@ async fn main() {
             cpu_millis,
             memory_bytes,
             simulate_gpus: args.simulate_gpus,
+            registry: args.registry,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

@@ -2,6 +2,11 @@
 //! repeats within this process are recognised from the table, and repeats after a restart
 //! from the attempt's log file on disk, whose presence means the attempt already started —
 //! such an attempt is reported lost rather than run a second time.
+//!
+//! Tasks with an image or a build go to the Docker driver ([`crate::docker`]); the rest to
+//! the process driver. Containers outlive an agent restart: the next agent process adopts
+//! the ones it owns ([`Runner::adopt`]) before it registers, so they are known (not lost)
+//! and their result is still reported.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +15,11 @@ use std::time::Duration;
 use kiln_api::pb;
 use tokio::sync::{oneshot, watch};
 
+use crate::docker;
+use crate::drivers::Drivers;
 use crate::logs::LogStore;
 use crate::outbox::Outbox;
+use crate::process::Outcome;
 use crate::{now_ms, process};
 
 type Key = (String, u32);
@@ -25,21 +33,43 @@ struct Entry {
     pid: Option<u32>,
     /// Turns true when the task has finished.
     done: watch::Receiver<bool>,
+    /// Runs in a container, which survives this agent process.
+    container: bool,
 }
 
 pub struct Runner {
     logs: LogStore,
     outbox: Arc<Outbox>,
+    drivers: Arc<Drivers>,
     tasks: Mutex<HashMap<Key, Entry>>,
+    /// The leader's gRPC address while a session is up (builds fetch their context there).
+    leader: Mutex<Option<String>>,
 }
 
 impl Runner {
-    pub fn new(logs: LogStore, outbox: Arc<Outbox>) -> Runner {
+    pub fn new(logs: LogStore, outbox: Arc<Outbox>, drivers: Arc<Drivers>) -> Runner {
         Runner {
             logs,
             outbox,
+            drivers,
             tasks: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
         }
+    }
+
+    pub fn drivers(&self) -> &Arc<Drivers> {
+        &self.drivers
+    }
+
+    pub fn set_leader(&self, addr: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -47,15 +77,56 @@ impl Runner {
     }
 
     fn event(&self, a: &pb::Assignment, status: &str, exit_code: Option<i32>, message: String) {
+        self.emit(&a.task_id, a.attempt, status, exit_code, message, None);
+    }
+
+    fn emit(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        status: &str,
+        exit_code: Option<i32>,
+        message: String,
+        image: Option<String>,
+    ) {
         self.outbox.emit(pb::TaskEvent {
             seq: 0,
-            task_id: a.task_id.clone(),
-            attempt: a.attempt,
+            task_id: task_id.to_string(),
+            attempt,
             status: status.into(),
             exit_code,
             message,
             at_ms: now_ms(),
+            image: image.unwrap_or_default(),
         });
+    }
+
+    /// Records how a task ended and marks it done.
+    fn finish(
+        &self,
+        key: &Key,
+        outcome: Outcome,
+        image: Option<String>,
+        done: watch::Sender<bool>,
+    ) {
+        let status = if outcome.succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        tracing::info!(task = %key.0, attempt = key.1, status, message = %outcome.message, "task finished");
+        self.emit(
+            &key.0,
+            key.1,
+            status,
+            outcome.exit_code,
+            outcome.message,
+            image,
+        );
+        if let Some(entry) = self.table().get_mut(key) {
+            entry.kill = None;
+        }
+        let _ = done.send(true);
     }
 
     /// Starts an assigned task unless this attempt was already started.
@@ -75,6 +146,7 @@ impl Runner {
                     gpu_share: a.gpu_memory_bytes,
                     pid: None,
                     done: done_rx,
+                    container: false,
                 },
             );
         }
@@ -114,6 +186,10 @@ impl Runner {
             let _ = done_tx.send(true);
             return;
         }
+        if !a.image.is_empty() || a.build.is_some() {
+            self.assign_container(a, key, work, log, done_tx);
+            return;
+        }
         let child = match process::spawn(&a, &work, &log) {
             Ok(c) => c,
             Err(reason) => {
@@ -133,18 +209,117 @@ impl Runner {
         let timeout = Duration::from_millis(a.timeout_ms.max(1));
         tokio::spawn(async move {
             let outcome = process::wait(child, timeout, kill_rx).await;
-            let status = if outcome.succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            };
-            tracing::info!(task = %a.task_id, attempt = a.attempt, status, message = %outcome.message, "task finished");
-            runner.event(&a, status, outcome.exit_code, outcome.message);
-            if let Some(entry) = runner.table().get_mut(&key) {
-                entry.kill = None;
-            }
-            let _ = done_tx.send(true);
+            runner.finish(&key, outcome, None, done_tx);
         });
+    }
+
+    /// Hands an `image:` or `build:` task to the Docker driver.
+    fn assign_container(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+        key: Key,
+        work: std::path::PathBuf,
+        log: std::path::PathBuf,
+        done_tx: watch::Sender<bool>,
+    ) {
+        let Some(d) = self.drivers.docker() else {
+            let _ = std::fs::write(&log, "kiln: no Docker daemon answers on this node\n");
+            self.event(
+                &a,
+                "failed",
+                None,
+                "the docker driver is not available on this node".into(),
+            );
+            let _ = done_tx.send(true);
+            return;
+        };
+        let (kill_tx, kill_rx) = oneshot::channel();
+        if let Some(entry) = self.table().get_mut(&key) {
+            entry.kill = Some(kill_tx);
+            entry.container = true;
+        }
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let (outcome, image) = match &a.build {
+                Some(spec) => {
+                    // Building counts as running from the start.
+                    runner.event(&a, "running", None, String::new());
+                    let leader = runner.leader();
+                    docker::build::run(&d, &a, spec, &work, &log, kill_rx, leader).await
+                }
+                None => {
+                    let started = || {
+                        runner.emit(
+                            &a.task_id,
+                            a.attempt,
+                            "running",
+                            None,
+                            String::new(),
+                            Some(a.image.clone()),
+                        );
+                    };
+                    let outcome =
+                        docker::container::run(&d, &a, &work, &log, kill_rx, started).await;
+                    (outcome, Some(a.image.clone()).filter(|i| !i.is_empty()))
+                }
+            };
+            runner.finish(&key, outcome, image, done_tx);
+        });
+    }
+
+    /// Takes over the containers this agent owns that are still on the Docker daemon (left
+    /// by an earlier agent process): each is watched to its end again and its result
+    /// reported. Call before registering, so the leader learns they are known.
+    pub async fn adopt(self: &Arc<Self>) {
+        let Some(d) = self.drivers.docker() else {
+            return;
+        };
+        let owned = match d.owned().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this agent's containers");
+                return;
+            }
+        };
+        for c in owned {
+            let key = (c.task_id.clone(), c.attempt);
+            let log = self.logs.log_path(&c.task_id, c.attempt);
+            let Some(log) = log.filter(|_| c.attempt > 0) else {
+                tracing::warn!(container = %c.id, "removing a container with unreadable kiln labels");
+                docker::container::remove(&d, &c.id).await;
+                continue;
+            };
+            let (kill_tx, kill_rx) = oneshot::channel();
+            let (done_tx, done_rx) = watch::channel(false);
+            {
+                let mut table = self.table();
+                if table.contains_key(&key) {
+                    continue;
+                }
+                table.insert(
+                    key.clone(),
+                    Entry {
+                        kill: Some(kill_tx),
+                        done: done_rx,
+                        container: true,
+                        // Not in the container's labels: an adopted task's GPU figures
+                        // come from NVML alone.
+                        gpus: Vec::new(),
+                        gpu_share: 0,
+                        pid: None,
+                    },
+                );
+            }
+            tracing::info!(task = %c.task_id, attempt = c.attempt, container = %c.id, "adopting a running container");
+            let runner = self.clone();
+            let d = d.clone();
+            tokio::spawn(async move {
+                let outcome =
+                    docker::container::supervise(&d, &c.id, &log, true, c.deadline_ms, kill_rx)
+                        .await;
+                runner.finish(&key, outcome, None, done_tx);
+            });
+        }
     }
 
     pub fn kill(&self, task_id: &str, attempt: u32, reason: &str) {
@@ -158,8 +333,10 @@ impl Runner {
         }
     }
 
+    /// Kills every process task. Containers are left running: the next agent process on
+    /// this node adopts them.
     pub fn kill_all(&self, reason: &str) {
-        for entry in self.table().values_mut() {
+        for entry in self.table().values_mut().filter(|e| !e.container) {
             if let Some(tx) = entry.kill.take() {
                 let _ = tx.send(reason.to_string());
             }

@@ -97,10 +97,12 @@ async fn session(
         Err(e) => return Ended::Failed(e.to_string()),
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut offered = runner.drivers().offered();
+    let drivers = offered.borrow_and_update().clone();
     let register = pb::Register {
         node_id: config.node_id.clone(),
         labels: config.labels.clone().into_iter().collect(),
-        drivers: node.drivers.clone(),
+        drivers,
         cpu_millis: node.cpu_millis,
         memory_bytes: node.memory_bytes,
         known: runner.known(),
@@ -132,6 +134,8 @@ async fn session(
     let ended = loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
+            // The drivers changed (Docker came or went): register again with the new list.
+            _ = offered.changed() => break Ended::Broken,
             m = inbound.message() => m,
         };
         let msg = match msg {
@@ -142,6 +146,7 @@ async fn session(
         match msg {
             In::Registered(r) => {
                 tracing::info!(%addr, leader = r.leader_id, "registered with the leader");
+                runner.set_leader(Some(addr.to_string()));
                 let every = Duration::from_millis(r.heartbeat_ms.max(50));
                 let (gpus, runner) = (node.gpus.clone(), runner.clone());
                 tokio::spawn(heartbeats(
@@ -172,6 +177,7 @@ async fn session(
     };
     stop_heartbeats.cancel();
     outbox.detach();
+    runner.set_leader(None);
     ended
 }
 

@@ -19,7 +19,17 @@
 //!     timeout: 10m
 //!     env: { RUST_LOG: info }
 //!     constraints: { os: linux }
+//!   - name: image
+//!     needs: [test]
+//!     build: { context: ., dockerfile: Dockerfile, name: app }
+//!   - name: smoke
+//!     needs: [image]
+//!     image: ${{ stages.image.image }}
+//!     command: ["/app", "--check"]
 //! ```
+//!
+//! A stage with `image:` or `build:` runs on the Docker driver; any other stage on the
+//! process driver ([`Stage::driver`]).
 
 use std::collections::BTreeMap;
 
@@ -51,6 +61,23 @@ pub struct StageFile {
     /// Node labels the stage must run on (`key: value`, all must match).
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
+    /// Run the stage in this container image; `${{ stages.NAME.image }}` names the image an
+    /// earlier `build:` stage pushed.
+    pub image: Option<String>,
+    /// Build an image from a directory beside the pipeline file, and push it.
+    pub build: Option<BuildFile>,
+}
+
+/// `build: { context: ., dockerfile: Dockerfile, name: app }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    /// A directory, relative to the pipeline file's directory and inside it.
+    pub context: String,
+    /// The Dockerfile's path inside the context; `Dockerfile` by default.
+    pub dockerfile: Option<String>,
+    /// The repository name in the cluster registry.
+    pub name: String,
 }
 
 /// `command: "make test"` runs through `sh -c`; `command: [make, test]` is exec'd as argv.
@@ -117,12 +144,62 @@ pub struct Stage {
     pub retries: u32,
     pub timeout_ms: u64,
     pub constraints: BTreeMap<String, String>,
+    /// Set when the stage runs in a container or builds an image (the Docker driver).
+    #[serde(default)]
+    pub container: Option<Container>,
+}
+
+impl Stage {
+    /// The driver a node must offer to run this stage.
+    pub fn driver(&self) -> &'static str {
+        match self.container {
+            Some(_) => drivers::DOCKER,
+            None => drivers::PROCESS,
+        }
+    }
+}
+
+/// The names of the drivers an agent can offer.
+pub mod drivers {
+    pub const PROCESS: &str = "process";
+    pub const DOCKER: &str = "docker";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Shell(String),
     Argv(Vec<String>),
+    /// No command: a container runs its image's own entrypoint and command, and a build
+    /// runs nothing before building.
+    None,
+}
+
+/// What the Docker driver does for a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Container {
+    /// Run the stage's command in this image.
+    Image(ImageRef),
+    /// Build an image and push it to the cluster registry.
+    Build(Build),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageRef {
+    /// An image reference as written (`busybox:1.36`, `127.0.0.1:5000/app@sha256:...`).
+    Named(String),
+    /// The image that this (earlier, needed) stage built and pushed.
+    Built { stage: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The context directory as written, relative to the pipeline file's directory.
+    pub context: String,
+    pub dockerfile: String,
+    pub name: String,
+    /// `sha256:<hex>` of the packed context, filled in by the coordinator once it stored the
+    /// bytes; empty in a pipeline that was only parsed.
+    pub context_digest: String,
 }
 
 /// What a task reserves on a node.
@@ -208,4 +285,6 @@ pub mod limits {
     pub const MAX_GPUS: i64 = 64;
     /// No GPU made has more memory than this; a larger share is a typo.
     pub const MAX_GPU_MEMORY_BYTES: u64 = 1 << 40;
+    /// The largest packed build context a submission may carry.
+    pub const MAX_CONTEXT_BYTES: usize = 64 << 20;
 }

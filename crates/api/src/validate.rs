@@ -17,6 +17,8 @@ use crate::spec::{
 };
 use crate::units;
 
+mod container;
+
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
@@ -132,6 +134,7 @@ impl Checker<'_> {
             }
         }
         self.check_needs(&raw.stages, &seen);
+        self.check_image_refs(&raw.stages, &stages, &seen);
 
         if self.errors.is_empty() {
             Ok(Pipeline {
@@ -149,12 +152,14 @@ impl Checker<'_> {
         let lines = self.lines.clone();
         let line = |key: &str| at.and_then(|l| find_key_line(&lines, l - 1, key)).or(at);
 
+        let container = self.check_container(s, &path, &line);
         let command = match &s.command {
+            None if s.image.is_some() || s.build.is_some() => Some(Command::None),
             None => {
                 self.push(
                     at,
                     &format!("{path}.command"),
-                    "missing: every stage needs a command".into(),
+                    "missing: a stage without image: or build: needs a command".into(),
                 );
                 None
             }
@@ -243,6 +248,7 @@ impl Checker<'_> {
             retries,
             timeout_ms,
             constraints: s.constraints.clone(),
+            container: container?,
         })
     }
 

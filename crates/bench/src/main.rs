@@ -176,6 +176,7 @@ async fn submit_yaml(
                 file_name: "bench.yaml".into(),
                 request_id: request_id.clone(),
                 trigger: "bench".into(),
+                ..Default::default()
             };
             match c.submit_run(req).await {
                 Ok(r) => return r.into_inner().run_id,

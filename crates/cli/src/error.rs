@@ -5,7 +5,7 @@
 //! | 0 | success (for `run --follow` and `dev --run`: the run succeeded) |
 //! | 1 | the run failed or was cancelled, or an unexpected error |
 //! | 2 | invalid input: a bad spec, flag or argument; nothing was changed |
-//! | 3 | the cluster could not be reached, or has no leader |
+//! | 3 | the cluster could not be reached, or has no leader; or `kiln dev` lacks what the pipeline needs (Docker, a registry) |
 //! | 4 | not found (a run, stage or attempt) |
 //! | 5 | refused: the request conflicts with the current state |
 
@@ -19,6 +19,9 @@ pub enum CliError {
     NotFound(String),
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// Something the command needs on this machine is missing (Docker, a registry).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -32,7 +35,7 @@ impl CliError {
         match self {
             CliError::RunFailed(_) | CliError::Other(_) => 1,
             CliError::Invalid(_) => 2,
-            CliError::Unavailable(_) => 3,
+            CliError::Unavailable(_) | CliError::Missing(_) => 3,
             CliError::NotFound(_) => 4,
             CliError::Conflict(_) => 5,
         }

@@ -60,10 +60,12 @@ pub fn run(r: &pb::Run) -> String {
         let note = if !s.waiting_reason.is_empty() && s.status == "pending" {
             s.waiting_reason.clone()
         } else {
+            // The reason it ended, else the image it ran or pushed.
             s.attempts
                 .last()
                 .map(|a| a.message.clone())
-                .unwrap_or_default()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| s.image.clone())
         };
         let _ = writeln!(
             out,

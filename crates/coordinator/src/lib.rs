@@ -10,12 +10,14 @@
 //! - [`controllers`]: the leader's loops: scheduling passes, node liveness, leadership.
 //! - [`api`]: the edges: gRPC for clients, agents and peers; HTTP for `/healthz` and
 //!   `/metrics`.
+//! - [`blobs`]: the content-addressed store for build contexts (bytes outside Raft).
 //! - [`server`]: wiring it all together on bound listeners, with a shutdown signal.
 //!
-//! I/O lives only in `raft`, `controllers`, `api` and `server`; `state` and `scheduler`
+//! I/O lives only in `raft`, `blobs`, `controllers`, `api` and `server`; `state` and `scheduler`
 //! are plain data in, decisions out.
 
 pub mod api;
+pub mod blobs;
 pub mod controllers;
 pub mod core;
 pub mod error;

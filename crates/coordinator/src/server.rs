@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{agent::AgentApi, client::ClientService, http, raft_service::RaftService};
+use crate::api::{
+    agent::AgentApi, blobs::BlobService, client::ClientService, http, raft_service::RaftService,
+};
+use crate::blobs::BlobStore;
 use crate::controllers;
 use crate::core::{Core, Tuning};
 use crate::error::{Error, Result};
@@ -92,6 +95,7 @@ pub async fn start(
         shared,
         config.tuning.clone(),
     ));
+    let blobs = BlobStore::open(&config.data_dir)?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -106,12 +110,21 @@ pub async fn start(
     let router = tonic::transport::Server::builder()
         // A span for every RPC, named by its method path.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(pb::kiln_server::KilnServer::new(ClientService {
-            core: core.clone(),
-        }))
+        .add_service(
+            pb::kiln_server::KilnServer::new(ClientService {
+                core: core.clone(),
+                blobs: blobs.clone(),
+            })
+            // Submissions carry build contexts of up to MAX_CONTEXT_BYTES.
+            .max_decoding_message_size(kiln_api::spec::limits::MAX_CONTEXT_BYTES + (16 << 20)),
+        )
         .add_service(pb::agent_service_server::AgentServiceServer::new(
             AgentApi { core: core.clone() },
         ))
+        .add_service(pb::blobs_server::BlobsServer::new(BlobService {
+            core: core.clone(),
+            blobs: blobs.clone(),
+        }))
         .add_service(
             pb::raft_server::RaftServer::new(RaftService { core: core.clone() })
                 .max_decoding_message_size(256 << 20),

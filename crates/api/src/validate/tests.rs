@@ -213,3 +213,102 @@ fn globs() {
     assert!(!glob_match("*H100*", "NVIDIA A100-SXM4-40GB"));
     assert!(glob_match("*", ""));
 }
+
+const CONTAINERS: &str = "\
+name: images
+stages:
+  - name: image
+    build: { context: ./app/../app, name: team/app }
+  - name: check
+    needs: [image]
+    command: [sh, -c, 'true']
+  - name: smoke
+    needs: [check]
+    image: ${{ stages.image.image }}
+  - name: plain
+    image: busybox:1.36
+    command: echo hi
+";
+
+#[test]
+fn image_and_build_stages_parse_and_choose_the_docker_driver() {
+    use crate::spec::{Build, Container, ImageRef};
+    let p = parse_pipeline("p.yaml", CONTAINERS).expect("valid");
+    assert_eq!(
+        p.stages[0].container,
+        Some(Container::Build(Build {
+            context: "app".into(),
+            dockerfile: "Dockerfile".into(),
+            name: "team/app".into(),
+            context_digest: String::new(),
+        }))
+    );
+    assert_eq!(p.stages[0].command, Command::None);
+    assert_eq!(p.stages[0].driver(), "docker");
+    assert_eq!(p.stages[1].driver(), "process");
+    assert_eq!(
+        p.stages[2].container,
+        Some(Container::Image(ImageRef::Built {
+            stage: "image".into()
+        }))
+    );
+    assert_eq!(
+        p.stages[3].container,
+        Some(Container::Image(ImageRef::Named("busybox:1.36".into())))
+    );
+}
+
+#[test]
+fn container_fields_are_checked() {
+    let rows: &[(&str, &str, &str)] = &[
+        (
+            "context outside",
+            "name: x\nstages:\n  - name: b\n    build: { context: ../.., name: app }\n",
+            "p.yaml:4: stages.b.build.context: \"../..\" is outside the pipeline's directory",
+        ),
+        (
+            "absolute context",
+            "name: x\nstages:\n  - name: b\n    build: { context: /etc, name: app }\n",
+            "stages.b.build.context: \"/etc\" must be a relative path inside the pipeline's directory",
+        ),
+        (
+            "dockerfile outside",
+            "name: x\nstages:\n  - name: b\n    build: { context: ., dockerfile: ../Dockerfile, name: app }\n",
+            "stages.b.build.dockerfile: \"../Dockerfile\" is outside the build context",
+        ),
+        (
+            "bad repository",
+            "name: x\nstages:\n  - name: b\n    build: { context: ., name: App }\n",
+            "stages.b.build.name: \"App\" is not a repository name",
+        ),
+        (
+            "both",
+            "name: x\nstages:\n  - name: b\n    image: busybox\n    build: { context: ., name: app }\n",
+            "p.yaml:5: stages.b: image: and build: cannot both be set",
+        ),
+        (
+            "not needed",
+            "name: x\nstages:\n  - name: b\n    build: { context: ., name: app }\n  - name: r\n    image: ${{ stages.b.image }}\n",
+            "p.yaml:6: stages.r.image: stage \"b\" must be among the stages \"r\" needs",
+        ),
+        (
+            "not a build",
+            "name: x\nstages:\n  - name: b\n    command: make\n  - name: r\n    needs: [b]\n    image: ${{ stages.b.image }}\n",
+            "stages.r.image: stage \"b\" builds no image",
+        ),
+        (
+            "bad expression",
+            "name: x\nstages:\n  - name: r\n    image: ${{ stages.b.digest }}\n",
+            "stages.r.image: \"${{ stages.b.digest }}\": the only expression here is ${{ stages.NAME.image }}",
+        ),
+        (
+            "no command, no image",
+            "name: x\nstages:\n  - name: r\n",
+            "stages.r.command: missing: a stage without image: or build: needs a command",
+        ),
+    ];
+    for (name, src, want) in rows {
+        let got = err(src);
+        assert!(got.contains(want), "row {name:?}: {got}");
+    }
+}

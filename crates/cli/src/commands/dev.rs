@@ -1,6 +1,11 @@
 //! `kiln dev`: one coordinator (bootstrapped, id 1) and one agent in this process, data in
 //! `./.kiln`. With `--run FILE` it runs that pipeline to the end and exits with its status;
 //! without, it serves until interrupted.
+//!
+//! Containers: the agent offers the Docker driver when a Docker daemon answers. Builds push
+//! to `--registry`, or else to a registry `kiln dev` starts itself on 127.0.0.1 when Debian's
+//! `docker-registry` is installed (storage in `<data-dir>/registry`). A `--run` pipeline
+//! whose stages need what is missing is refused up front, saying what is missing.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +33,10 @@ pub struct DevArgs {
     /// Give the embedded agent simulated GPUs, e.g. "2xH100-80GB,nvlink=0-1".
     #[arg(long)]
     simulate_gpus: Option<String>,
+    /// The image registry builds push to (HOST:PORT); default: start `docker-registry` on
+    /// 127.0.0.1 if it is installed.
+    #[arg(long, env = "KILN_REGISTRY")]
+    registry: Option<String>,
 }
 
 pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
@@ -42,12 +51,61 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut needs = Needs::default();
     if let Some(file) = &args.run {
         // Check the file before starting anything.
         let yaml = std::fs::read_to_string(file)
             .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
-        kiln_api::validate::parse_pipeline(&file.display().to_string(), &yaml)
+        let pipeline = kiln_api::validate::parse_pipeline(&file.display().to_string(), &yaml)
             .map_err(|e| CliError::Invalid(e.to_string()))?;
+        needs = Needs::of(&pipeline);
+    }
+    // Docker and a registry, when there is a Docker daemon to use them.
+    let docker = kiln_agent::docker::DockerDriver::connect("kiln-dev-probe", None).await;
+    let mut _registry = None;
+    let registry = match (&docker, args.registry.clone()) {
+        (Err(e), _) => {
+            if !needs.docker.is_empty() {
+                return Err(CliError::Missing(format!(
+                    "stages {} run on Docker, but no Docker daemon answers ({e})",
+                    needs.docker.join(", ")
+                )));
+            }
+            eprintln!(
+                "kiln dev: no Docker daemon answers ({e}); stages with image: or build: will wait for a node that offers docker"
+            );
+            None
+        }
+        (Ok(_), Some(addr)) => Some(addr),
+        // A --run pipeline that builds nothing needs no registry.
+        (Ok(_), None) if args.run.is_some() && needs.build.is_empty() => None,
+        (Ok(_), None) => match super::registry::find_program() {
+            Some(program) => {
+                let r = super::registry::start(&program, &args.data_dir.join("registry")).await?;
+                let addr = r.addr.clone();
+                _registry = Some(r);
+                Some(addr)
+            }
+            None => None,
+        },
+    };
+    match &registry {
+        Some(addr) => {
+            eprintln!("kiln dev: Docker available; images push to the registry at {addr}")
+        }
+        None if docker.is_ok() && !needs.build.is_empty() => {
+            return Err(CliError::Missing(format!(
+                "stages {} build images, which needs a registry: install Debian's {} package (kiln dev then starts one) or pass --registry HOST:PORT",
+                needs.build.join(", "),
+                super::registry::PROGRAM
+            )));
+        }
+        None if docker.is_ok() && args.run.is_none() => eprintln!(
+            "kiln dev: Docker available; no registry (install {} or pass --registry), so build: stages will fail",
+            super::registry::PROGRAM
+        ),
+        None if docker.is_ok() => eprintln!("kiln dev: Docker available"),
+        None => {}
     }
     let grpc = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -87,6 +145,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         cpu_millis: None,
         memory_bytes: None,
         simulate_gpus: args.simulate_gpus.clone(),
+        registry,
     };
     let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
 
@@ -106,4 +165,28 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
     let _ = agent.await;
     coordinator.shutdown().await;
     result
+}
+
+/// The stages of a `--run` pipeline that need Docker, and those that also need a registry.
+#[derive(Default)]
+struct Needs {
+    docker: Vec<String>,
+    build: Vec<String>,
+}
+
+impl Needs {
+    fn of(pipeline: &kiln_api::spec::Pipeline) -> Needs {
+        let mut needs = Needs::default();
+        for stage in &pipeline.stages {
+            match &stage.container {
+                Some(kiln_api::spec::Container::Build(_)) => {
+                    needs.docker.push(stage.name.clone());
+                    needs.build.push(stage.name.clone());
+                }
+                Some(_) => needs.docker.push(stage.name.clone()),
+                None => {}
+            }
+        }
+        needs
+    }
 }

@@ -1,6 +1,8 @@
 //! One file per group of commands.
 
 pub mod cluster;
+pub mod context;
 pub mod dev;
 pub mod read;
+pub mod registry;
 pub mod run;

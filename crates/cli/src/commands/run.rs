@@ -25,13 +25,17 @@ pub async fn run(
     let name = file.display().to_string();
     let yaml =
         std::fs::read_to_string(file).map_err(|e| CliError::Invalid(format!("{name}: {e}")))?;
-    parse_pipeline(&name, &yaml).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let pipeline = parse_pipeline(&name, &yaml).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let dir = pipeline_dir(file)?;
+    let build_contexts = super::context::pack_all(&name, &dir, &pipeline)?;
     let request_id = request_id.unwrap_or_else(new_request_id);
     let req = pb::SubmitRunRequest {
         pipeline_yaml: yaml,
         file_name: name,
         request_id,
         trigger: "manual".into(),
+        source_dir: dir.display().to_string(),
+        build_contexts,
     };
     let reply = client
         .call(|mut c| {
@@ -124,6 +128,17 @@ pub async fn follow_run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The pipeline file's directory, absolute and with symlinks resolved.
+pub fn pipeline_dir(file: &Path) -> Result<std::path::PathBuf, CliError> {
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    parent
+        .canonicalize()
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", parent.display())))
 }
 
 /// A random 128-bit id; collisions are not a practical concern.

@@ -239,6 +239,7 @@ async fn commit_events(
                         exit_code: e.exit_code,
                         message: e.message,
                         at_ms: e.at_ms,
+                        image: (!e.image.is_empty()).then_some(e.image),
                     })
                 })
                 .collect()

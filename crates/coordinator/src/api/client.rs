@@ -14,12 +14,14 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::{Command, Response as Reply, parse_run_id};
 
 pub struct ClientService {
     pub core: Arc<Core>,
+    pub blobs: BlobStore,
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
@@ -39,11 +41,31 @@ impl Kiln for ClientService {
         };
         // Off the async runtime: a big pipeline must not stall Raft's heartbeats.
         let (name, yaml) = (file.to_string(), req.pipeline_yaml);
-        let pipeline = tokio::task::spawn_blocking(move || parse_pipeline(&name, &yaml))
+        let mut pipeline = tokio::task::spawn_blocking(move || parse_pipeline(&name, &yaml))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         check_gpu_shares(&self.core, &pipeline, file)?;
+        if !req.build_contexts.is_empty() {
+            // Only the leader takes contexts, so that they are replicated before the proposal.
+            self.core.ensure_leader()?;
+        }
+        let stored = store_build_contexts(&self.blobs, file, &mut pipeline, req.build_contexts)?;
+        for (digest, bytes) in &stored {
+            super::blobs::replicate(&self.core, digest, bytes).await?;
+        }
+        if !req.source_dir.is_empty() {
+            if !req.source_dir.starts_with('/') {
+                let reason = format!("source_dir: {:?} is not an absolute path", req.source_dir);
+                return Err(Error::InvalidInput(reason).into());
+            }
+            for stage in &mut pipeline.stages {
+                stage
+                    .env
+                    .entry("KILN_PIPELINE_DIR".into())
+                    .or_insert_with(|| req.source_dir.clone());
+            }
+        }
         let trigger = if req.trigger.is_empty() {
             "manual".to_string()
         } else {
@@ -319,6 +341,46 @@ impl ClientService {
             })
             .collect()
     }
+}
+
+/// Moves each `build:` stage's packed context into the blob store and writes its digest into
+/// the pipeline, so that only the digest goes through Raft. Returns what was stored, by
+/// digest, for replication.
+fn store_build_contexts(
+    blobs: &BlobStore,
+    file: &str,
+    pipeline: &mut kiln_api::spec::Pipeline,
+    mut contexts: std::collections::HashMap<String, Vec<u8>>,
+) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut stored = Vec::new();
+    use kiln_api::spec::{Container, limits::MAX_CONTEXT_BYTES};
+    for stage in &mut pipeline.stages {
+        let Some(Container::Build(build)) = &mut stage.container else {
+            continue;
+        };
+        let field = format!("{file}: stages.{}.build.context", stage.name);
+        let bytes = contexts.remove(&stage.name).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{field}: the build context was not sent with the submission (the kiln CLI packs it; other clients put a tar of it in build_contexts[{:?}])",
+                stage.name
+            ))
+        })?;
+        if bytes.len() > MAX_CONTEXT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "{field}: {} MiB packed, more than the limit of {} MiB",
+                bytes.len() >> 20,
+                MAX_CONTEXT_BYTES >> 20
+            )));
+        }
+        build.context_digest = blobs.put(&bytes)?;
+        stored.push((build.context_digest.clone(), bytes));
+    }
+    if let Some(name) = contexts.keys().next() {
+        return Err(Error::InvalidInput(format!(
+            "{file}: build_contexts[{name:?}]: no build: stage is named {name:?}"
+        )));
+    }
+    Ok(stored)
 }
 
 fn membership_error<E: std::fmt::Display>(e: E) -> Status {

@@ -39,6 +39,7 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
                     .and_then(|a| a.finished_ms())
                     .unwrap_or(0),
                 waiting_reason: waiting.get(&tref).cloned().unwrap_or_default(),
+                image: current.and_then(|a| a.image.clone()).unwrap_or_default(),
                 attempts: task
                     .attempts
                     .iter()
@@ -60,6 +61,7 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
                                 memory_bytes: g.memory_bytes,
                             })
                             .collect(),
+                        image: a.image.clone().unwrap_or_default(),
                         transitions: a
                             .transitions
                             .iter()

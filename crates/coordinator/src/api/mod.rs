@@ -1,8 +1,9 @@
-//! The coordinator's edges: gRPC for clients ([`client`]), agents ([`agent`]) and peers
-//! ([`raft_service`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
+//! The coordinator's edges: gRPC for clients ([`client`]), agents ([`agent`]), peers
+//! ([`raft_service`]), build-context blobs for both ([`blobs`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
 //! the wire and [`crate::core::Core`]; errors become gRPC statuses in `error.rs` only.
 
 pub mod agent;
+pub mod blobs;
 pub mod client;
 mod convert;
 pub mod http;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_api::pb::{self, coordinator_message::Msg};
+use kiln_api::spec::{Command, Container, ImageRef};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -134,8 +135,35 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
     let stage = run.pipeline.stages.get(p.task.stage as usize)?;
     let task_id = state.task_id(p.task);
     let (shell, argv) = match &stage.command {
-        kiln_api::spec::Command::Shell(s) => (s.clone(), Vec::new()),
-        kiln_api::spec::Command::Argv(a) => (String::new(), a.clone()),
+        Command::Shell(s) => (s.clone(), Vec::new()),
+        Command::Argv(a) => (String::new(), a.clone()),
+        Command::None => (String::new(), Vec::new()),
+    };
+    let (image, build) = match &stage.container {
+        None => (String::new(), None),
+        Some(Container::Image(ImageRef::Named(image))) => (image.clone(), None),
+        // The stage that built it is among this one's needs, so it has succeeded and its
+        // attempt recorded the pushed image; an empty image fails on the agent, clearly.
+        Some(Container::Image(ImageRef::Built { stage: built })) => {
+            let image = run
+                .pipeline
+                .stages
+                .iter()
+                .position(|s| &s.name == built)
+                .and_then(|i| run.tasks.get(i))
+                .and_then(|t| t.attempts.last())
+                .and_then(|a| a.image.clone())
+                .unwrap_or_default();
+            (image, None)
+        }
+        Some(Container::Build(b)) => (
+            String::new(),
+            Some(pb::BuildSpec {
+                context_digest: b.context_digest.clone(),
+                dockerfile: b.dockerfile.clone(),
+                name: b.name.clone(),
+            }),
+        ),
     };
     let mut env = stage.env.clone();
     env.insert("KILN_RUN_ID".into(), run.id());
@@ -176,5 +204,7 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         memory_bytes: stage.resources.memory_bytes,
         gpu_indices,
         gpu_memory_bytes: share,
+        image,
+        build,
     })
 }

@@ -22,7 +22,7 @@ impl Ask {
     pub fn of(stage: &Stage) -> Ask {
         Ask {
             resources: stage.resources,
-            driver: "process",
+            driver: stage.driver(),
             constraints: stage.constraints.clone(),
             gpu: stage.gpu.clone(),
         }

@@ -135,7 +135,7 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
                 });
             }
             Err(no_fit) => {
-                let reason = no_fit.to_string();
+                let reason = driver_missing(&all, ask.driver).unwrap_or_else(|| no_fit.to_string());
                 failed_shapes.insert(ask, reason.clone());
                 out.waiting.insert(task, reason);
             }
@@ -239,6 +239,32 @@ fn pick<'a>(
         }
     };
     Ok((node, grants))
+}
+
+/// When no ready node offers the driver at all, that is the reason to give, whatever else
+/// the nodes lack: "no node offers driver docker: 2 ready nodes offer process".
+fn driver_missing(nodes: &[&Node], driver: &str) -> Option<String> {
+    let ready: Vec<&&Node> = nodes
+        .iter()
+        .filter(|n| n.status == crate::state::NodeStatus::Ready)
+        .collect();
+    if ready.is_empty() || ready.iter().any(|n| n.drivers.iter().any(|d| d == driver)) {
+        return None;
+    }
+    let offered: std::collections::BTreeSet<&str> = ready
+        .iter()
+        .flat_map(|n| n.drivers.iter().map(String::as_str))
+        .collect();
+    let offered = if offered.is_empty() {
+        "no driver".to_string()
+    } else {
+        offered.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    let (n, s) = (ready.len(), if ready.len() == 1 { "" } else { "s" });
+    let verb = if n == 1 { "offers" } else { "offer" };
+    Some(format!(
+        "no node offers driver {driver}: {n} ready node{s} {verb} {offered}"
+    ))
 }
 
 /// A deterministic 64-bit mix of the pass number and the task (splitmix64).

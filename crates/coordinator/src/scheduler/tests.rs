@@ -127,6 +127,7 @@ impl Cluster {
                     memory_bytes: 1 << 20,
                 },
                 gpu: gpu.clone(),
+                container: None,
                 retries: 0,
                 timeout_ms: 1000,
                 constraints: Default::default(),
@@ -427,6 +428,7 @@ fn a_gpu_ask_that_cannot_fit_waits_with_its_reason_and_is_placed_once_room_frees
         exit_code: Some(0),
         message: String::new(),
         at_ms: 2,
+        image: None,
     };
     c.state.apply(&Command::TaskEvents {
         node: "n".into(),
@@ -532,4 +534,34 @@ fn applying_a_pass_accepts_all_of_it() {
     c.submit(&[(300, None), (300, None), (300, None), (300, None)]);
     c.pass(3);
     assert!(c.state.pending.is_empty());
+}
+
+#[test]
+fn a_container_stage_asks_for_docker_and_says_when_no_node_offers_it() {
+    use kiln_api::spec::{Container, ImageRef};
+    let mut c = Cluster::new()
+        .node("n1", 1000, vec![])
+        .node("n2", 1000, vec![]);
+    c.submit(&[(100, None)]);
+    let run = c.state.runs.values_mut().next().unwrap();
+    run.pipeline.stages[0].container = Some(Container::Image(ImageRef::Named("busybox".into())));
+    assert_eq!(Ask::of(&run.pipeline.stages[0]).driver, "docker");
+
+    let pass = schedule(&c.state, 1, &SchedulerConfig::default());
+    assert!(pass.placements.is_empty());
+    assert_eq!(
+        pass.waiting.values().next().unwrap(),
+        "no node offers driver docker: 2 ready nodes offer process"
+    );
+
+    // Once a node offers it, the stage goes there and nowhere else.
+    c.state
+        .nodes
+        .get_mut("n2")
+        .unwrap()
+        .drivers
+        .push("docker".into());
+    let pass = schedule(&c.state, 2, &SchedulerConfig::default());
+    assert_eq!(pass.placements.len(), 1);
+    assert_eq!(pass.placements[0].node, "n2");
 }

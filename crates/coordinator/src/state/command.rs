@@ -101,6 +101,9 @@ pub struct TaskEvent {
     pub message: String,
     /// When the agent saw it happen.
     pub at_ms: i64,
+    /// The image the attempt ran or pushed (Docker driver), pinned by digest.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// What applying a command answered. Rejections are ordinary, replicated outcomes.

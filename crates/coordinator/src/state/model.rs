@@ -193,6 +193,9 @@ pub struct Attempt {
     /// The GPUs reserved for this attempt.
     #[serde(default)]
     pub gpus: Vec<GpuGrant>,
+    /// The image it ran, or for a build the image it pushed, pinned by digest.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl Attempt {

@@ -67,6 +67,7 @@ impl ClusterState {
             message: String::new(),
             transitions: vec![(TaskStatus::Placed, now_ms)],
             gpus: p.gpus.clone(),
+            image: None,
         });
         Ok(())
     }

@@ -109,6 +109,9 @@ impl ClusterState {
                 t.status = TaskStatus::Running;
                 if let Some(a) = t.current_mut() {
                     a.status = TaskStatus::Running;
+                    if e.image.is_some() {
+                        a.image = e.image.clone();
+                    }
                     a.transitions.push((TaskStatus::Running, e.at_ms));
                 }
                 if cancel {
@@ -235,6 +238,9 @@ impl ClusterState {
         a.status = status;
         a.exit_code = e.exit_code;
         a.message = e.message.clone();
+        if e.image.is_some() {
+            a.image = e.image.clone();
+        }
         a.transitions.push((status, e.at_ms));
     }
 

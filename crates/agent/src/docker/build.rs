@@ -1,0 +1,249 @@
+//! A `build:` task: fetch the packed context from the coordinator by its digest, optionally
+//! run the stage's command in it first (on the node, like a process task: e.g. compile the
+//! static binary the Dockerfile copies), build it with the Engine's build API, tag it
+//! `<registry>/<name>:<run>`, push it, and report the pushed image pinned by digest.
+//!
+//! After the push the local tag is removed: the registry is where images live, and every
+//! node (this one included) pulls them from there.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::query_parameters::{BuildImageOptions, PushImageOptions, RemoveImageOptions};
+use futures::StreamExt;
+use kiln_api::pb;
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, watch};
+
+use super::{DockerDriver, Log, message};
+use crate::process::{self, Outcome};
+
+/// Builds and pushes; returns the outcome and, on success, `<registry>/<name>@sha256:…`.
+pub async fn run(
+    d: &DockerDriver,
+    a: &pb::Assignment,
+    spec: &pb::BuildSpec,
+    work: &Path,
+    log_path: &Path,
+    kill: oneshot::Receiver<String>,
+    leader: Option<String>,
+) -> (Outcome, Option<String>) {
+    let mut log = match Log::create(log_path) {
+        Ok(l) => l,
+        Err(e) => return (failed(e), None),
+    };
+    // One kill request may have to stop several steps in turn.
+    let (kill_tx, killed) = watch::channel(None::<String>);
+    tokio::spawn(async move {
+        if let Ok(reason) = kill.await {
+            let _ = kill_tx.send(Some(reason));
+        }
+    });
+    let timeout = Duration::from_millis(a.timeout_ms.max(1));
+    let steps = steps(d, a, spec, work, log_path, &mut log, killed.clone(), leader);
+    let mut killed = killed;
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, steps) => match r {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {}ms", timeout.as_millis())),
+        },
+        r = killed.wait_for(|k| k.is_some()) => {
+            Err(r.ok().and_then(|k| k.clone()).unwrap_or_else(|| "killed".into()))
+        }
+    };
+    match result {
+        Ok(image) => {
+            log.line(&format!("kiln: pushed {image}"));
+            (
+                Outcome {
+                    succeeded: true,
+                    exit_code: Some(0),
+                    message: String::new(),
+                },
+                Some(image),
+            )
+        }
+        Err(e) => {
+            log.line(&format!("kiln: {e}"));
+            (failed(e), None)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps(
+    d: &DockerDriver,
+    a: &pb::Assignment,
+    spec: &pb::BuildSpec,
+    work: &Path,
+    log_path: &Path,
+    log: &mut Log,
+    killed: watch::Receiver<Option<String>>,
+    leader: Option<String>,
+) -> Result<String, String> {
+    let registry = d
+        .registry
+        .clone()
+        .ok_or("this node has no registry to push to: start its agent with --registry HOST:PORT")?;
+    let leader =
+        leader.ok_or("not connected to the leader, so the build context cannot be fetched")?;
+    let context = fetch_blob(&leader, &spec.context_digest).await?;
+    log.line(&format!(
+        "kiln: build context {} ({} KiB)",
+        spec.context_digest,
+        context.len() / 1024
+    ));
+
+    let context = if a.shell.is_empty() && a.argv.is_empty() {
+        context
+    } else {
+        prepare(a, work, log_path, &context, killed).await?
+    };
+
+    let repo = format!("{registry}/{}", spec.name);
+    let tagged = format!("{repo}:{}", a.run_id);
+    let mut build = d.client.build_image(
+        BuildImageOptions {
+            dockerfile: spec.dockerfile.clone(),
+            t: Some(tagged.clone()),
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        },
+        None,
+        Some(bollard::body_full(context.into())),
+    );
+    while let Some(item) = build.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = info.stream {
+                    log.write(text.as_bytes());
+                }
+                if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                    return Err(format!("docker build failed: {}", e.trim()));
+                }
+            }
+            Err(e) => return Err(format!("docker build failed: {}", message(&e))),
+        }
+    }
+
+    log.line(&format!("kiln: pushing {tagged}"));
+    let mut push = d.client.push_image(
+        &repo,
+        Some(PushImageOptions {
+            tag: Some(a.run_id.clone()),
+            ..Default::default()
+        }),
+        None,
+    );
+    while let Some(item) = push.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                    return Err(format!("pushing {tagged}: {e}"));
+                }
+                if let Some(status) = info.status.filter(|s| s.contains("digest")) {
+                    log.line(&status);
+                }
+            }
+            Err(e) => return Err(format!("pushing {tagged}: {}", message(&e))),
+        }
+    }
+    let pinned = d
+        .client
+        .inspect_image(&tagged)
+        .await
+        .map_err(|e| format!("inspecting {tagged}: {}", message(&e)))?
+        .repo_digests
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.starts_with(&format!("{repo}@")))
+        .ok_or_else(|| format!("the push of {tagged} reported no digest"))?;
+    // Nodes pull from the registry, this one too.
+    let _ = d
+        .client
+        .remove_image(&tagged, None::<RemoveImageOptions>, None)
+        .await;
+    Ok(pinned)
+}
+
+/// Unpacks the context into the work dir, runs the stage's command there (on the node), and
+/// packs the result as the context to build.
+async fn prepare(
+    a: &pb::Assignment,
+    work: &Path,
+    log_path: &Path,
+    context: &[u8],
+    mut killed: watch::Receiver<Option<String>>,
+) -> Result<Vec<u8>, String> {
+    tar::Archive::new(context)
+        .unpack(work)
+        .map_err(|e| format!("unpacking the build context: {e}"))?;
+    let prep_log = log_path.with_file_name("prepare.log");
+    let child = process::spawn(a, work, &prep_log)?;
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(k) = killed.wait_for(|k| k.is_some()).await {
+            let _ = tx.send(k.clone().unwrap_or_default());
+        }
+    });
+    let outcome = process::wait(child, Duration::from_millis(a.timeout_ms.max(1)), rx).await;
+    // The command's output belongs in the task's log, before the build's.
+    if let Ok(out) = std::fs::read(&prep_log) {
+        Log::append(log_path).write(&out);
+        let _ = std::fs::remove_file(&prep_log);
+    }
+    if !outcome.succeeded {
+        return Err(format!(
+            "the command before the build failed: {}",
+            outcome.message
+        ));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    // The Engine's tar reader does not take GNU sparse entries.
+    tar.sparse(false);
+    tar.append_dir_all(".", work)
+        .map_err(|e| format!("packing the build context: {e}"))?;
+    tar.into_inner()
+        .map_err(|e| format!("packing the build context: {e}"))
+}
+
+/// A blob from the coordinator, checked against its digest.
+async fn fetch_blob(leader: &str, digest: &str) -> Result<Vec<u8>, String> {
+    let fail = |e: String| format!("fetching the build context {digest}: {e}");
+    let mut client = pb::blobs_client::BlobsClient::connect(format!("http://{leader}"))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stream = client
+        .fetch_blob(pb::FetchBlobRequest {
+            digest: digest.to_string(),
+        })
+        .await
+        .map_err(|e| fail(e.message().to_string()))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|e| fail(e.message().to_string()))?
+    {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let sum: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if format!("sha256:{sum}") != digest {
+        return Err(fail("the bytes do not match the digest".into()));
+    }
+    Ok(bytes)
+}
+
+fn failed(message: String) -> Outcome {
+    Outcome {
+        succeeded: false,
+        exit_code: None,
+        message,
+    }
+}
