@@ -265,26 +265,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// The number of succeeded tasks according to the leader's `/metrics` (cheap to poll,
 /// unlike listing every run).
 fn succeeded_tasks(http: &[String]) -> Option<u64> {
-    use std::io::{Read, Write};
-    for addr in http {
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            continue;
-        };
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        if !body.contains("kiln_raft_is_leader 1") {
-            continue;
-        }
-        let line = body
-            .lines()
-            .find(|l| l.starts_with("kiln_tasks{status=\"succeeded\"}"));
-        return Some(
-            line.and_then(|l| l.split_whitespace().last()?.parse().ok())
-                .unwrap_or(0),
-        );
-    }
-    None
+    leader_metrics(http).map(|m| metric(&m, "kiln_tasks{status=\"succeeded\"}") as u64)
 }
 
 async fn throughput(addrs: &[String], http: &[String], tasks: usize, submitters: usize) {

@@ -40,6 +40,18 @@ pub async fn status(client: &mut Client, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Prints the reply to a membership change: as JSON, or the members as a table.
+fn print_change<T: serde::Serialize>(reply: &T, members_after: &[pb::Member], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(reply).unwrap_or_default()
+        );
+    } else {
+        print!("{}", members(members_after));
+    }
+}
+
 pub async fn join(client: &mut Client, id: u64, addr: String, json: bool) -> Result<(), CliError> {
     let req = pb::JoinClusterRequest { id, addr };
     let reply = client
@@ -48,14 +60,7 @@ pub async fn join(client: &mut Client, id: u64, addr: String, json: bool) -> Res
             async move { c.join_cluster(req).await }
         })
         .await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).unwrap_or_default()
-        )
-    } else {
-        print!("{}", members(&reply.members))
-    }
+    print_change(&reply, &reply.members, json);
     Ok(())
 }
 
@@ -64,13 +69,6 @@ pub async fn leave(client: &mut Client, id: u64, json: bool) -> Result<(), CliEr
     let reply = client
         .call(|mut c| async move { c.leave_cluster(req).await })
         .await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).unwrap_or_default()
-        )
-    } else {
-        print!("{}", members(&reply.members))
-    }
+    print_change(&reply, &reply.members, json);
     Ok(())
 }
