@@ -25,6 +25,7 @@ pub mod state_machine;
 #[cfg(test)]
 mod tests;
 
+// `declare_raft_types!` names `Cursor` unqualified for the snapshot data type.
 use std::io::Cursor;
 
 use crate::state::{Command, Response};
@@ -65,7 +66,3 @@ pub fn config(election_timeout_ms: u64) -> openraft::Config {
         ..Default::default()
     }
 }
-
-// Keeps `Cursor` visibly used: `declare_raft_types!` names it for the snapshot data type.
-#[allow(dead_code)]
-type SnapshotData = Cursor<Vec<u8>>;
