@@ -8,6 +8,8 @@
 //!   adoption after a restart; image builds pushed to the cluster registry.
 //! - [`process`]: the process driver (argv or `sh -c`, env, work directory, timeout, kill of
 //!   the whole process group).
+//! - [`shard`]: the test loop of a `tests:` stage's shard: batches from the leader's test
+//!   queue, run with the suite's command, results read from its JUnit reports.
 //! - [`runner`]: the task table: at most one run per (task, attempt), however often it is
 //!   assigned, across restarts too (a task's log file is its record that it started).
 //! - [`outbox`]: task events with sequence numbers, kept until the leader acknowledges them
@@ -28,6 +30,7 @@ pub mod outbox;
 pub mod process;
 pub mod runner;
 pub mod session;
+pub mod shard;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -43,19 +43,42 @@ pub fn spawn(
         .envs(&a.env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0)
-        .kill_on_drop(false);
-    cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start {}: {e}",
-            if a.shell.is_empty() {
-                &a.argv[0]
-            } else {
-                "/bin/sh"
-            }
-        )
-    })
+        .stderr(Stdio::from(err));
+    start(
+        cmd,
+        if a.shell.is_empty() {
+            &a.argv[0]
+        } else {
+            "/bin/sh"
+        },
+    )
+}
+
+/// Starts `sh -c script` in `work_dir` with `env`, its output going where it is told (the
+/// test loop runs a suite's `list:` and `run:` commands this way).
+pub fn spawn_shell<'a>(
+    script: &str,
+    env: impl IntoIterator<Item = (&'a String, &'a String)>,
+    work_dir: &Path,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+) -> Result<tokio::process::Child, String> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(work_dir)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    start(cmd, "/bin/sh")
+}
+
+/// Spawns in a process group of its own, so that the whole group can be stopped.
+fn start(mut cmd: Command, program: &str) -> Result<tokio::process::Child, String> {
+    cmd.process_group(0).kill_on_drop(false);
+    cmd.spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))
 }
 
 /// Waits for the child, enforcing the timeout and honouring a kill request. The whole process
@@ -63,7 +86,7 @@ pub fn spawn(
 pub async fn wait(
     mut child: tokio::process::Child,
     timeout: Duration,
-    kill: oneshot::Receiver<String>,
+    kill: &mut oneshot::Receiver<String>,
 ) -> Outcome {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let signal_group = |sig: Signal| {
@@ -72,7 +95,6 @@ pub async fn wait(
         }
     };
     let mut stop_reason: Option<String> = None;
-    tokio::pin!(kill);
     let status = tokio::select! {
         s = child.wait() => s,
         _ = tokio::time::sleep(timeout) => {
@@ -80,7 +102,7 @@ pub async fn wait(
             signal_group(Signal::SIGKILL);
             child.wait().await
         }
-        reason = &mut kill => {
+        reason = kill => {
             stop_reason = Some(reason.unwrap_or_else(|_| "killed".into()));
             signal_group(Signal::SIGTERM);
             match tokio::time::timeout(STOP_GRACE, child.wait()).await {
@@ -154,8 +176,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
         let child = spawn(&assignment(shell), dir.path(), &log).unwrap();
-        let (_tx, rx) = oneshot::channel();
-        let outcome = wait(child, timeout, rx).await;
+        let (_tx, mut rx) = oneshot::channel();
+        let outcome = wait(child, timeout, &mut rx).await;
         (outcome, std::fs::read_to_string(log).unwrap())
     }
 
@@ -199,9 +221,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
         let child = spawn(&assignment("sleep 30"), dir.path(), &log).unwrap();
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         tx.send("run cancelled".to_string()).unwrap();
-        let outcome = wait(child, Duration::from_secs(60), rx).await;
+        let outcome = wait(child, Duration::from_secs(60), &mut rx).await;
         assert_eq!(
             outcome,
             Outcome {

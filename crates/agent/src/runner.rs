@@ -20,6 +20,7 @@ use crate::drivers::Drivers;
 use crate::logs::LogStore;
 use crate::outbox::Outbox;
 use crate::process::Outcome;
+use crate::shard::{self, Leader};
 use crate::{now_ms, process};
 
 type Key = (String, u32);
@@ -63,13 +64,6 @@ impl Runner {
 
     pub fn set_leader(&self, addr: Option<String>) {
         *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-    }
-
-    fn leader(&self) -> Option<String> {
-        self.leader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -190,6 +184,20 @@ impl Runner {
             self.assign_container(a, key, work, log, done_tx);
             return;
         }
+        if let Some(spec) = a.tests.clone() {
+            self.assign_tests(a, spec, key, work, log, done_tx);
+            return;
+        }
+        let mut a = a;
+        // Bazel's sharding protocol: a runner that shards touches this file to say so.
+        let status_file = a
+            .env
+            .contains_key("TEST_TOTAL_SHARDS")
+            .then(|| dir.join("shard-status"));
+        if let Some(path) = &status_file {
+            a.env
+                .insert("TEST_SHARD_STATUS_FILE".into(), path.display().to_string());
+        }
         let child = match process::spawn(&a, &work, &log) {
             Ok(c) => c,
             Err(reason) => {
@@ -208,7 +216,36 @@ impl Runner {
         let runner = self.clone();
         let timeout = Duration::from_millis(a.timeout_ms.max(1));
         tokio::spawn(async move {
-            let outcome = process::wait(child, timeout, kill_rx).await;
+            let mut kill_rx = kill_rx;
+            let mut outcome = process::wait(child, timeout, &mut kill_rx).await;
+            if let Some(path) = status_file
+                && outcome.succeeded
+                && !path.exists()
+            {
+                outcome.message = "warning: the runner did not touch TEST_SHARD_STATUS_FILE, so it may not shard (each shard may have run every test)".into();
+            }
+            runner.finish(&key, outcome, None, done_tx);
+        });
+    }
+
+    /// Runs a `tests:` shard's test loop ([`crate::shard`]).
+    fn assign_tests(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+        spec: pb::TestsSpec,
+        key: Key,
+        work: std::path::PathBuf,
+        log: std::path::PathBuf,
+        done_tx: watch::Sender<bool>,
+    ) {
+        self.event(&a, "running", None, String::new());
+        let (kill_tx, mut kill_rx) = oneshot::channel();
+        if let Some(entry) = self.table().get_mut(&key) {
+            entry.kill = Some(kill_tx);
+        }
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let outcome = shard::run(&a, &spec, &work, &log, &mut kill_rx, runner.as_ref()).await;
             runner.finish(&key, outcome, None, done_tx);
         });
     }
@@ -407,5 +444,14 @@ impl Runner {
 
     pub fn logs(&self) -> &LogStore {
         &self.logs
+    }
+}
+
+impl shard::Leader for Runner {
+    fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

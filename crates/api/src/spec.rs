@@ -66,6 +66,41 @@ pub struct StageFile {
     pub image: Option<String>,
     /// Build an image from a directory beside the pipeline file, and push it.
     pub build: Option<BuildFile>,
+    /// Run the stage as this many parallel shards: `shards: 4`, or
+    /// `shards: { max: 8, target: 2m }` to pick the count from the recorded test timings.
+    pub shards: Option<ShardsFile>,
+    /// The stage runs a test suite that kiln splits over its shards.
+    pub tests: Option<TestsFile>,
+}
+
+/// `shards: 4` or `shards: { max: 8, target: 2m }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ShardsFile {
+    Count(i64),
+    Auto(ShardsAutoFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardsAutoFile {
+    pub max: i64,
+    /// The wall time wanted per shard; the count is the recorded suite time over this.
+    pub target: Scalar,
+}
+
+/// `tests: { list: ..., run: ..., report: ..., split: dynamic }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestsFile {
+    /// Prints the suite's test ids, one a line (through `sh -c`).
+    pub list: String,
+    /// Runs the ids listed in the file `$KILN_TESTS_FILE` (through `sh -c`).
+    pub run: String,
+    /// A glob, relative to the task's work directory, of the JUnit XML files `run` writes.
+    pub report: String,
+    /// `dynamic` (the default), `static` (by recorded timings) or `count`.
+    pub split: Option<String>,
 }
 
 /// `build: { context: ., dockerfile: Dockerfile, name: app }` as written.
@@ -147,6 +182,63 @@ pub struct Stage {
     /// Set when the stage runs in a container or builds an image (the Docker driver).
     #[serde(default)]
     pub container: Option<Container>,
+    /// How many parallel tasks the stage runs as; `None` is one, unsharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Shards>,
+    /// The test suite the stage runs and splits over its shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<Tests>,
+}
+
+/// How many shards a stage runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shards {
+    Fixed(u32),
+    /// As many as the recorded suite time needs to finish in `target_ms` per shard, at most
+    /// `max`; `max` when there is no history yet.
+    Auto {
+        max: u32,
+        target_ms: u64,
+    },
+}
+
+/// A test suite: how to list it, run part of it, and find what it reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tests {
+    pub list: String,
+    pub run: String,
+    pub report: String,
+    pub split: Split,
+}
+
+/// How a suite's tests are divided among the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Split {
+    /// Shards pull batches from one queue, longest tests first, until it is empty.
+    Dynamic,
+    /// Each shard gets a fixed part, balanced by recorded timings (by count without them).
+    Static,
+    /// Each shard gets an equal number of tests, in list order.
+    Count,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Dynamic => "dynamic",
+            Split::Static => "static",
+            Split::Count => "count",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Split> {
+        Some(match s {
+            "dynamic" => Split::Dynamic,
+            "static" => Split::Static,
+            "count" => Split::Count,
+            _ => return None,
+        })
+    }
 }
 
 impl Stage {
@@ -285,6 +377,8 @@ pub mod limits {
     pub const MAX_GPUS: i64 = 64;
     /// No GPU made has more memory than this; a larger share is a typo.
     pub const MAX_GPU_MEMORY_BYTES: u64 = 1 << 40;
+    /// The most shards one stage may run as.
+    pub const MAX_SHARDS: i64 = 256;
     /// The largest packed build context a submission may carry.
     pub const MAX_CONTEXT_BYTES: usize = 64 << 20;
 }

@@ -18,6 +18,7 @@ use crate::spec::{
 use crate::units;
 
 mod container;
+mod sharding;
 
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,13 +154,17 @@ impl Checker<'_> {
         let line = |key: &str| at.and_then(|l| find_key_line(&lines, l - 1, key)).or(at);
 
         let container = self.check_container(s, &path, &line);
+        let shards = self.check_shards(s, &path, &line);
+        let tests = self.check_tests(s, &path, &line);
         let command = match &s.command {
-            None if s.image.is_some() || s.build.is_some() => Some(Command::None),
+            None if s.image.is_some() || s.build.is_some() || s.tests.is_some() => {
+                Some(Command::None)
+            }
             None => {
                 self.push(
                     at,
                     &format!("{path}.command"),
-                    "missing: a stage without image: or build: needs a command".into(),
+                    "missing: a stage without image:, build: or tests: needs a command".into(),
                 );
                 None
             }
@@ -249,6 +254,8 @@ impl Checker<'_> {
             timeout_ms,
             constraints: s.constraints.clone(),
             container: container?,
+            shards: shards?,
+            tests: tests?,
         })
     }
 

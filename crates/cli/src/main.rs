@@ -69,6 +69,27 @@ enum Commands {
         /// Which attempt (default: the latest).
         #[arg(long, default_value_t = 0)]
         attempt: u32,
+        /// Which shard of a sharded stage (from 0).
+        #[arg(long, default_value_t = 0)]
+        shard: u32,
+    },
+    /// Show a run's test results: per-shard wall time and imbalance, the slowest tests,
+    /// failed and flaky tests.
+    Tests {
+        run: String,
+        /// How many of the slowest tests to list.
+        #[arg(long, default_value_t = 10)]
+        slowest: usize,
+    },
+    /// Run a run's pipeline again as a new run; prints the new run id.
+    Rerun {
+        run: String,
+        /// Only the tests that did not pass (each tests: stage runs just those).
+        #[arg(long)]
+        failed: bool,
+        /// Show progress until the new run ends, and exit with its status.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// List nodes with their capacity, reservations and live usage.
     Nodes,
@@ -129,7 +150,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             stage,
             follow,
             attempt,
-        } => commands::read::logs(&mut client, run, stage, attempt, follow).await,
+            shard,
+        } => commands::read::logs(&mut client, run, stage, shard, attempt, follow).await,
+        Commands::Tests { run, slowest } => {
+            commands::tests::report(&mut client, run, slowest, json).await
+        }
+        Commands::Rerun {
+            run,
+            failed,
+            follow,
+        } => commands::tests::rerun(&mut client, run, failed, follow, json).await,
         Commands::Nodes => commands::read::nodes(&mut client, json).await,
         Commands::Cancel { run } => commands::read::cancel(&mut client, run, json).await,
         Commands::Cluster(c) => match c {

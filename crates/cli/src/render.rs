@@ -15,7 +15,11 @@ pub fn duration_ms(ms: i64) -> String {
 }
 
 fn stage_duration(s: &pb::Stage) -> String {
-    match (s.started_ms, s.finished_ms) {
+    span(s.started_ms, s.finished_ms)
+}
+
+fn span(started_ms: i64, finished_ms: i64) -> String {
+    match (started_ms, finished_ms) {
         (0, _) => "-".into(),
         (start, 0) => format!("{} so far", duration_ms(now_ms() - start)),
         (start, end) => duration_ms(end - start),
@@ -35,6 +39,13 @@ pub fn stage_progress(s: &pb::Stage) -> String {
     }
     if !s.waiting_reason.is_empty() && s.status == "pending" {
         let _ = write!(line, " — {}", s.waiting_reason);
+    }
+    if !s.shards.is_empty() {
+        let running = s.shards.iter().filter(|k| k.status == "running").count();
+        let _ = write!(line, " ({running}/{} shards running)", s.shards.len());
+    }
+    if !s.message.is_empty() {
+        let _ = write!(line, " — {}", s.message);
     }
     line
 }
@@ -67,6 +78,11 @@ pub fn run(r: &pb::Run) -> String {
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| s.image.clone())
         };
+        let note = if s.message.is_empty() {
+            note
+        } else {
+            s.message.clone()
+        };
         let _ = writeln!(
             out,
             "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  {}",
@@ -78,8 +94,33 @@ pub fn run(r: &pb::Run) -> String {
             stage_duration(s),
             note
         );
+        for k in &s.shards {
+            let _ = writeln!(
+                out,
+                "    {:<18} {:<10} {:>7} {:<16} {:>5} {:>10}  {}",
+                format!("shard {}", k.index),
+                k.status,
+                k.attempt,
+                if k.node.is_empty() { "-" } else { &k.node },
+                k.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                span(k.started_ms, k.finished_ms),
+                shard_note(k)
+            );
+        }
     }
     out
+}
+
+fn shard_note(k: &pb::Shard) -> String {
+    if !k.waiting_reason.is_empty() && k.status == "pending" {
+        return k.waiting_reason.clone();
+    }
+    k.attempts
+        .last()
+        .map(|a| a.message.clone())
+        .unwrap_or_default()
 }
 
 pub fn runs(runs: &[pb::Run]) -> String {

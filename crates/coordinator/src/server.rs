@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     agent::AgentApi, blobs::BlobService, client::ClientService, http, raft_service::RaftService,
+    tests::TestQueueService,
 };
 use crate::blobs::BlobStore;
 use crate::controllers;
@@ -129,6 +130,9 @@ pub async fn start(
             pb::raft_server::RaftServer::new(RaftService { core: core.clone() })
                 .max_decoding_message_size(256 << 20),
         )
+        .add_service(pb::test_queue_server::TestQueueServer::new(
+            TestQueueService { core: core.clone() },
+        ))
         .add_service(health_service)
         .add_service(reflection);
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));

@@ -187,7 +187,8 @@ async fn prepare(
             let _ = tx.send(k.clone().unwrap_or_default());
         }
     });
-    let outcome = process::wait(child, Duration::from_millis(a.timeout_ms.max(1)), rx).await;
+    let mut rx = rx;
+    let outcome = process::wait(child, Duration::from_millis(a.timeout_ms.max(1)), &mut rx).await;
     // The command's output belongs in the task's log, before the build's.
     if let Ok(out) = std::fs::read(&prep_log) {
         Log::append(log_path).write(&out);

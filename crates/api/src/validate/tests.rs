@@ -304,11 +304,101 @@ fn container_fields_are_checked() {
         (
             "no command, no image",
             "name: x\nstages:\n  - name: r\n",
-            "stages.r.command: missing: a stage without image: or build: needs a command",
+            "stages.r.command: missing: a stage without image:, build: or tests: needs a command",
         ),
     ];
     for (name, src, want) in rows {
         let got = err(src);
         assert!(got.contains(want), "row {name:?}: {got}");
+    }
+}
+
+const SUITE: &str = "\
+name: suite
+stages:
+  - name: unit
+    shards: 4
+    retries: 1
+    tests:
+      list: ./list.sh
+      run: ./run.sh \"$KILN_TESTS_FILE\"
+      report: reports/*.xml
+      split: static
+  - name: auto
+    shards: { max: 8, target: 2m }
+    tests: { list: ls t, run: ./t, report: \"*.xml\" }
+  - name: plain
+    shards: 3
+    command: ./bazel-style-runner
+";
+
+#[test]
+fn sharded_and_test_stages_parse() {
+    use crate::spec::{Shards, Split};
+    let p = parse_pipeline("p.yaml", SUITE).expect("valid");
+    assert_eq!(p.stages[0].shards, Some(Shards::Fixed(4)));
+    let tests = p.stages[0].tests.as_ref().unwrap();
+    assert_eq!(tests.split, Split::Static);
+    assert_eq!(tests.report, "reports/*.xml");
+    assert_eq!(p.stages[0].command, Command::None);
+    assert_eq!(
+        p.stages[1].shards,
+        Some(Shards::Auto {
+            max: 8,
+            target_ms: 120_000
+        })
+    );
+    assert_eq!(p.stages[1].tests.as_ref().unwrap().split, Split::Dynamic);
+    assert_eq!(p.stages[2].shards, Some(Shards::Fixed(3)));
+    assert!(p.stages[2].tests.is_none());
+}
+
+#[test]
+fn bad_shards_and_tests_name_the_field_and_line() {
+    let rows = [
+        (
+            "shards: 0",
+            "name: s\nstages:\n  - name: t\n    shards: 0\n    command: x\n",
+            "p.yaml:4: stages.t.shards: 0 is out of range (1 to 256)",
+        ),
+        (
+            "shards.max",
+            "name: s\nstages:\n  - name: t\n    shards: { max: 1000, target: 1m }\n    tests: { list: l, run: r, report: x.xml }\n",
+            "p.yaml:4: stages.t.shards.max: 1000 is out of range (1 to 256)",
+        ),
+        (
+            "target without tests",
+            "name: s\nstages:\n  - name: t\n    command: x\n    shards: { max: 4, target: 1m }\n",
+            "p.yaml:5: stages.t.shards.target: target picks the count",
+        ),
+        (
+            "command with tests",
+            "name: s\nstages:\n  - name: t\n    command: x\n    tests: { list: l, run: r, report: x.xml }\n",
+            "p.yaml:4: stages.t.command: a stage with tests: runs tests.run",
+        ),
+        (
+            "empty list",
+            "name: s\nstages:\n  - name: t\n    tests:\n      list: ''\n      run: r\n      report: x.xml\n",
+            "p.yaml:5: stages.t.tests.list: must not be empty",
+        ),
+        (
+            "report outside",
+            "name: s\nstages:\n  - name: t\n    tests:\n      list: l\n      run: r\n      report: ../x.xml\n",
+            "p.yaml:7: stages.t.tests.report: \"../x.xml\" must be a glob relative",
+        ),
+        (
+            "split",
+            "name: s\nstages:\n  - name: t\n    tests:\n      list: l\n      run: r\n      report: x.xml\n      split: random\n",
+            "p.yaml:8: stages.t.tests.split: \"random\" is not one of dynamic, static, count",
+        ),
+        (
+            "tests in a container",
+            "name: s\nstages:\n  - name: t\n    image: busybox\n    tests: { list: l, run: r, report: x.xml }\n",
+            "p.yaml:5: stages.t.tests: tests: run on the process driver",
+        ),
+    ];
+    for (what, src, want) in rows {
+        let e = err(src);
+        assert!(e.starts_with(want), "{what}: got {e:?}, want {want:?}");
     }
 }

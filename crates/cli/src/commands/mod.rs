@@ -6,3 +6,4 @@ pub mod dev;
 pub mod read;
 pub mod registry;
 pub mod run;
+pub mod tests;

@@ -8,7 +8,7 @@ use crate::client::Client;
 use crate::error::CliError;
 use crate::render;
 
-fn print_json<T: serde::Serialize>(value: &T) {
+pub fn print_json<T: serde::Serialize>(value: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -79,6 +79,7 @@ pub async fn logs(
     client: &mut Client,
     run_id: String,
     stage: String,
+    shard: u32,
     attempt: u32,
     follow: bool,
 ) -> Result<(), CliError> {
@@ -87,6 +88,7 @@ pub async fn logs(
         stage,
         attempt,
         follow,
+        shard,
     };
     let mut stream = client
         .call(|mut c| {

@@ -58,6 +58,15 @@ pub async fn run(
     if !json {
         eprintln!("{run_id} submitted");
     }
+    follow_to_end(client, run_id, json).await
+}
+
+/// Follows a submitted run to its end, prints it, and answers with its status.
+pub async fn follow_to_end(
+    client: &mut Client,
+    run_id: String,
+    json: bool,
+) -> Result<String, CliError> {
     let run = follow_run(client, &run_id, json).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
@@ -142,6 +151,6 @@ pub fn pipeline_dir(file: &Path) -> Result<std::path::PathBuf, CliError> {
 }
 
 /// A random 128-bit id; collisions are not a practical concern.
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

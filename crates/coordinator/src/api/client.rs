@@ -75,6 +75,7 @@ impl Kiln for ClientService {
             request_id: req.request_id,
             trigger,
             pipeline,
+            only_tests: Default::default(),
             now_ms: now_ms(),
         };
         match self.core.write(command).await? {
@@ -96,7 +97,7 @@ impl Kiln for ClientService {
             .and_then(|n| state.runs.get(&n))
             .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
         let waiting = self.core.waiting();
-        Ok(Response::new(convert::run(&state, run, &waiting)))
+        Ok(Response::new(convert::run(run, &waiting)))
     }
 
     async fn list_runs(
@@ -108,7 +109,7 @@ impl Kiln for ClientService {
         let runs = state
             .runs
             .values()
-            .map(|r| convert::run(&state, r, &waiting))
+            .map(|r| convert::run(r, &waiting))
             .collect();
         Ok(Response::new(pb::ListRunsResponse { runs }))
     }
@@ -168,13 +169,24 @@ impl Kiln for ClientService {
         let req = req.into_inner();
         let (task_id, attempt, node) = {
             let state = self.core.state.read();
-            let task_id = format!("{}/{}", req.run_id, req.stage);
-            let tref = state.parse_task_id(&task_id).ok_or_else(|| {
+            let stage_id = format!("{}/{}", req.run_id, req.stage);
+            let tref = state.parse_task_id(&stage_id).ok_or_else(|| {
                 Error::NotFound(format!(
                     "stage {} of run {} not found",
                     req.stage, req.run_id
                 ))
             })?;
+            let sharded = state.stage_run(tref).is_some_and(|s| s.is_sharded());
+            let tref = if sharded {
+                state
+                    .parse_task_id(&format!("{stage_id}/{}", req.shard))
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("stage {} has no shard {}", req.stage, req.shard))
+                    })?
+            } else {
+                tref
+            };
+            let task_id = state.task_id(tref);
             let task = state
                 .task(tref)
                 .ok_or_else(|| Error::NotFound(task_id.clone()))?;
@@ -250,6 +262,64 @@ impl Kiln for ClientService {
             members,
             role: format!("{:?}", m.state).to_lowercase(),
         }))
+    }
+
+    async fn get_test_report(
+        &self,
+        req: Request<pb::GetTestReportRequest>,
+    ) -> Result<Response<pb::TestReport>, Status> {
+        let id = req.into_inner().run_id;
+        let state = self.core.state.read();
+        let run = parse_run_id(&id)
+            .and_then(|n| state.runs.get(&n))
+            .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
+        Ok(Response::new(super::tests::report(run)))
+    }
+
+    #[tracing::instrument(skip_all, fields(run = %req.get_ref().run_id, failed_only = req.get_ref().failed_only))]
+    async fn rerun_run(
+        &self,
+        req: Request<pb::RerunRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let req = req.into_inner();
+        let (pipeline, only_tests) = {
+            let state = self.core.state.read();
+            let run = parse_run_id(&req.run_id)
+                .and_then(|n| state.runs.get(&n))
+                .ok_or_else(|| Error::NotFound(format!("run {} not found", req.run_id)))?;
+            let only = if req.failed_only {
+                failed_tests(run)?
+            } else {
+                Default::default()
+            };
+            (run.pipeline.clone(), only)
+        };
+        let trigger = format!(
+            "{}:{}",
+            if req.failed_only {
+                "rerun-failed"
+            } else {
+                "rerun"
+            },
+            req.run_id
+        );
+        let command = Command::SubmitRun {
+            request_id: req.request_id,
+            trigger,
+            pipeline,
+            only_tests,
+            now_ms: now_ms(),
+        };
+        match self.core.write(command).await? {
+            Reply::Submitted { run, created } => {
+                tracing::info!(run, created, "rerun submitted");
+                Ok(Response::new(pb::SubmitRunResponse {
+                    run_id: crate::state::run_id(run),
+                    created,
+                }))
+            }
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(id = req.get_ref().id, addr = %req.get_ref().addr))]
@@ -381,6 +451,39 @@ fn store_build_contexts(
         )));
     }
     Ok(stored)
+}
+
+/// The tests of each `tests:` stage that did not pass in `run` (failed, errored, or never
+/// run), by stage; an error when there are none, or while the run is still going.
+fn failed_tests(
+    run: &crate::state::Run,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
+    if !run.status.is_terminal() {
+        return Err(Error::Conflict(format!(
+            "{} is still {}: rerun its failed tests once it has ended",
+            run.id(),
+            run.status.as_str()
+        )));
+    }
+    let mut only = std::collections::BTreeMap::new();
+    for (spec, stage) in run.pipeline.stages.iter().zip(&run.stages) {
+        let Some(suite) = &stage.suite else { continue };
+        let failed: Vec<String> = suite
+            .ids
+            .iter()
+            .flatten()
+            .filter(|id| suite.tests.get(*id).is_some_and(|t| !t.verdict().is_ok()))
+            .cloned()
+            .collect();
+        only.insert(spec.name.clone(), failed);
+    }
+    if only.values().all(Vec::is_empty) {
+        return Err(Error::InvalidInput(format!(
+            "{} has no failed tests to rerun",
+            run.id()
+        )));
+    }
+    Ok(only)
 }
 
 fn membership_error<E: std::fmt::Display>(e: E) -> Status {

@@ -5,77 +5,55 @@ use std::collections::BTreeMap;
 use kiln_api::pb;
 
 use crate::core::Liveness;
-use crate::state::{ClusterState, Node, Run, TaskRef, TaskStatus};
+use crate::state::{Attempt, Node, Run, StageRun, Task, TaskRef, TaskStatus};
 
-pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
+pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
     let stages = r
         .pipeline
         .stages
         .iter()
-        .zip(&r.tasks)
+        .zip(&r.stages)
         .enumerate()
-        .map(|(i, (spec, task))| {
-            let current = task.attempts.last();
-            let tref = TaskRef {
-                run: r.number,
-                stage: i as u32,
-            };
-            pb::Stage {
+        .map(|(i, (spec, stage))| {
+            let shards: Vec<pb::Shard> = stage
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(k, task)| {
+                    let at = TaskRef {
+                        run: r.number,
+                        stage: i as u32,
+                        shard: k as u32,
+                    };
+                    shard(k as u32, task, waiting.get(&at))
+                })
+                .collect();
+            let mut out = pb::Stage {
                 name: spec.name.clone(),
                 needs: spec.needs.clone(),
-                status: task.status.as_str().into(),
-                attempt: if task.attempts.is_empty() {
-                    0
-                } else {
-                    task.attempt
-                },
-                node: current.map(|a| a.node.clone()).unwrap_or_default(),
-                exit_code: current.and_then(|a| a.exit_code),
-                started_ms: current
-                    .and_then(|a| a.time_of(TaskStatus::Running))
-                    .unwrap_or(0),
-                finished_ms: current
-                    .filter(|_| task.status.is_terminal())
-                    .and_then(|a| a.finished_ms())
-                    .unwrap_or(0),
-                waiting_reason: waiting.get(&tref).cloned().unwrap_or_default(),
-                image: current.and_then(|a| a.image.clone()).unwrap_or_default(),
-                attempts: task
+                status: stage.status().as_str().into(),
+                message: stage_message(stage),
+                ..Default::default()
+            };
+            if stage.is_sharded() {
+                out.shards = shards;
+            } else if let Some(only) = shards.into_iter().next() {
+                out.attempt = only.attempt;
+                out.node = only.node;
+                out.exit_code = only.exit_code;
+                out.started_ms = only.started_ms;
+                out.finished_ms = only.finished_ms;
+                out.waiting_reason = only.waiting_reason;
+                out.image = only
                     .attempts
-                    .iter()
-                    .map(|a| pb::Attempt {
-                        attempt: a.attempt,
-                        node: a.node.clone(),
-                        status: a.status.as_str().into(),
-                        exit_code: a.exit_code,
-                        message: a.message.clone(),
-                        placed_ms: a.time_of(TaskStatus::Placed).unwrap_or(0),
-                        started_ms: a.time_of(TaskStatus::Running).unwrap_or(0),
-                        finished_ms: a.finished_ms().unwrap_or(0),
-                        gpus: a
-                            .gpus
-                            .iter()
-                            .map(|g| pb::GpuGrant {
-                                index: g.index,
-                                whole: g.whole,
-                                memory_bytes: g.memory_bytes,
-                            })
-                            .collect(),
-                        image: a.image.clone().unwrap_or_default(),
-                        transitions: a
-                            .transitions
-                            .iter()
-                            .map(|(s, at)| pb::Transition {
-                                status: s.as_str().into(),
-                                at_ms: *at,
-                            })
-                            .collect(),
-                    })
-                    .collect(),
+                    .last()
+                    .map(|a| a.image.clone())
+                    .unwrap_or_default();
+                out.attempts = only.attempts;
             }
+            out
         })
         .collect();
-    let _ = state;
     pb::Run {
         id: r.id(),
         pipeline: r.pipeline.name.clone(),
@@ -85,6 +63,87 @@ pub fn run(state: &ClusterState, r: &Run, waiting: &BTreeMap<TaskRef, String>) -
         created_ms: r.created_ms,
         finished_ms: r.finished_ms.unwrap_or(0),
         stages,
+    }
+}
+
+fn shard(index: u32, task: &Task, waiting: Option<&String>) -> pb::Shard {
+    let current = task.attempts.last();
+    pb::Shard {
+        index,
+        status: task.status.as_str().into(),
+        attempt: if task.attempts.is_empty() {
+            0
+        } else {
+            task.attempt
+        },
+        node: current.map(|a| a.node.clone()).unwrap_or_default(),
+        exit_code: current.and_then(|a| a.exit_code),
+        started_ms: current
+            .and_then(|a| a.time_of(TaskStatus::Running))
+            .unwrap_or(0),
+        finished_ms: current
+            .filter(|_| task.status.is_terminal())
+            .and_then(|a| a.finished_ms())
+            .unwrap_or(0),
+        waiting_reason: waiting.cloned().unwrap_or_default(),
+        attempts: task.attempts.iter().map(attempt).collect(),
+    }
+}
+
+fn attempt(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        attempt: a.attempt,
+        node: a.node.clone(),
+        status: a.status.as_str().into(),
+        exit_code: a.exit_code,
+        message: a.message.clone(),
+        placed_ms: a.time_of(TaskStatus::Placed).unwrap_or(0),
+        started_ms: a.time_of(TaskStatus::Running).unwrap_or(0),
+        finished_ms: a.finished_ms().unwrap_or(0),
+        gpus: a
+            .gpus
+            .iter()
+            .map(|g| pb::GpuGrant {
+                index: g.index,
+                whole: g.whole,
+                memory_bytes: g.memory_bytes,
+            })
+            .collect(),
+        image: a.image.clone().unwrap_or_default(),
+        transitions: a
+            .transitions
+            .iter()
+            .map(|(s, at)| pb::Transition {
+                status: s.as_str().into(),
+                at_ms: *at,
+            })
+            .collect(),
+    }
+}
+
+/// What a stage's status alone does not say: a suite's failed tests.
+fn stage_message(stage: &StageRun) -> String {
+    let Some(suite) = &stage.suite else {
+        return String::new();
+    };
+    if suite.ids.is_none() {
+        return String::new();
+    }
+    let counts = suite.counts();
+    let total = suite.tests.len();
+    if !stage.status().is_terminal() {
+        let left = counts.get("not_run").copied().unwrap_or(0);
+        return format!("{} of {total} tests run", total - left);
+    }
+    let bad: usize = ["failed", "errored", "not_run"]
+        .iter()
+        .filter_map(|k| counts.get(k))
+        .sum();
+    let flaky = counts.get("flaky").copied().unwrap_or(0);
+    match (bad, flaky) {
+        (0, 0) => format!("{total} tests passed"),
+        (0, f) => format!("{total} tests passed, {f} flaky"),
+        (b, _) => format!("{b} of {total} tests did not pass"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The coordinator's edges: gRPC for clients ([`client`]), agents ([`agent`]), peers
-//! ([`raft_service`]), build-context blobs for both ([`blobs`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
+//! ([`raft_service`]), build-context blobs for both ([`blobs`]), the test queue of sharded
+//! stages ([`tests`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
 //! the wire and [`crate::core::Core`]; errors become gRPC statuses in `error.rs` only.
 
 pub mod agent;
@@ -8,3 +9,4 @@ pub mod client;
 mod convert;
 pub mod http;
 pub mod raft_service;
+pub mod tests;

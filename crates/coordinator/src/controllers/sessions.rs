@@ -4,7 +4,7 @@
 //! A session is replaced when its agent reconnects (the newer generation wins) and all are
 //! closed when this coordinator stops being the leader, so agents go and find the new one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -150,7 +150,8 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
                 .stages
                 .iter()
                 .position(|s| &s.name == built)
-                .and_then(|i| run.tasks.get(i))
+                .and_then(|i| run.stages.get(i))
+                .and_then(|s| s.shards.first())
                 .and_then(|t| t.attempts.last())
                 .and_then(|a| a.image.clone())
                 .unwrap_or_default();
@@ -172,6 +173,13 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
     env.insert("KILN_TASK_ID".into(), task_id.clone());
     env.insert("KILN_ATTEMPT".into(), p.attempt.to_string());
     env.insert("KILN_NODE".into(), p.node.clone());
+    let shards = run
+        .stages
+        .get(p.task.stage as usize)
+        .map_or(1, |s| s.shards.len());
+    if stage.shards.is_some() {
+        shard_env(&mut env, p.task.shard, shards as u32, stage.tests.is_some());
+    }
     let gpu_indices: Vec<u32> = p.gpus.iter().map(|g| g.index).collect();
     let share = p
         .gpus
@@ -206,5 +214,28 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         gpu_memory_bytes: share,
         image,
         build,
+        tests: stage.tests.as_ref().map(|t| pb::TestsSpec {
+            list: t.list.clone(),
+            run: t.run.clone(),
+            report: t.report.clone(),
+        }),
     })
+}
+
+/// The shard's place in its stage, in every convention runners already read:
+/// `KILN_SHARD_INDEX` / `KILN_SHARD_COUNT` (0-based), Bazel's `TEST_SHARD_INDEX` /
+/// `TEST_TOTAL_SHARDS` (0-based; the agent adds `TEST_SHARD_STATUS_FILE`), and GitLab's
+/// `CI_NODE_INDEX` / `CI_NODE_TOTAL` (1-based). A `tests:` shard gets only kiln's own pair:
+/// the ids in its `KILN_TESTS_FILE` are already its share, and a runner that split them
+/// again by the Bazel or GitLab variables would run a fraction of them.
+fn shard_env(env: &mut BTreeMap<String, String>, index: u32, count: u32, tests: bool) {
+    env.insert("KILN_SHARD_INDEX".into(), index.to_string());
+    env.insert("KILN_SHARD_COUNT".into(), count.to_string());
+    if tests {
+        return;
+    }
+    env.insert("TEST_SHARD_INDEX".into(), index.to_string());
+    env.insert("TEST_TOTAL_SHARDS".into(), count.to_string());
+    env.insert("CI_NODE_INDEX".into(), (index + 1).to_string());
+    env.insert("CI_NODE_TOTAL".into(), count.to_string());
 }

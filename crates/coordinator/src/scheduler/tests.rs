@@ -128,6 +128,8 @@ impl Cluster {
                 },
                 gpu: gpu.clone(),
                 container: None,
+                shards: None,
+                tests: None,
                 retries: 0,
                 timeout_ms: 1000,
                 constraints: Default::default(),
@@ -141,6 +143,7 @@ impl Cluster {
             request_id: String::new(),
             trigger: String::new(),
             pipeline,
+            only_tests: Default::default(),
             now_ms: 0,
         });
         assert!(matches!(r, Response::Submitted { .. }));

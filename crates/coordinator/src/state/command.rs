@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::model::{GpuGrant, NodeId, TaskRef, TaskStatus};
+use super::suite::{Take, TestResult};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -26,6 +27,10 @@ pub enum Command {
         request_id: String,
         trigger: String,
         pipeline: Pipeline,
+        /// For a rerun of failed tests: the only test ids each `tests:` stage runs, by stage
+        /// name. Empty runs every stage's whole suite.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        only_tests: BTreeMap<String, Vec<String>>,
         now_ms: i64,
     },
     /// Every placement of one scheduling pass, in one entry.
@@ -44,6 +49,21 @@ pub enum Command {
         run: u64,
         now_ms: i64,
     },
+    /// A shard of a `tests:` stage asks for its next batch of test ids (`batch` counts its
+    /// requests from 1), sending the suite's list when it was told to run `list:`.
+    TakeTests {
+        task: TaskRef,
+        attempt: u32,
+        batch: u32,
+        list: Option<Vec<String>>,
+    },
+    /// A shard's results for the batch it holds.
+    ReportTests {
+        task: TaskRef,
+        attempt: u32,
+        batch: u32,
+        results: Vec<TestResult>,
+    },
 }
 
 impl Command {
@@ -56,6 +76,8 @@ impl Command {
             Command::PlaceBatch { .. } => "place_batch",
             Command::TaskEvents { .. } => "task_events",
             Command::CancelRun { .. } => "cancel_run",
+            Command::TakeTests { .. } => "take_tests",
+            Command::ReportTests { .. } => "report_tests",
         }
     }
 }
@@ -131,6 +153,13 @@ pub enum Response {
     },
     Rejected {
         reason: String,
+    },
+    /// The answer to [`Command::TakeTests`].
+    Tests(Take),
+    /// How many of a [`Command::ReportTests`]'s results counted (the rest were not held by
+    /// that shard's attempt and batch, or were sent before).
+    TestsReported {
+        accepted: u32,
     },
     /// For Raft's own entries (blank, membership).
     Empty,

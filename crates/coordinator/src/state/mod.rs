@@ -27,19 +27,24 @@ pub mod model;
 mod nodes;
 mod placement;
 mod runs;
+pub mod suite;
+mod testing;
 
+#[cfg(test)]
+mod sharding_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_api::spec::{Resources, Stage};
+use kiln_sharding::history::StageHistory;
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, GpuDevice, Kill, NodeRegistration, Placement, Response, TaskEvent};
 pub use model::{
-    Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, Run, RunStatus, Task, TaskRef, TaskStatus,
-    parse_run_id, run_id,
+    Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, Run, RunStatus, StageRun, Task, TaskRef,
+    TaskStatus, parse_run_id, run_id,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,9 @@ pub struct ClusterState {
     /// Tasks waiting for a placement, oldest run first: the scheduler's work list.
     pub pending: BTreeSet<TaskRef>,
     pub next_run: u64,
+    /// Recorded test timings, by `pipeline/stage`, for splitting the next runs' suites.
+    #[serde(default)]
+    pub test_history: BTreeMap<String, StageHistory>,
 }
 
 impl ClusterState {
@@ -64,8 +72,9 @@ impl ClusterState {
                 request_id,
                 trigger,
                 pipeline,
+                only_tests,
                 now_ms,
-            } => self.submit_run(request_id, trigger, pipeline, *now_ms),
+            } => self.submit_run(request_id, trigger, pipeline, only_tests, *now_ms),
             Command::PlaceBatch {
                 placements, now_ms, ..
             } => self.place_batch(placements, *now_ms),
@@ -75,11 +84,32 @@ impl ClusterState {
                 now_ms,
             } => self.task_events(node, events, *now_ms),
             Command::CancelRun { run, now_ms } => self.cancel_run(*run, *now_ms),
+            Command::TakeTests {
+                task,
+                attempt,
+                batch,
+                list,
+            } => self.take_tests(*task, *attempt, *batch, list.as_deref()),
+            Command::ReportTests {
+                task,
+                attempt,
+                batch,
+                results,
+            } => self.report_tests(*task, *attempt, *batch, results),
         }
     }
 
     pub fn task(&self, task: TaskRef) -> Option<&Task> {
-        self.runs.get(&task.run)?.tasks.get(task.stage as usize)
+        self.runs
+            .get(&task.run)?
+            .stages
+            .get(task.stage as usize)?
+            .shards
+            .get(task.shard as usize)
+    }
+
+    pub fn stage_run(&self, task: TaskRef) -> Option<&StageRun> {
+        self.runs.get(&task.run)?.stages.get(task.stage as usize)
     }
 
     pub fn stage(&self, task: TaskRef) -> Option<&Stage> {
@@ -95,28 +125,39 @@ impl ClusterState {
         self.stage(task).map(|s| s.resources).unwrap_or_default()
     }
 
-    /// The task's id as users and agents see it: `run-7/build`.
+    /// The task's id as users and agents see it: `run-7/build`, or `run-7/test/2` for shard
+    /// 2 of a sharded stage.
     pub fn task_id(&self, task: TaskRef) -> String {
-        match self.stage(task) {
-            Some(stage) => format!("{}/{}", run_id(task.run), stage.name),
-            None => format!("{}/#{}", run_id(task.run), task.stage),
+        let stage = match self.stage(task) {
+            Some(stage) => stage.name.clone(),
+            None => format!("#{}", task.stage),
+        };
+        if self.stage_run(task).is_some_and(StageRun::is_sharded) {
+            format!("{}/{stage}/{}", run_id(task.run), task.shard)
+        } else {
+            format!("{}/{stage}", run_id(task.run))
         }
     }
 
-    /// Parses `run-7/build` back into a [`TaskRef`].
+    /// Parses `run-7/build` or `run-7/test/2` back into a [`TaskRef`].
     pub fn parse_task_id(&self, id: &str) -> Option<TaskRef> {
-        let (run, stage) = id.split_once('/')?;
-        let run = parse_run_id(run)?;
-        let index = self
-            .runs
-            .get(&run)?
-            .pipeline
-            .stages
-            .iter()
-            .position(|s| s.name == stage)?;
+        let mut parts = id.splitn(3, '/');
+        let run = parse_run_id(parts.next()?)?;
+        let stage = parts.next()?;
+        let shard = match parts.next() {
+            Some(k) => k.parse().ok()?,
+            None => 0,
+        };
+        let r = self.runs.get(&run)?;
+        let index = r.pipeline.stages.iter().position(|s| s.name == stage)?;
+        let stage_run = r.stages.get(index)?;
+        if shard as usize >= stage_run.shards.len() {
+            return None;
+        }
         Some(TaskRef {
             run,
             stage: index as u32,
+            shard,
         })
     }
 
@@ -124,7 +165,7 @@ impl ClusterState {
     pub fn tasks_by_status(&self) -> BTreeMap<&'static str, u64> {
         let mut counts = BTreeMap::new();
         for run in self.runs.values() {
-            for task in &run.tasks {
+            for (_, task) in run.tasks() {
                 *counts.entry(task.status.as_str()).or_insert(0) += 1;
             }
         }

@@ -1,9 +1,10 @@
 //! The records the replicated state is made of: nodes, runs, and the tasks inside runs.
 //!
-//! A task is one stage of one run; each time it is tried it gets an [`Attempt`], numbered
-//! from 1, that records the node, the exit code and every status it went through with the
-//! time. Tasks are addressed by [`TaskRef`] (run number, stage index) inside the state and by
-//! their string id `run-7/build` at the edges.
+//! A task is one stage of one run, or one shard of a sharded stage; each time it is tried it
+//! gets an [`Attempt`], numbered from 1, that records the node, the exit code and every
+//! status it went through with the time. Tasks are addressed by [`TaskRef`] (run number,
+//! stage index, shard index) inside the state and by their string id at the edges:
+//! `run-7/build` for an unsharded stage, `run-7/test/2` for shard 2 of a sharded one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,13 +12,29 @@ use std::fmt;
 use kiln_api::spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
 
+use super::suite::Suite;
+
 pub type NodeId = String;
 
-/// A task's address: the run's number and the stage's index in the pipeline.
+/// A task's address: the run's number, the stage's index in the pipeline, and the shard's
+/// index in the stage (0 for an unsharded stage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskRef {
     pub run: u64,
     pub stage: u32,
+    #[serde(default)]
+    pub shard: u32,
+}
+
+impl TaskRef {
+    /// The only task of an unsharded stage (shard 0 of a sharded one).
+    pub fn stage(run: u64, stage: u32) -> TaskRef {
+        TaskRef {
+            run,
+            stage,
+            shard: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,13 +311,70 @@ pub struct Run {
     pub request_id: String,
     pub created_ms: i64,
     pub finished_ms: Option<i64>,
-    /// One task per stage, in the pipeline's order.
-    pub tasks: Vec<Task>,
+    /// One entry per stage, in the pipeline's order.
+    pub stages: Vec<StageRun>,
 }
 
 impl Run {
     pub fn id(&self) -> String {
         run_id(self.number)
+    }
+
+    /// Every task of the run with its address, stage by stage, shard by shard.
+    pub fn tasks(&self) -> impl Iterator<Item = (TaskRef, &Task)> {
+        let number = self.number;
+        self.stages.iter().enumerate().flat_map(move |(s, stage)| {
+            stage.shards.iter().enumerate().map(move |(k, t)| {
+                let at = TaskRef {
+                    run: number,
+                    stage: s as u32,
+                    shard: k as u32,
+                };
+                (at, t)
+            })
+        })
+    }
+}
+
+/// One stage inside a run: its task, or one task per shard, and its test suite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRun {
+    /// One task for an unsharded stage; one per shard, by shard index, otherwise.
+    pub shards: Vec<Task>,
+    /// Set for a stage with `tests:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<Suite>,
+}
+
+impl StageRun {
+    /// The stage's status, from its shards' (and its suite's verdict):
+    ///
+    /// - while any shard has not ended, the most advanced of the open ones (running, then
+    ///   placed, pending, waiting);
+    /// - once all have ended: cancelled, failed, lost or skipped if any shard ended so, in
+    ///   that order; failed if the suite has a test that did not pass; else succeeded.
+    pub fn status(&self) -> TaskStatus {
+        use TaskStatus::*;
+        let any = |s: TaskStatus| self.shards.iter().any(|t| t.status == s);
+        for open in [Running, Placed, Pending, Waiting] {
+            if any(open) {
+                return open;
+            }
+        }
+        for ended in [Cancelled, Failed, Lost, Skipped] {
+            if any(ended) {
+                return ended;
+            }
+        }
+        match &self.suite {
+            Some(suite) if !suite.passed() => Failed,
+            _ => Succeeded,
+        }
+    }
+
+    /// Sharded: more than one task, or a test suite (whose results are shown per shard).
+    pub fn is_sharded(&self) -> bool {
+        self.shards.len() > 1 || self.suite.is_some()
     }
 }
 

@@ -57,7 +57,7 @@ impl ClusterState {
         if run.status == RunStatus::Pending {
             run.status = RunStatus::Running;
         }
-        let task = &mut run.tasks[p.task.stage as usize];
+        let task = &mut run.stages[p.task.stage as usize].shards[p.task.shard as usize];
         task.status = TaskStatus::Placed;
         task.attempts.push(Attempt {
             attempt: p.attempt,

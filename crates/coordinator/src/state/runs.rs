@@ -1,11 +1,41 @@
 //! Runs and their tasks: submission, the agents' task events, the DAG moving forward,
 //! retries, losses, cancellation, and the run's own status.
+//!
+//! A stage's status is its shards' ([`super::StageRun::status`]); the DAG moves on stage
+//! statuses, so a stage that needs a sharded one starts once every shard has succeeded.
 
-use kiln_api::spec::Pipeline;
+use std::collections::BTreeMap;
+
+use kiln_api::spec::{Pipeline, Shards, Stage};
+use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
 use super::command::{Kill, Response, TaskEvent};
-use super::model::{MAX_LOST_ATTEMPTS, Run, RunStatus, Task, TaskRef, TaskStatus};
+use super::model::{MAX_LOST_ATTEMPTS, Run, RunStatus, StageRun, Task, TaskRef, TaskStatus};
+use super::suite::Suite;
+
+/// The key of a stage's timing history: `pipeline/stage`.
+pub fn history_key(pipeline: &str, stage: &str) -> String {
+    format!("{pipeline}/{stage}")
+}
+
+/// How many shards a stage runs as: as written; for `{ max, target }` the recorded suite
+/// time over the target (at most `max`, and `max` with no history); for a rerun of some
+/// tests, no more than there are tests.
+fn shard_count(stage: &Stage, history: Option<&StageHistory>, only: Option<&Vec<String>>) -> u32 {
+    let n = match stage.shards {
+        None => 1,
+        Some(Shards::Fixed(n)) => n,
+        Some(Shards::Auto { max, target_ms }) => match history.map(StageHistory::total_ms) {
+            Some(total) if total > 0 => (total.div_ceil(target_ms.max(1)) as u32).clamp(1, max),
+            _ => max,
+        },
+    };
+    match only {
+        Some(ids) => n.min(ids.len().max(1) as u32),
+        None => n,
+    }
+}
 
 impl ClusterState {
     pub(super) fn submit_run(
@@ -13,6 +43,7 @@ impl ClusterState {
         request_id: &str,
         trigger: &str,
         pipeline: &Pipeline,
+        only_tests: &BTreeMap<String, Vec<String>>,
         now_ms: i64,
     ) -> Response {
         if !request_id.is_empty()
@@ -25,38 +56,47 @@ impl ClusterState {
         }
         let number = self.next_run.max(1);
         self.next_run = number + 1;
-        let tasks = pipeline
+        let stages: Vec<StageRun> = pipeline
             .stages
             .iter()
             .map(|s| {
-                Task::new(if s.needs.is_empty() {
+                let status = if s.needs.is_empty() {
                     TaskStatus::Pending
                 } else {
                     TaskStatus::Waiting
-                })
-            })
-            .collect::<Vec<_>>();
-        for (i, t) in tasks.iter().enumerate() {
-            if t.status == TaskStatus::Pending {
-                self.pending.insert(TaskRef {
-                    run: number,
-                    stage: i as u32,
+                };
+                let history = self.test_history.get(&history_key(&pipeline.name, &s.name));
+                let only = only_tests.get(&s.name);
+                let count = shard_count(s, history, only);
+                let suite = s.tests.as_ref().map(|t| {
+                    let mut suite = Suite::new(t.split, count);
+                    if let Some(ids) = only {
+                        suite.list(ids.clone(), history);
+                    }
+                    suite
                 });
+                StageRun {
+                    shards: (0..count).map(|_| Task::new(status)).collect(),
+                    suite,
+                }
+            })
+            .collect();
+        let run = Run {
+            number,
+            pipeline: pipeline.clone(),
+            status: RunStatus::Pending,
+            trigger: trigger.to_string(),
+            request_id: request_id.to_string(),
+            created_ms: now_ms,
+            finished_ms: None,
+            stages,
+        };
+        for (at, t) in run.tasks() {
+            if t.status == TaskStatus::Pending {
+                self.pending.insert(at);
             }
         }
-        self.runs.insert(
-            number,
-            Run {
-                number,
-                pipeline: pipeline.clone(),
-                status: RunStatus::Pending,
-                trigger: trigger.to_string(),
-                request_id: request_id.to_string(),
-                created_ms: now_ms,
-                finished_ms: None,
-                tasks,
-            },
-        );
+        self.runs.insert(number, run);
         if !request_id.is_empty() {
             self.requests.insert(request_id.to_string(), number);
         }
@@ -127,8 +167,7 @@ impl ClusterState {
             TaskStatus::Succeeded => {
                 self.finish_attempt(e, TaskStatus::Succeeded);
                 self.task_mut(e.task).status = TaskStatus::Succeeded;
-                self.unblock_dependents(e.task.run);
-                self.settle_run(e.task.run, now_ms);
+                self.advance(e.task.run, now_ms);
                 true
             }
             TaskStatus::Failed => {
@@ -147,8 +186,7 @@ impl ClusterState {
                     }
                     t.status = TaskStatus::Failed;
                 }
-                self.skip_dependents(e.task.run);
-                self.settle_run(e.task.run, now_ms);
+                self.advance(e.task.run, now_ms);
                 true
             }
             TaskStatus::Lost => {
@@ -168,6 +206,7 @@ impl ClusterState {
     /// the task back in line unless it was cancelled or lost too often.
     pub(super) fn lose_task(&mut self, task: TaskRef, message: &str, at_ms: i64) {
         self.release(task);
+        self.release_tests(task);
         let t = self.task_mut(task);
         if let Some(a) = t.current_mut() {
             a.status = TaskStatus::Lost;
@@ -185,8 +224,7 @@ impl ClusterState {
         } else {
             t.status = TaskStatus::Lost;
         }
-        self.skip_dependents(task.run);
-        self.settle_run(task.run, at_ms);
+        self.advance(task.run, at_ms);
     }
 
     pub(super) fn cancel_run(&mut self, number: u64, now_ms: i64) -> Response {
@@ -201,36 +239,40 @@ impl ClusterState {
         }
         run.status = RunStatus::Cancelled;
         let mut kills = Vec::new();
-        for (i, t) in run.tasks.iter_mut().enumerate() {
-            let task = TaskRef {
-                run: number,
-                stage: i as u32,
-            };
-            match t.status {
-                TaskStatus::Waiting | TaskStatus::Pending => {
-                    t.status = TaskStatus::Cancelled;
-                    self.pending.remove(&task);
-                }
-                TaskStatus::Placed | TaskStatus::Running => {
-                    t.cancel_requested = true;
-                    if let Some(a) = t.current() {
-                        kills.push(Kill {
-                            task,
-                            attempt: t.attempt,
-                            node: a.node.clone(),
-                            reason: "run cancelled".into(),
-                        });
+        for (s, stage) in run.stages.iter_mut().enumerate() {
+            for (k, t) in stage.shards.iter_mut().enumerate() {
+                let task = TaskRef {
+                    run: number,
+                    stage: s as u32,
+                    shard: k as u32,
+                };
+                match t.status {
+                    TaskStatus::Waiting | TaskStatus::Pending => {
+                        t.status = TaskStatus::Cancelled;
+                        self.pending.remove(&task);
                     }
+                    TaskStatus::Placed | TaskStatus::Running => {
+                        t.cancel_requested = true;
+                        if let Some(a) = t.current() {
+                            kills.push(Kill {
+                                task,
+                                attempt: t.attempt,
+                                node: a.node.clone(),
+                                reason: "run cancelled".into(),
+                            });
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
-        self.settle_run(number, now_ms);
+        self.advance(number, now_ms);
         Response::Cancelled { kills }
     }
 
     fn finish_attempt(&mut self, e: &TaskEvent, status: TaskStatus) {
         self.release(e.task);
+        self.release_tests(e.task);
         let a = self
             .task_mut(e.task)
             .current_mut()
@@ -267,24 +309,38 @@ impl ClusterState {
         }
     }
 
-    /// Waiting stages whose needs have all succeeded become pending.
+    /// After any task of the run ended: stages whose needs all succeeded start, stages
+    /// behind one that did not succeed are skipped, suites that ended fold their timings
+    /// into the history, and the run ends once every stage has.
+    pub(super) fn advance(&mut self, number: u64, now_ms: i64) {
+        self.unblock_dependents(number);
+        self.skip_dependents(number);
+        self.record_suites(number);
+        self.settle_run(number, now_ms);
+    }
+
+    /// Waiting stages whose needs have all succeeded become pending, every shard of them.
     fn unblock_dependents(&mut self, number: u64) {
         let Some(run) = self.runs.get_mut(&number) else {
             return;
         };
-        for i in 0..run.tasks.len() {
-            if run.tasks[i].status != TaskStatus::Waiting {
+        for i in 0..run.stages.len() {
+            if run.stages[i].status() != TaskStatus::Waiting {
                 continue;
             }
             let ready = run.pipeline.stages[i].needs.iter().all(|need| {
-                stage_index(run, need).is_some_and(|j| run.tasks[j].status == TaskStatus::Succeeded)
+                stage_index(run, need)
+                    .is_some_and(|j| run.stages[j].status() == TaskStatus::Succeeded)
             });
             if ready {
-                run.tasks[i].status = TaskStatus::Pending;
-                self.pending.insert(TaskRef {
-                    run: number,
-                    stage: i as u32,
-                });
+                for (k, t) in run.stages[i].shards.iter_mut().enumerate() {
+                    t.status = TaskStatus::Pending;
+                    self.pending.insert(TaskRef {
+                        run: number,
+                        stage: i as u32,
+                        shard: k as u32,
+                    });
+                }
             }
         }
     }
@@ -297,18 +353,20 @@ impl ClusterState {
         };
         loop {
             let mut changed = false;
-            for i in 0..run.tasks.len() {
-                if run.tasks[i].status != TaskStatus::Waiting {
+            for i in 0..run.stages.len() {
+                if run.stages[i].status() != TaskStatus::Waiting {
                     continue;
                 }
                 let blocked = run.pipeline.stages[i].needs.iter().any(|need| {
                     stage_index(run, need).is_some_and(|j| {
-                        let s = run.tasks[j].status;
+                        let s = run.stages[j].status();
                         s.is_terminal() && s != TaskStatus::Succeeded
                     })
                 });
                 if blocked {
-                    run.tasks[i].status = TaskStatus::Skipped;
+                    for t in &mut run.stages[i].shards {
+                        t.status = TaskStatus::Skipped;
+                    }
                     changed = true;
                 }
             }
@@ -318,18 +376,42 @@ impl ClusterState {
         }
     }
 
-    /// Once every task has ended, the run ends: cancelled if it was cancelled, succeeded if
+    /// A suite whose stage has ended folds its tests' times into the stage's history, once.
+    fn record_suites(&mut self, number: u64) {
+        let Some(run) = self.runs.get_mut(&number) else {
+            return;
+        };
+        for (spec, stage) in run.pipeline.stages.iter().zip(&mut run.stages) {
+            let ended = stage.status().is_terminal();
+            let Some(suite) = stage.suite.as_mut().filter(|s| ended && !s.recorded) else {
+                continue;
+            };
+            suite.recorded = true;
+            if suite.timings().next().is_none() {
+                continue;
+            }
+            self.test_history
+                .entry(history_key(&run.pipeline.name, &spec.name))
+                .or_default()
+                .record(suite.timings());
+        }
+    }
+
+    /// Once every stage has ended, the run ends: cancelled if it was cancelled, succeeded if
     /// every stage succeeded, failed otherwise.
     fn settle_run(&mut self, number: u64, now_ms: i64) {
         let Some(run) = self.runs.get_mut(&number) else {
             return;
         };
-        if run.finished_ms.is_some() || !run.tasks.iter().all(|t| t.status.is_terminal()) {
+        if run.finished_ms.is_some() || !run.stages.iter().all(|s| s.status().is_terminal()) {
             return;
         }
         run.finished_ms = Some(now_ms);
         if run.status != RunStatus::Cancelled {
-            let ok = run.tasks.iter().all(|t| t.status == TaskStatus::Succeeded);
+            let ok = run
+                .stages
+                .iter()
+                .all(|s| s.status() == TaskStatus::Succeeded);
             run.status = if ok {
                 RunStatus::Succeeded
             } else {
@@ -338,12 +420,12 @@ impl ClusterState {
         }
     }
 
-    fn task_mut(&mut self, task: TaskRef) -> &mut Task {
+    pub(super) fn task_mut(&mut self, task: TaskRef) -> &mut Task {
         let run = self
             .runs
             .get_mut(&task.run)
             .expect("task checked by the caller");
-        &mut run.tasks[task.stage as usize]
+        &mut run.stages[task.stage as usize].shards[task.shard as usize]
     }
 }
 

@@ -19,6 +19,8 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         constraints: Default::default(),
         gpu: None,
         container: None,
+        shards: None,
+        tests: None,
     }
 }
 
@@ -48,6 +50,7 @@ fn submit(s: &mut ClusterState, p: Pipeline, request: &str) -> u64 {
         request_id: request.into(),
         trigger: "manual".into(),
         pipeline: p,
+        only_tests: Default::default(),
         now_ms: 1,
     }) {
         Response::Submitted { run, .. } => run,
@@ -56,9 +59,9 @@ fn submit(s: &mut ClusterState, p: Pipeline, request: &str) -> u64 {
 }
 
 fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
-    let attempt = s.task(TaskRef { run, stage }).unwrap().attempt;
+    let attempt = s.task(TaskRef::stage(run, stage)).unwrap().attempt;
     let p = Placement {
-        task: TaskRef { run, stage },
+        task: TaskRef::stage(run, stage),
         attempt,
         node: node.into(),
         gpus: vec![],
@@ -71,9 +74,9 @@ fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
 }
 
 fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskStatus) -> Response {
-    let attempt = s.task(TaskRef { run, stage }).unwrap().attempt;
+    let attempt = s.task(TaskRef::stage(run, stage)).unwrap().attempt;
     let e = TaskEvent {
-        task: TaskRef { run, stage },
+        task: TaskRef::stage(run, stage),
         attempt,
         status,
         exit_code: Some(0),
@@ -103,7 +106,7 @@ fn a_dag_moves_forward_as_needs_succeed() {
     );
     assert_eq!(s.pending.len(), 2, "a and c are pending, b waits");
     assert_eq!(
-        s.task(TaskRef { run, stage: 1 }).unwrap().status,
+        s.task(TaskRef::stage(run, 1)).unwrap().status,
         TaskStatus::Waiting
     );
 
@@ -111,7 +114,7 @@ fn a_dag_moves_forward_as_needs_succeed() {
     event(&mut s, run, 0, "n1", TaskStatus::Running);
     event(&mut s, run, 0, "n1", TaskStatus::Succeeded);
     assert!(
-        s.pending.contains(&TaskRef { run, stage: 1 }),
+        s.pending.contains(&TaskRef::stage(run, 1)),
         "b is unblocked"
     );
     for stage in [1, 2] {
@@ -131,7 +134,7 @@ fn replayed_events_change_nothing() {
     event(&mut s, run, 0, "n1", TaskStatus::Succeeded);
     let before = s.clone();
     let e = TaskEvent {
-        task: TaskRef { run, stage: 0 },
+        task: TaskRef::stage(run, 0),
         attempt: 1,
         status: TaskStatus::Succeeded,
         exit_code: Some(0),
@@ -163,6 +166,7 @@ fn a_request_id_is_stored_once() {
         request_id: "req-1".into(),
         trigger: String::new(),
         pipeline: pipeline(vec![stage("a", &[], 100, 0)]),
+        only_tests: Default::default(),
         now_ms: 5,
     });
     assert_eq!(
@@ -186,7 +190,7 @@ fn a_failure_is_retried_then_skips_dependents() {
     );
     place(&mut s, run, 0, "n1");
     event(&mut s, run, 0, "n1", TaskStatus::Failed);
-    let a = s.task(TaskRef { run, stage: 0 }).unwrap();
+    let a = s.task(TaskRef::stage(run, 0)).unwrap();
     assert_eq!(
         (a.status, a.attempt),
         (TaskStatus::Pending, 2),
@@ -195,11 +199,11 @@ fn a_failure_is_retried_then_skips_dependents() {
     place(&mut s, run, 0, "n1");
     event(&mut s, run, 0, "n1", TaskStatus::Failed);
     assert_eq!(
-        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        s.task(TaskRef::stage(run, 0)).unwrap().status,
         TaskStatus::Failed
     );
     assert_eq!(
-        s.task(TaskRef { run, stage: 1 }).unwrap().status,
+        s.task(TaskRef::stage(run, 1)).unwrap().status,
         TaskStatus::Skipped
     );
     assert_eq!(s.runs[&run].status, RunStatus::Failed);
@@ -220,10 +224,10 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
     assert_eq!(
         r,
         Response::NodeDown {
-            lost: vec![TaskRef { run, stage: 0 }]
+            lost: vec![TaskRef::stage(run, 0)]
         }
     );
-    let t = s.task(TaskRef { run, stage: 0 }).unwrap();
+    let t = s.task(TaskRef::stage(run, 0)).unwrap();
     assert_eq!(
         (t.status, t.attempt, t.attempts[0].status),
         (TaskStatus::Pending, 2, TaskStatus::Lost)
@@ -231,7 +235,7 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
     assert_eq!(s.nodes["n1"].reserved, Resources::default());
     // A late event from the lost attempt is ignored.
     let e = TaskEvent {
-        task: TaskRef { run, stage: 0 },
+        task: TaskRef::stage(run, 0),
         attempt: 1,
         status: TaskStatus::Succeeded,
         exit_code: Some(0),
@@ -245,7 +249,7 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
         now_ms: 11,
     });
     assert_eq!(
-        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        s.task(TaskRef::stage(run, 0)).unwrap().status,
         TaskStatus::Pending
     );
     place(&mut s, run, 0, "n2");
@@ -264,13 +268,13 @@ fn placements_that_no_longer_fit_are_rejected() {
     );
     let batch = vec![
         Placement {
-            task: TaskRef { run, stage: 0 },
+            task: TaskRef::stage(run, 0),
             attempt: 1,
             node: "n1".into(),
             gpus: vec![],
         },
         Placement {
-            task: TaskRef { run, stage: 1 },
+            task: TaskRef::stage(run, 1),
             attempt: 1,
             node: "n1".into(),
             gpus: vec![],
@@ -285,7 +289,7 @@ fn placements_that_no_longer_fit_are_rejected() {
             assert_eq!(accepted.len(), 1);
             assert_eq!(
                 rejected,
-                vec![(TaskRef { run, stage: 1 }, "cpu exhausted".to_string())]
+                vec![(TaskRef::stage(run, 1), "cpu exhausted".to_string())]
             );
         }
         other => panic!("{other:?}"),
@@ -312,7 +316,7 @@ fn cancel_stops_pending_work_and_asks_for_kills() {
     assert!(s.runs[&run].finished_ms.is_none(), "a still holds its node");
     event(&mut s, run, 0, "n1", TaskStatus::Failed);
     assert_eq!(
-        s.task(TaskRef { run, stage: 0 }).unwrap().status,
+        s.task(TaskRef::stage(run, 0)).unwrap().status,
         TaskStatus::Cancelled
     );
     assert!(s.runs[&run].finished_ms.is_some());
@@ -353,9 +357,9 @@ proptest! {
         let mut now = 0;
         for op in ops {
             now += 1;
-            let tasks: Vec<TaskRef> = s.runs.values().flat_map(|r| (0..r.tasks.len() as u32).map(move |i| TaskRef { run: r.number, stage: i })).collect();
+            let tasks: Vec<TaskRef> = s.runs.values().flat_map(|r| r.tasks().map(|(at, _)| at)).collect();
             let command = match op {
-                Op::Submit(cpu) => Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![stage("a", &[], cpu, 1), stage("b", &["a"], cpu, 0)]), now_ms: now },
+                Op::Submit(cpu) => Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![stage("a", &[], cpu, 1), stage("b", &["a"], cpu, 0)]), only_tests: Default::default(), now_ms: now },
                 Op::Place(t, n) if !tasks.is_empty() => {
                     let task = tasks[t % tasks.len()];
                     let attempt = s.task(task).unwrap().attempt;
@@ -428,12 +432,12 @@ proptest! {
         let mut now = 0;
         for op in ops {
             now += 1;
-            let tasks: Vec<TaskRef> = s.runs.keys().map(|&run| TaskRef { run, stage: 0 }).collect();
+            let tasks: Vec<TaskRef> = s.runs.keys().map(|&run| TaskRef::stage(run, 0)).collect();
             let command = match op {
                 GpuOp::Submit(count, gib) => {
                     let mut st = stage("a", &[], 100, 0);
                     st.gpu = Some(kiln_api::spec::GpuRequest { count, share_bytes: if count == 0 { gib * GIB } else { 0 }, ..Default::default() });
-                    Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![st]), now_ms: now }
+                    Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![st]), only_tests: Default::default(), now_ms: now }
                 }
                 GpuOp::Place(t, n, grants) if !tasks.is_empty() => {
                     let task = tasks[t % tasks.len()];

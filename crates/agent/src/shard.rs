@@ -1,0 +1,393 @@
+//! The test loop of a `tests:` stage's shard: ask the leader for a batch of test ids, run
+//! them with the suite's `run:` command, read the JUnit reports it wrote, report one result
+//! per id, and ask again — until the answer is empty.
+//!
+//! ```text
+//!   NextTests(batch n) ──► need_list? ──► run `list:` (stdout = ids) ──► NextTests(n, list)
+//!        │ ids                                                                 │
+//!        ▼                                                                     ▼
+//!   write $KILN_TESTS_FILE, remove old reports, run `run:`, read reports, ReportTests(n)
+//!        │
+//!        └─► n + 1, until the batch is empty: the shard succeeded
+//! ```
+//!
+//! `run:` exiting non-zero is how runners say a test failed, so its exit code is not the
+//! shard's: the report is. An id the report says nothing about is errored (the leader
+//! retries it like a failure). What fails the shard instead is what no retry of a test
+//! would mend: `list:` failing or printing nothing, a report that is not JUnit XML, the
+//! stage's timeout, a kill.
+//!
+//! Calls to the leader follow leader changes: a follower's answer names the leader, and a
+//! lost connection is tried again (the calls are idempotent per batch) until the stage's
+//! deadline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_api::pb;
+use kiln_sharding::{ids, junit};
+use tokio::sync::oneshot;
+
+use crate::process::{self, Outcome};
+
+/// What the loop needs from its runner: where the leader is now.
+pub trait Leader: Send + Sync {
+    fn leader(&self) -> Option<String>;
+}
+
+/// Runs a shard's test loop to its end.
+pub async fn run(
+    a: &pb::Assignment,
+    spec: &pb::TestsSpec,
+    work: &Path,
+    log_path: &Path,
+    kill: &mut oneshot::Receiver<String>,
+    leader: &dyn Leader,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.max(1));
+    let mut log = match std::fs::File::create(log_path) {
+        Ok(f) => f,
+        Err(e) => return failed(format!("creating {}: {e}", log_path.display())),
+    };
+    let shard = Shard {
+        a,
+        spec,
+        work,
+        log_path,
+        deadline,
+    };
+    let mut queue = Queue { leader, hint: None };
+    match shard.run(&mut queue, &mut log, kill).await {
+        Ok(summary) => {
+            let _ = writeln!(log, "kiln: {summary}");
+            Outcome {
+                succeeded: true,
+                exit_code: Some(0),
+                message: summary,
+            }
+        }
+        Err(outcome) => {
+            let _ = writeln!(log, "kiln: {}", outcome.message);
+            outcome
+        }
+    }
+}
+
+/// A leader call, abandoned if the task is killed meanwhile.
+async fn guard<T>(
+    kill: &mut oneshot::Receiver<String>,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, Outcome> {
+    tokio::select! {
+        r = call => r.map_err(failed),
+        reason = kill => Err(failed(reason.unwrap_or_else(|_| "killed".into()))),
+    }
+}
+
+fn failed(message: String) -> Outcome {
+    Outcome {
+        succeeded: false,
+        exit_code: None,
+        message,
+    }
+}
+
+struct Shard<'a> {
+    a: &'a pb::Assignment,
+    spec: &'a pb::TestsSpec,
+    work: &'a Path,
+    log_path: &'a Path,
+    deadline: Instant,
+}
+
+impl Shard<'_> {
+    async fn run(
+        &self,
+        queue: &mut Queue<'_>,
+        log: &mut std::fs::File,
+        kill: &mut oneshot::Receiver<String>,
+    ) -> Result<String, Outcome> {
+        let (mut batch, mut ran, mut failed_runs) = (1u32, 0usize, 0usize);
+        let mut list = Vec::new();
+        loop {
+            let next = guard(kill, queue.next(self.a, batch, &list, self.deadline)).await?;
+            if next.need_list {
+                if !list.is_empty() {
+                    return Err(failed("the leader asked for the list twice".into()));
+                }
+                list = self.list(log, kill).await?;
+                let _ = writeln!(log, "kiln: tests.list printed {} test ids", list.len());
+                continue;
+            }
+            list.clear();
+            if next.ids.is_empty() {
+                return Ok(format!(
+                    "ran {ran} tests in {} batches, {failed_runs} did not pass",
+                    batch - 1
+                ));
+            }
+            let _ = writeln!(log, "kiln: batch {batch}: {} tests", next.ids.len());
+            let results = self.run_batch(batch, &next.ids, kill).await?;
+            ran += results.len();
+            failed_runs += results
+                .iter()
+                .filter(|r| r.outcome != "passed" && r.outcome != "skipped")
+                .count();
+            guard(kill, queue.report(self.a, batch, &results, self.deadline)).await?;
+            batch += 1;
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Runs `list:`; its standard output is the suite.
+    async fn list(
+        &self,
+        log: &mut std::fs::File,
+        kill: &mut oneshot::Receiver<String>,
+    ) -> Result<Vec<String>, Outcome> {
+        let out_path = self.work.join(".kiln-tests.list");
+        let file = |p: &Path| {
+            std::fs::File::create(p).map_err(|e| failed(format!("{}: {e}", p.display())))
+        };
+        let stdout = file(&out_path)?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| failed(format!("log file: {e}")))?;
+        let child = process::spawn_shell(&self.spec.list, &self.a.env, self.work, stdout, stderr)
+            .map_err(|e| failed(format!("tests.list: {e}")))?;
+        let outcome = process::wait(child, self.remaining(), kill).await;
+        if !outcome.succeeded {
+            return Err(Outcome {
+                message: format!("tests.list `{}` {}", self.spec.list, outcome.message),
+                ..outcome
+            });
+        }
+        let text = std::fs::read_to_string(&out_path)
+            .map_err(|e| failed(format!("reading what tests.list printed: {e}")))?;
+        let list = ids::parse_list(&text);
+        if list.is_empty() {
+            return Err(failed(format!(
+                "tests.list `{}` printed no test ids",
+                self.spec.list
+            )));
+        }
+        Ok(list)
+    }
+
+    /// Runs one batch with `run:` and reads its results from the reports.
+    async fn run_batch(
+        &self,
+        batch: u32,
+        batch_ids: &[String],
+        kill: &mut oneshot::Receiver<String>,
+    ) -> Result<Vec<pb::TestOutcome>, Outcome> {
+        let list_path = self.work.join(format!(".kiln-tests-{batch}.txt"));
+        std::fs::write(&list_path, batch_ids.join("\n") + "\n")
+            .map_err(|e| failed(format!("{}: {e}", list_path.display())))?;
+        for old in reports(self.work, &self.spec.report) {
+            let _ = std::fs::remove_file(old);
+        }
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.log_path)
+                .map_err(|e| failed(format!("log file: {e}")))
+        };
+        let mut env = self.a.env.clone();
+        env.insert("KILN_TESTS_FILE".into(), list_path.display().to_string());
+        env.insert("KILN_TESTS_BATCH".into(), batch.to_string());
+        let child = process::spawn_shell(&self.spec.run, &env, self.work, open_log()?, open_log()?)
+            .map_err(|e| failed(format!("tests.run: {e}")))?;
+        let outcome = process::wait(child, self.remaining(), kill).await;
+        if outcome.exit_code.is_none() {
+            // Stopped (timeout, kill) or killed by a signal: nothing to believe in a report.
+            return Err(Outcome {
+                message: format!("tests.run {}", outcome.message),
+                ..outcome
+            });
+        }
+        let mut cases = Vec::new();
+        let files = reports(self.work, &self.spec.report);
+        for path in &files {
+            let shown = path.strip_prefix(self.work).unwrap_or(path).display();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| failed(format!("tests.report: {shown}: {e}")))?;
+            let parsed = junit::parse(&text)
+                .map_err(|e| failed(format!("tests.report: {shown}: malformed JUnit XML: {e}")))?;
+            cases.extend(parsed);
+        }
+        let matched = ids::match_cases(batch_ids, &cases);
+        let missing = if files.is_empty() {
+            format!(
+                "tests.run {} and wrote no report matching {:?}",
+                if outcome.succeeded {
+                    "succeeded".to_string()
+                } else {
+                    outcome.message.clone()
+                },
+                self.spec.report
+            )
+        } else {
+            ids::NO_RESULT.to_string()
+        };
+        Ok(matched
+            .results
+            .into_iter()
+            .map(|r| pb::TestOutcome {
+                message: if r.cases == 0 {
+                    missing.clone()
+                } else {
+                    r.message
+                },
+                id: r.id,
+                outcome: r.outcome.as_str().into(),
+                time_ms: r.time_ms,
+            })
+            .collect())
+    }
+}
+
+/// The files under `work` that the report glob matches, walking only below the glob's
+/// literal leading directories.
+fn reports(work: &Path, glob: &str) -> Vec<PathBuf> {
+    let literal: Vec<&str> = glob
+        .split('/')
+        .take_while(|p| !p.contains(['*', '?', '[']))
+        .collect();
+    let literal = &literal[..literal.len().min(glob.split('/').count() - 1)];
+    let base = literal
+        .iter()
+        .fold(work.to_path_buf(), |p, part| p.join(part));
+    let mut found = Vec::new();
+    let mut dirs = vec![(base, 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && depth < 16 {
+                dirs.push((path, depth + 1));
+            } else if kind.is_file()
+                && let Ok(rel) = path.strip_prefix(work)
+                && kiln_api::spec::glob_match(glob, &rel.to_string_lossy())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The leader's test queue, followed across leader changes.
+struct Queue<'a> {
+    leader: &'a dyn Leader,
+    /// The leader a follower named, until the session learns it too.
+    hint: Option<String>,
+}
+
+impl Queue<'_> {
+    async fn next(
+        &mut self,
+        a: &pb::Assignment,
+        batch: u32,
+        list: &[String],
+        deadline: Instant,
+    ) -> Result<pb::NextTestsResponse, String> {
+        let req = pb::NextTestsRequest {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            batch,
+            list: list.to_vec(),
+        };
+        self.retry(deadline, |mut c| {
+            let req = req.clone();
+            async move { c.next_tests(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    async fn report(
+        &mut self,
+        a: &pb::Assignment,
+        batch: u32,
+        results: &[pb::TestOutcome],
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let req = pb::ReportTestsRequest {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            batch,
+            results: results.to_vec(),
+        };
+        self.retry(deadline, |mut c| {
+            let req = req.clone();
+            async move { c.report_tests(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Calls the leader until it answers, following hints; gives up on an answer that no
+    /// retry changes (the attempt is stale, the task unknown) or at the deadline.
+    async fn retry<T, F, Fut>(&mut self, deadline: Instant, call: F) -> Result<T, String>
+    where
+        F: Fn(pb::test_queue_client::TestQueueClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = String::from("no leader known");
+        while Instant::now() < deadline {
+            let addr = self.hint.clone().or_else(|| self.leader.leader());
+            if let Some(addr) = addr {
+                match pb::test_queue_client::TestQueueClient::connect(format!("http://{addr}"))
+                    .await
+                {
+                    Ok(client) => match call(client).await {
+                        Ok(v) => return Ok(v),
+                        Err(status) => {
+                            let hint = status
+                                .metadata()
+                                .get(kiln_api::LEADER_METADATA_KEY)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            match status.code() {
+                                tonic::Code::FailedPrecondition if hint.is_some() => {
+                                    self.hint = hint;
+                                    continue;
+                                }
+                                tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Internal => {
+                                    self.hint = None;
+                                    last = status.message().to_string();
+                                }
+                                _ => {
+                                    return Err(format!(
+                                        "the test queue refused: {}",
+                                        status.message()
+                                    ));
+                                }
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        self.hint = None;
+                        last = format!("connecting to {addr}: {e}");
+                    }
+                }
+            }
+            // Back off before asking again: a new leader takes an election to appear.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!(
+            "the test queue did not answer before the deadline: {last}"
+        ))
+    }
+}

@@ -1,0 +1,207 @@
+//! The test queue (`kiln.v1.TestQueue`), which the agents running a `tests:` stage's shards
+//! call, and the test report (`Kiln.GetTestReport`) built from a run's suites.
+//!
+//! Both queue calls are Raft writes ([`Command::TakeTests`], [`Command::ReportTests`]): the
+//! queue survives a leader change, and its answers are the state machine's, so every
+//! coordinator agrees on who holds which test.
+
+use std::sync::Arc;
+
+use kiln_api::pb::{self, test_queue_server::TestQueue};
+use kiln_sharding::junit::Outcome;
+use tonic::{Request, Response, Status};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::state::suite::{Take, TestResult, Verdict};
+use crate::state::{Command, Response as Reply, Run, TaskStatus};
+
+pub struct TestQueueService {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl TestQueue for TestQueueService {
+    #[tracing::instrument(skip_all, fields(task = %req.get_ref().task_id, batch = req.get_ref().batch))]
+    async fn next_tests(
+        &self,
+        req: Request<pb::NextTestsRequest>,
+    ) -> Result<Response<pb::NextTestsResponse>, Status> {
+        let req = req.into_inner();
+        let task = self.task(&req.task_id)?;
+        let list = (!req.list.is_empty()).then_some(req.list);
+        let command = Command::TakeTests {
+            task,
+            attempt: req.attempt,
+            batch: req.batch,
+            list,
+        };
+        match self.core.write(command).await? {
+            Reply::Tests(Take::NeedList) => Ok(Response::new(pb::NextTestsResponse {
+                need_list: true,
+                ids: Vec::new(),
+            })),
+            Reply::Tests(Take::Batch(ids)) => {
+                tracing::debug!(tests = ids.len(), "batch taken");
+                Ok(Response::new(pb::NextTestsResponse {
+                    need_list: false,
+                    ids,
+                }))
+            }
+            Reply::Rejected { reason } => Err(Error::Conflict(reason).into()),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(task = %req.get_ref().task_id, batch = req.get_ref().batch))]
+    async fn report_tests(
+        &self,
+        req: Request<pb::ReportTestsRequest>,
+    ) -> Result<Response<pb::ReportTestsResponse>, Status> {
+        let req = req.into_inner();
+        let task = self.task(&req.task_id)?;
+        let results = req
+            .results
+            .into_iter()
+            .map(|r| {
+                let outcome = Outcome::parse(&r.outcome).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "results[{}].outcome: {:?} is not one of passed, failed, errored, skipped",
+                        r.id, r.outcome
+                    ))
+                })?;
+                Ok(TestResult {
+                    id: r.id,
+                    outcome,
+                    time_ms: r.time_ms,
+                    message: r.message,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let command = Command::ReportTests {
+            task,
+            attempt: req.attempt,
+            batch: req.batch,
+            results,
+        };
+        match self.core.write(command).await? {
+            Reply::TestsReported { accepted } => {
+                Ok(Response::new(pb::ReportTestsResponse { accepted }))
+            }
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}
+
+impl TestQueueService {
+    fn task(&self, task_id: &str) -> Result<crate::state::TaskRef, Error> {
+        self.core
+            .state
+            .read()
+            .parse_task_id(task_id)
+            .ok_or_else(|| Error::NotFound(format!("task {task_id} not found")))
+    }
+}
+
+/// The test report of a run: every `tests:` stage, its shards and its tests.
+pub fn report(run: &Run) -> pb::TestReport {
+    let suites = run
+        .pipeline
+        .stages
+        .iter()
+        .zip(&run.stages)
+        .filter_map(|(spec, stage)| {
+            let suite = stage.suite.as_ref()?;
+            let shards: Vec<pb::ShardReport> = stage
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(k, task)| {
+                    let last = task.attempts.last();
+                    let wall_ms = last
+                        .and_then(|a| {
+                            let start = a.time_of(TaskStatus::Running)?;
+                            Some(a.finished_ms().unwrap_or(start) - start)
+                        })
+                        .unwrap_or(0);
+                    let tests = suite
+                        .tests
+                        .values()
+                        .flat_map(|t| &t.runs)
+                        .filter(|r| r.shard == k as u32)
+                        .count() as u32;
+                    pb::ShardReport {
+                        index: k as u32,
+                        status: task.status.as_str().into(),
+                        node: last.map(|a| a.node.clone()).unwrap_or_default(),
+                        wall_ms,
+                        tests,
+                        attempts: task.attempts.len() as u32,
+                    }
+                })
+                .collect();
+            let mut tests: Vec<pb::TestCaseReport> = suite
+                .tests
+                .iter()
+                .map(|(id, t)| {
+                    let verdict = t.verdict();
+                    let last = t.runs.last();
+                    pb::TestCaseReport {
+                        id: id.clone(),
+                        verdict: verdict.as_str().into(),
+                        time_ms: last.map_or(0, |r| r.time_ms),
+                        message: match verdict {
+                            Verdict::Failed | Verdict::Errored => {
+                                last.map(|r| r.message.clone()).unwrap_or_default()
+                            }
+                            _ => String::new(),
+                        },
+                        runs: t
+                            .runs
+                            .iter()
+                            .map(|r| pb::TestRunReport {
+                                outcome: r.outcome.as_str().into(),
+                                time_ms: r.time_ms,
+                                shard: r.shard,
+                                attempt: r.attempt,
+                                message: r.message.clone(),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            tests.sort_by(|a, b| b.time_ms.cmp(&a.time_ms).then(a.id.cmp(&b.id)));
+            Some(pb::SuiteReport {
+                stage: spec.name.clone(),
+                split: suite.split.as_str().into(),
+                imbalance: imbalance(&shards),
+                shards,
+                counts: suite
+                    .counts()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v as u32))
+                    .collect(),
+                tests,
+                listed: suite.ids.is_some(),
+            })
+        })
+        .collect();
+    pb::TestReport {
+        run_id: run.id(),
+        suites,
+    }
+}
+
+/// The slowest shard's wall time over the mean, among shards that ran; 0 when none did.
+fn imbalance(shards: &[pb::ShardReport]) -> f64 {
+    let walls: Vec<f64> = shards
+        .iter()
+        .filter(|s| s.wall_ms > 0)
+        .map(|s| s.wall_ms as f64)
+        .collect();
+    if walls.is_empty() {
+        return 0.0;
+    }
+    let mean = walls.iter().sum::<f64>() / walls.len() as f64;
+    walls.iter().copied().fold(0.0, f64::max) / mean
+}
