@@ -128,13 +128,20 @@ impl Shard<'_> {
                 ));
             }
             let _ = writeln!(log, "kiln: batch {batch}: {} tests", next.ids.len());
+            let started = Instant::now();
             let results = self.run_batch(batch, &next.ids, kill).await?;
+            let tests_ms: u64 = results.iter().map(|r| r.time_ms).sum();
+            let overhead_ms = (started.elapsed().as_millis() as u64).saturating_sub(tests_ms);
             ran += results.len();
             failed_runs += results
                 .iter()
                 .filter(|r| r.outcome != "passed" && r.outcome != "skipped")
                 .count();
-            guard(kill, queue.report(self.a, batch, &results, self.deadline)).await?;
+            guard(
+                kill,
+                queue.report(self.a, batch, &results, overhead_ms, self.deadline),
+            )
+            .await?;
             batch += 1;
         }
     }
@@ -320,6 +327,7 @@ impl Queue<'_> {
         a: &pb::Assignment,
         batch: u32,
         results: &[pb::TestOutcome],
+        overhead_ms: u64,
         deadline: Instant,
     ) -> Result<(), String> {
         let req = pb::ReportTestsRequest {
@@ -327,6 +335,7 @@ impl Queue<'_> {
             attempt: a.attempt,
             batch,
             results: results.to_vec(),
+            overhead_ms,
         };
         self.retry(deadline, |mut c| {
             let req = req.clone();

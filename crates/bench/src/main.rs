@@ -12,12 +12,16 @@
 //!   spawn timestamp), p50 and p99;
 //! - failover: K leader kills (kill -9) under a steady trickle of submissions, kill → the
 //!   first placement committed by the new leader, median and max.
+//!
+//! `shards` compares count, static (LPT) and dynamic test splitting on real JUnit suites
+//! and a heavy-tailed synthetic one (no cluster: the splitters' own code, replayed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod scheduler;
+mod shards;
 
 use clap::{Parser, Subcommand};
 use kiln_api::pb::{self, kiln_client::KilnClient};
@@ -42,6 +46,20 @@ enum Bench {
         /// How long each simulated task "runs".
         #[arg(long, default_value_t = 2_000)]
         task_ms: u64,
+    },
+    /// Test splitting: makespan over the lower bound for count, static and dynamic splits
+    /// of real JUnit suites and a heavy-tailed synthetic one, with ±30 % noise.
+    Shards {
+        /// JUnit XML reports, one suite each (default: the checked-in fixtures).
+        #[arg(long = "report")]
+        reports: Vec<String>,
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// Per-batch overheads to show, in ms (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "0,200")]
+        overhead_ms: Vec<u64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Throughput, submit→start latency and failover of pipeline tasks.
     Pipeline {
@@ -71,6 +89,29 @@ fn main() {
             nodes,
             tasks,
             task_ms,
+        }),
+        Bench::Shards {
+            reports,
+            trials,
+            overhead_ms,
+            seed,
+        } => shards::run(shards::Params {
+            reports: if reports.is_empty() {
+                shards::DEFAULT_REPORTS
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}/../sharding/tests/fixtures/{r}",
+                            env!("CARGO_MANIFEST_DIR")
+                        )
+                    })
+                    .collect()
+            } else {
+                reports
+            },
+            trials,
+            overheads_ms: overhead_ms,
+            seed,
         }),
         Bench::Pipeline {
             tasks,

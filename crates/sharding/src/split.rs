@@ -7,7 +7,7 @@
 //!   Within 4/3 of optimal on the estimates, but the estimates are last runs' times, and
 //!   run-to-run noise moves the real finish times away from the plan.
 //! - Dynamic: no plan. Tests wait in one queue, longest first ([`longest_first`]); each
-//!   shard pulls a batch when it is free. [`next_batch_len`] sizes the batch as guided
+//!   shard pulls a batch when it is free. [`Batching::next_len`] sizes the batch as guided
 //!   self-scheduling does: a share of the estimated work left, `1 / (2 × shards)`, so early
 //!   batches are big (few round trips) and late ones shrink to single tests, which is what
 //!   lets every shard end within about one short test of the others whatever the noise.
@@ -55,23 +55,46 @@ pub fn longest_first(estimates: &[u64]) -> Vec<usize> {
     order
 }
 
-/// How many tests, from the front of a longest-first queue whose estimates are
-/// `remaining`, the next batch should take: enough to reach `1 / (2 × shards)` of the work
-/// left, and at least one.
-pub fn next_batch_len(remaining: &[u64], shards: usize) -> usize {
-    if remaining.is_empty() {
-        return 0;
-    }
-    let total: u128 = remaining.iter().map(|&t| u128::from(t)).sum();
-    let target = total.div_ceil(2 * shards.max(1) as u128);
-    let mut sum = 0u128;
-    for (i, &t) in remaining.iter().enumerate() {
-        sum += u128::from(t);
-        if sum >= target {
-            return i + 1;
+/// A batch is made at least this many times the per-batch overhead: at 8, the overhead
+/// costs at most about 1/9 of a batch.
+pub const OVERHEAD_FACTOR: u64 = 8;
+
+/// How a dynamic queue sizes its batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub shards: usize,
+    /// What each batch costs besides its tests (the runner's start-up, the round trips),
+    /// as measured so far; 0 before any batch was measured.
+    pub overhead_ms: u64,
+    /// The whole suite's estimated time, when it was listed.
+    pub suite_ms: u64,
+}
+
+impl Batching {
+    /// How many tests, from the front of a longest-first queue whose estimates are
+    /// `remaining`, the next batch should take: enough to reach `1 / (2 × shards)` of the
+    /// work left, and at least one. With a per-batch overhead, a batch is also at least
+    /// [`OVERHEAD_FACTOR`] times it, but never more than an even share of the whole suite:
+    /// with slow-starting runners batches stay few, and a short suite degrades to one batch
+    /// per shard (a static split by estimates) rather than to idle shards.
+    pub fn next_len(&self, remaining: &[u64]) -> usize {
+        if remaining.is_empty() {
+            return 0;
         }
+        let shards = self.shards.max(1) as u128;
+        let total: u128 = remaining.iter().map(|&t| u128::from(t)).sum();
+        let floor = u128::from(self.overhead_ms.saturating_mul(OVERHEAD_FACTOR))
+            .min(u128::from(self.suite_ms).div_ceil(shards));
+        let target = total.div_ceil(2 * shards).max(floor);
+        let mut sum = 0u128;
+        for (i, &t) in remaining.iter().enumerate() {
+            sum += u128::from(t);
+            if sum >= target {
+                return i + 1;
+            }
+        }
+        remaining.len()
     }
-    remaining.len()
 }
 
 /// The time a shard plan takes if every test takes what `actual` says: the largest sum.
@@ -110,13 +133,35 @@ mod tests {
         assert_eq!(lpt[0], vec![0], "the longest test alone");
     }
 
+    fn batching(shards: usize, overhead_ms: u64, suite_ms: u64) -> Batching {
+        Batching {
+            shards,
+            overhead_ms,
+            suite_ms,
+        }
+    }
+
     #[test]
     fn batches_shrink_toward_the_end() {
         let t = vec![10u64; 100];
-        assert_eq!(next_batch_len(&t, 4), 13, "1000 ms left over 8 = 125 ms");
-        assert_eq!(next_batch_len(&t[..4], 4), 1);
-        assert_eq!(next_batch_len(&[], 4), 0);
-        assert_eq!(next_batch_len(&[500, 1, 1], 4), 1, "a long head goes alone");
+        let b = batching(4, 0, 1000);
+        assert_eq!(b.next_len(&t), 13, "1000 ms left over 8 = 125 ms");
+        assert_eq!(b.next_len(&t[..4]), 1);
+        assert_eq!(b.next_len(&[]), 0);
+        assert_eq!(b.next_len(&[500, 1, 1]), 1, "a long head goes alone");
+    }
+
+    #[test]
+    fn overhead_makes_batches_bigger_up_to_an_even_share() {
+        let t = vec![10u64; 100];
+        assert_eq!(batching(4, 20, 1000).next_len(&t), 16, "8 x 20 ms");
+        assert_eq!(
+            batching(4, 100, 1000).next_len(&t),
+            25,
+            "capped at 1000 / 4"
+        );
+        // Late in the suite the floor still holds: no geometric tail of tiny batches.
+        assert_eq!(batching(4, 100, 1000).next_len(&t[..40]), 25);
     }
 
     #[test]
@@ -142,11 +187,12 @@ mod tests {
         }
 
         #[test]
-        fn batches_drain_any_queue(t in prop::collection::vec(0u64..10_000, 1..300), n in 1usize..17) {
+        fn batches_drain_any_queue(t in prop::collection::vec(0u64..10_000, 1..300), n in 1usize..17, o in 0u64..5_000) {
+            let b = batching(n, o, t.iter().sum());
             let mut rest = &t[..];
             let mut batches = 0;
             while !rest.is_empty() {
-                let k = next_batch_len(rest, n);
+                let k = b.next_len(rest);
                 prop_assert!(k >= 1 && k <= rest.len());
                 rest = &rest[k..];
                 batches += 1;

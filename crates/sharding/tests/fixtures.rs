@@ -148,3 +148,15 @@ fn jest_junit_reports() {
             .all(|r| r.cases == 1 && r.outcome == Outcome::Passed)
     );
 }
+
+#[test]
+fn nextest_reports_of_kiln_itself() {
+    let c = cases("nextest-kiln.xml");
+    assert_eq!(c.len(), 124);
+    assert!(
+        c.iter()
+            .all(|c| c.outcome == Outcome::Passed && c.time_ms.is_some())
+    );
+    // `cargo nextest list --message-format oneline` ids: "BINARY-ID TEST-NAME".
+    ids_match_one_to_one("nextest-kiln.xml", "nextest-kiln.ids");
+}

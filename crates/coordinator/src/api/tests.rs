@@ -83,6 +83,7 @@ impl TestQueue for TestQueueService {
             attempt: req.attempt,
             batch: req.batch,
             results,
+            overhead_ms: req.overhead_ms,
         };
         match self.core.write(command).await? {
             Reply::TestsReported { accepted } => {

@@ -63,6 +63,9 @@ pub enum Command {
         attempt: u32,
         batch: u32,
         results: Vec<TestResult>,
+        /// The batch's wall time less its tests' times, as the shard measured it.
+        #[serde(default)]
+        overhead_ms: u64,
     },
 }
 

@@ -95,7 +95,8 @@ impl ClusterState {
                 attempt,
                 batch,
                 results,
-            } => self.report_tests(*task, *attempt, *batch, results),
+                overhead_ms,
+            } => self.report_tests(*task, *attempt, *batch, results, *overhead_ms),
         }
     }
 

@@ -188,6 +188,7 @@ impl World {
             attempt,
             batch,
             results,
+            overhead_ms: 0,
         }) {
             Response::TestsReported { accepted } => accepted,
             other => panic!("{other:?}"),

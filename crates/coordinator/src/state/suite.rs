@@ -9,7 +9,7 @@
 //!    is the suite (later ones are ignored), and its queues are built from the recorded
 //!    timings: one queue, longest first, for a dynamic split; one per shard for a static
 //!    split (LPT over the timings, by count without any) or a count split.
-//! 2. A shard takes a batch ([`kiln_sharding::split::next_batch_len`] of the shared queue,
+//! 2. A shard takes a batch ([`kiln_sharding::split::Batching`] sizes it from the shared queue,
 //!    or all of its own queue), runs it, and reports one result per id
 //!    ([`Command::ReportTests`](super::Command::ReportTests)). Only ids the shard holds at
 //!    that attempt and batch are accepted, each once: this is what makes each test's result
@@ -130,6 +130,10 @@ pub struct Suite {
     pub held: Vec<Option<Held>>,
     /// The timings were folded into the history (once, when the suite ended).
     pub recorded: bool,
+    /// What a batch costs besides its tests (the runner starting, the round trips), as the
+    /// shards measured it, smoothed; sizes the dynamic batches.
+    #[serde(default)]
+    pub overhead_ms: Option<u64>,
 }
 
 /// What a shard asking for work is told.
@@ -150,6 +154,7 @@ impl Suite {
             queues: Vec::new(),
             held: vec![None; shards as usize],
             recorded: false,
+            overhead_ms: None,
         }
     }
 
@@ -213,12 +218,13 @@ impl Suite {
         };
         let n = match self.split {
             Split::Dynamic => {
-                let shards = self.held.len();
-                let estimates: Vec<u64> = queue
-                    .iter()
-                    .map(|id| self.tests.get(id).map_or(1, |t| t.estimate_ms.max(1)))
-                    .collect();
-                split::next_batch_len(&estimates, shards)
+                let estimate = |id: &String| self.tests.get(id).map_or(1, |t| t.estimate_ms.max(1));
+                let batching = split::Batching {
+                    shards: self.held.len(),
+                    overhead_ms: self.overhead_ms.unwrap_or(0),
+                    suite_ms: self.tests.values().map(|t| t.estimate_ms.max(1)).sum(),
+                };
+                batching.next_len(&queue.iter().map(estimate).collect::<Vec<_>>())
             }
             Split::Static | Split::Count => queue.len(),
         };
@@ -231,10 +237,10 @@ impl Suite {
         Take::Batch(ids)
     }
 
-    /// Records a shard's results for the batch it holds; returns how many results were
-    /// accepted. Results for ids it does not hold (at this attempt and batch) are ignored;
-    /// an id it holds but did not report is errored. Failed tests with retries left go back to the
-    /// front of the queue.
+    /// Records a shard's results for the batch it holds, and the batch's measured overhead;
+    /// returns how many results were accepted. Results for ids it does not hold (at this
+    /// attempt and batch) are ignored; an id it holds but did not report is errored. Failed
+    /// tests with retries left go back to the front of the queue.
     pub fn report(
         &mut self,
         shard: u32,
@@ -242,6 +248,7 @@ impl Suite {
         batch: u32,
         results: &[TestResult],
         retries: u32,
+        overhead_ms: u64,
     ) -> u32 {
         let Some(Some(held)) = self.held.get(shard as usize) else {
             return 0;
@@ -252,6 +259,10 @@ impl Suite {
         let ids = std::mem::take(&mut self.held[shard as usize])
             .map(|h| h.ids)
             .unwrap_or_default();
+        self.overhead_ms = Some(match self.overhead_ms {
+            None => overhead_ms,
+            Some(old) => (7 * old + 3 * overhead_ms + 5) / 10,
+        });
         let q = self.queue_of(shard);
         let mut again = Vec::new();
         let mut accepted = 0;

@@ -50,6 +50,7 @@ impl ClusterState {
         attempt: u32,
         batch: u32,
         results: &[TestResult],
+        overhead_ms: u64,
     ) -> Response {
         if self.check_shard_attempt(task, attempt).is_err() {
             return Response::TestsReported { accepted: 0 };
@@ -60,7 +61,7 @@ impl ClusterState {
             .suite
             .as_mut()
             .expect("checked above");
-        let accepted = suite.report(task.shard, attempt, batch, results, retries);
+        let accepted = suite.report(task.shard, attempt, batch, results, retries, overhead_ms);
         Response::TestsReported { accepted }
     }
 
