@@ -116,3 +116,60 @@ fn kiln_dev_says_when_docker_is_missing() {
         "nothing was started"
     );
 }
+
+#[test]
+fn the_sharded_tests_example_splits_a_real_nextest_suite() {
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output();
+    if !nextest.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "\n*** SKIPPED the_sharded_tests_example_splits_a_real_nextest_suite: cargo-nextest is not installed (scripts/test then runs cargo test) ***\n"
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let run = run_json(&kiln_dev(
+        "examples/sharded-tests/pipeline.yaml",
+        data.path(),
+        &[],
+    ));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let unit = stage(&run, "unit");
+    let shards = unit["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    let listed: usize = String::from_utf8(
+        Command::new("cargo")
+            .args([
+                "nextest",
+                "list",
+                "-p",
+                "kiln-sharding",
+                "--message-format",
+                "oneline",
+            ])
+            .current_dir(repo())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .count();
+    assert!(listed > 20, "{listed}");
+    assert_eq!(unit["message"], format!("{listed} tests passed"), "{unit}");
+    // Each shard's note says how many tests it ran: together, every test once; and the
+    // work was shared (a shard that started late may find the queue empty).
+    let ran: Vec<usize> = shards
+        .iter()
+        .map(|k| {
+            let note = k["attempts"][0]["message"].as_str().unwrap();
+            note.split(' ')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{k}"))
+        })
+        .collect();
+    assert_eq!(ran.iter().sum::<usize>(), listed, "{ran:?}");
+    assert!(ran.iter().filter(|&&n| n > 0).count() >= 2, "{ran:?}");
+}

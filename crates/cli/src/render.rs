@@ -40,7 +40,7 @@ pub fn stage_progress(s: &pb::Stage) -> String {
     if !s.waiting_reason.is_empty() && s.status == "pending" {
         let _ = write!(line, " — {}", s.waiting_reason);
     }
-    if !s.shards.is_empty() {
+    if !s.shards.is_empty() && s.status == "running" {
         let running = s.shards.iter().filter(|k| k.status == "running").count();
         let _ = write!(line, " ({running}/{} shards running)", s.shards.len());
     }

@@ -36,6 +36,16 @@ pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
                 ..Default::default()
             };
             if stage.is_sharded() {
+                // The stage as a whole: from its first shard's start to its last one's end.
+                out.started_ms = shards
+                    .iter()
+                    .map(|k| k.started_ms)
+                    .filter(|&t| t > 0)
+                    .min()
+                    .unwrap_or(0);
+                if stage.status().is_terminal() {
+                    out.finished_ms = shards.iter().map(|k| k.finished_ms).max().unwrap_or(0);
+                }
                 out.shards = shards;
             } else if let Some(only) = shards.into_iter().next() {
                 out.attempt = only.attempt;
