@@ -24,6 +24,8 @@ fn kiln_dev(pipeline: &str, data: &Path, env: &[(&str, &str)]) -> Output {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--gateway",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

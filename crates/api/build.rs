@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kiln/v1/raft.proto",
         "kiln/v1/blobs.proto",
         "kiln/v1/tests.proto",
+        "kiln/v1/gateway.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -6,6 +6,7 @@
 //!   answers), re-checked while the agent runs.
 //! - [`docker`]: the Docker driver (bollard): containers with limits, GPUs, labels and
 //!   adoption after a restart; image builds pushed to the cluster registry.
+//! - [`health`]: health checks of service replicas (HTTP, TCP, exec), reported on change.
 //! - [`process`]: the process driver (argv or `sh -c`, env, work directory, timeout, kill of
 //!   the whole process group).
 //! - [`shard`]: the test loop of a `tests:` stage's shard: batches from the leader's test
@@ -25,6 +26,7 @@ pub mod docker;
 pub mod drivers;
 pub mod fingerprint;
 pub mod gpu;
+pub mod health;
 pub mod logs;
 pub mod outbox;
 pub mod process;
@@ -54,6 +56,8 @@ pub struct Config {
     /// `host:port` of the cluster's image registry: builds push there (images under it are
     /// pulled from it like any other).
     pub registry: Option<String>,
+    /// The host this node's service replicas are reached at by the gateways.
+    pub advertise: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         logs.clone(),
         outbox.clone(),
         drivers.clone(),
+        config.advertise.clone(),
     ));
     // Docker first, then the containers this agent still owns: both must be known before
     // the first Register.

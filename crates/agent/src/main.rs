@@ -39,6 +39,9 @@ struct Args {
     /// The cluster's image registry, HOST:PORT: builds push there.
     #[arg(long, env = "KILN_REGISTRY")]
     registry: Option<String>,
+    /// The host or IP gateways reach this node's service replicas at.
+    #[arg(long, env = "KILN_ADVERTISE", default_value = "127.0.0.1")]
+    advertise: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -77,6 +80,7 @@ async fn main() {
             memory_bytes,
             simulate_gpus: args.simulate_gpus,
             registry: args.registry,
+            advertise: args.advertise,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

@@ -21,7 +21,7 @@ use crate::logs::LogStore;
 use crate::outbox::Outbox;
 use crate::process::Outcome;
 use crate::shard::{self, Leader};
-use crate::{now_ms, process};
+use crate::{health, now_ms, process};
 
 type Key = (String, u32);
 
@@ -45,16 +45,24 @@ pub struct Runner {
     tasks: Mutex<HashMap<Key, Entry>>,
     /// The leader's gRPC address while a session is up (builds fetch their context there).
     leader: Mutex<Option<String>>,
+    /// The host gateways reach this node's replicas at.
+    advertise: String,
 }
 
 impl Runner {
-    pub fn new(logs: LogStore, outbox: Arc<Outbox>, drivers: Arc<Drivers>) -> Runner {
+    pub fn new(
+        logs: LogStore,
+        outbox: Arc<Outbox>,
+        drivers: Arc<Drivers>,
+        advertise: String,
+    ) -> Runner {
         Runner {
             logs,
             outbox,
             drivers,
             tasks: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
+            advertise,
         }
     }
 
@@ -92,6 +100,21 @@ impl Runner {
             message,
             at_ms: now_ms(),
             image: image.unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+
+    /// A replica's running event with its endpoint, or a change of its health.
+    fn emit_replica(&self, a: &pb::Assignment, endpoint: &str, healthy: Option<bool>) {
+        self.outbox.emit(pb::TaskEvent {
+            seq: 0,
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            status: "running".into(),
+            at_ms: now_ms(),
+            endpoint: endpoint.to_string(),
+            healthy,
+            ..Default::default()
         });
     }
 
@@ -189,6 +212,26 @@ impl Runner {
             return;
         }
         let mut a = a;
+        // A service replica listens on a port the agent picks, in $PORT.
+        let endpoint = match &a.replica {
+            Some(_) => match free_port() {
+                Ok(port) => {
+                    a.env.insert("PORT".into(), port.to_string());
+                    Some(format!("{}:{port}", self.advertise))
+                }
+                Err(e) => {
+                    self.event(
+                        &a,
+                        "failed",
+                        None,
+                        format!("no free port for the replica: {e}"),
+                    );
+                    let _ = done_tx.send(true);
+                    return;
+                }
+            },
+            None => None,
+        };
         // Bazel's sharding protocol: a runner that shards touches this file to say so.
         let status_file = a
             .env
@@ -207,11 +250,26 @@ impl Runner {
                 return;
             }
         };
-        self.event(&a, "running", None, String::new());
+        match &endpoint {
+            Some(endpoint) => self.emit_replica(&a, endpoint, None),
+            None => self.event(&a, "running", None, String::new()),
+        }
         let (kill_tx, kill_rx) = oneshot::channel();
-        if let Some(entry) = self.table().get_mut(&key) {
-            entry.kill = Some(kill_tx);
-            entry.pid = child.id();
+        let done = {
+            let mut table = self.table();
+            let entry = table.get_mut(&key);
+            entry.map(|entry| {
+                entry.kill = Some(kill_tx);
+                entry.pid = child.id();
+                entry.done.clone()
+            })
+        };
+        if let (Some(endpoint), Some(spec), Some(done)) = (
+            endpoint,
+            a.replica.as_ref().and_then(|r| r.health.clone()),
+            done,
+        ) {
+            self.watch_health(&a, spec, endpoint, work.clone(), done);
         }
         let runner = self.clone();
         let timeout = Duration::from_millis(a.timeout_ms.max(1));
@@ -225,6 +283,30 @@ impl Runner {
                 outcome.message = "warning: the runner did not touch TEST_SHARD_STATUS_FILE, so it may not shard (each shard may have run every test)".into();
             }
             runner.finish(&key, outcome, None, done_tx);
+        });
+    }
+
+    /// Checks a replica's health until it ends, reporting changes; kills it when it misses
+    /// its startup deadline.
+    fn watch_health(
+        self: &Arc<Self>,
+        a: &pb::Assignment,
+        spec: pb::HealthSpec,
+        endpoint: String,
+        work: std::path::PathBuf,
+        done: watch::Receiver<bool>,
+    ) {
+        let runner = self.clone();
+        let a = a.clone();
+        tokio::spawn(async move {
+            let addr = endpoint.clone();
+            health::watch(spec, addr, work, done, |verdict| match verdict {
+                health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, Some(ok)),
+                health::Verdict::StartupFailed(reason) => {
+                    runner.kill(&a.task_id, a.attempt, &reason)
+                }
+            })
+            .await;
         });
     }
 
@@ -454,4 +536,9 @@ impl shard::Leader for Runner {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// A port no one listens on now, for a replica to bind.
+fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("0.0.0.0:0").map(|l| l.local_addr().map(|a| a.port()))?
 }

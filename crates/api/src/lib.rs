@@ -4,6 +4,8 @@
 //! - [`pb`]: the gRPC code generated from `proto/kiln/v1` (client API, agent protocol, Raft
 //!   transport), with the descriptor set that server reflection serves.
 //! - [`spec`]: the pipeline spec as users write it (YAML, deserialised with serde).
+//! - [`service`]: the service spec (a long-running deployment: replicas, health, updates,
+//!   autoscaling).
 //! - [`validate`]: turning YAML text into a checked [`spec::Pipeline`], or into errors that
 //!   name the file, the line where one is known, the field and the reason.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
@@ -11,6 +13,7 @@
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
 //! it touches the network and the coordinator rejects it again with the same words.
 
+pub mod service;
 pub mod spec;
 pub mod units;
 pub mod validate;

@@ -18,7 +18,10 @@ use crate::spec::{
 use crate::units;
 
 mod container;
+mod service;
 mod sharding;
+
+pub use service::parse_service;
 
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,28 +65,24 @@ impl fmt::Display for SpecErrors {
 
 /// Parses and checks a pipeline spec. `file` is only used in messages.
 pub fn parse_pipeline(file: &str, source: &str) -> Result<Pipeline, SpecErrors> {
-    let raw: PipelineFile = serde_yaml_ng::from_str(source).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        let mut reason = e.to_string();
-        // serde_yaml_ng appends " at line L column C"; the line is already in front.
-        if let Some(at) = reason.find(" at line ") {
-            reason.truncate(at);
-        }
-        SpecErrors(vec![SpecError {
-            file: file.to_string(),
-            line,
-            field: String::new(),
-            reason,
-        }])
-    })?;
-    let lines: Rc<[&str]> = source.lines().collect();
-    Checker {
-        file,
-        lines,
-        names: name_lines(source),
-        errors: Vec::new(),
+    let raw: PipelineFile = serde_yaml_ng::from_str(source).map_err(|e| yaml_error(file, e))?;
+    Checker::new(file, source).check(raw)
+}
+
+/// A syntax or type error, with serde_yaml_ng's line.
+fn yaml_error(file: &str, e: serde_yaml_ng::Error) -> SpecErrors {
+    let line = e.location().map(|l| l.line());
+    let mut reason = e.to_string();
+    // serde_yaml_ng appends " at line L column C"; the line is already in front.
+    if let Some(at) = reason.find(" at line ") {
+        reason.truncate(at);
     }
-    .check(raw)
+    SpecErrors(vec![SpecError {
+        file: file.to_string(),
+        line,
+        field: String::new(),
+        reason,
+    }])
 }
 
 struct Checker<'a> {
@@ -94,7 +93,16 @@ struct Checker<'a> {
     errors: Vec<SpecError>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(file: &'a str, source: &'a str) -> Checker<'a> {
+        Checker {
+            file,
+            lines: source.lines().collect(),
+            names: name_lines(source),
+            errors: Vec::new(),
+        }
+    }
+
     fn check(mut self, raw: PipelineFile) -> Result<Pipeline, SpecErrors> {
         if let Err(reason) = check_name(&raw.name) {
             let line = find_key_line(&self.lines, 0, "name");
@@ -130,7 +138,7 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            if let Some(stage) = self.check_stage(stage, at) {
+            if let Some(stage) = self.check_stage(stage, at, &format!("stages.{}", stage.name)) {
                 stages.push(stage);
             }
         }
@@ -147,9 +155,11 @@ impl Checker<'_> {
         }
     }
 
-    fn check_stage(&mut self, s: &StageFile, at: Option<usize>) -> Option<Stage> {
+    /// Checks one stage (or a service's replica, written like one); `path` prefixes the
+    /// fields in errors (`stages.test`).
+    fn check_stage(&mut self, s: &StageFile, at: Option<usize>, path: &str) -> Option<Stage> {
         let before = self.errors.len();
-        let path = format!("stages.{}", s.name);
+        let path = path.to_string();
         let lines = self.lines.clone();
         let line = |key: &str| at.and_then(|l| find_key_line(&lines, l - 1, key)).or(at);
 

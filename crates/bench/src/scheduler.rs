@@ -197,7 +197,7 @@ async fn simulated_node(channel: Channel, i: usize, task_ms: u64, placed: Arc<At
             exit_code: (status == "succeeded").then_some(0),
             message: String::new(),
             at_ms: now_ms(),
-            image: String::new(),
+            ..Default::default()
         })),
     };
     while let Ok(Some(msg)) = inbound.message().await {

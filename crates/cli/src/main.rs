@@ -98,6 +98,40 @@ enum Commands {
     /// Coordinator membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Deploy a service file: a new revision, rolled out by its update strategy.
+    Deploy {
+        file: PathBuf,
+        /// The git commit to record (default: HEAD where the file is, if a checkout).
+        #[arg(long)]
+        commit: Option<String>,
+    },
+    /// List services: revision, serving replicas, rollout, autoscaler.
+    Services,
+    /// A service's revisions and events, or `--diff A B` between two revisions' specs.
+    History {
+        service: String,
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        diff: Option<Vec<u32>>,
+    },
+    /// Put an earlier revision back at once (default: the last healthy one before now).
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Set a service's replica count.
+    Scale { service: String, replicas: u32 },
+    /// Promote a rollout's canaries.
+    Promote { service: String },
+    /// Run the service gateway: an HTTP reverse proxy to every service's healthy replicas.
+    Gateway {
+        /// Where to listen for HTTP.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: String,
+        /// How long a request waits for a replica when none serves (scaled to zero).
+        #[arg(long, default_value_t = 30)]
+        hold_secs: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +196,26 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         } => commands::tests::rerun(&mut client, run, failed, follow, json).await,
         Commands::Nodes => commands::read::nodes(&mut client, json).await,
         Commands::Cancel { run } => commands::read::cancel(&mut client, run, json).await,
+        Commands::Deploy { file, commit } => {
+            commands::services::deploy(&mut client, &file, commit, json).await
+        }
+        Commands::Services => commands::services::list(&mut client, json).await,
+        Commands::History { service, diff } => {
+            commands::services::history(&mut client, &service, diff, json).await
+        }
+        Commands::Rollback { service, to } => {
+            commands::services::rollback(&mut client, service, to, json).await
+        }
+        Commands::Scale { service, replicas } => {
+            commands::services::scale(&mut client, service, replicas, json).await
+        }
+        Commands::Promote { service } => {
+            commands::services::promote(&mut client, service, json).await
+        }
+        Commands::Gateway { listen, hold_secs } => {
+            commands::services::gateway(cli.addr.clone(), &listen, Duration::from_secs(hold_secs))
+                .await
+        }
         Commands::Cluster(c) => match c {
             ClusterCommand::Status => commands::cluster::status(&mut client, json).await,
             ClusterCommand::Join { id, member_addr } => {

@@ -16,6 +16,7 @@ use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, Raft};
 use crate::scheduler::SchedulerConfig;
 use crate::state::{Command, Response, TaskRef};
+use crate::traffic::Traffic;
 
 /// Settings that shape a coordinator's behaviour (not where it listens).
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ pub struct Core {
     pub waiting: Mutex<BTreeMap<TaskRef, String>>,
     pub metrics: Metrics,
     pub tuning: Tuning,
+    /// What the service gateways report (leader memory).
+    pub traffic: Mutex<Traffic>,
     passes: AtomicU64,
 }
 
@@ -82,6 +85,7 @@ impl Core {
             waiting: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
             tuning,
+            traffic: Mutex::new(Traffic::default()),
             passes: AtomicU64::new(0),
         }
     }
@@ -132,6 +136,10 @@ impl Core {
 
     pub fn liveness(&self) -> MutexGuard<'_, HashMap<String, Liveness>> {
         self.liveness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn traffic(&self) -> MutexGuard<'_, Traffic> {
+        self.traffic.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn waiting(&self) -> MutexGuard<'_, BTreeMap<TaskRef, String>> {

@@ -11,6 +11,8 @@
 //! - [`api`]: the edges: gRPC for clients, agents and peers; HTTP for `/healthz` and
 //!   `/metrics`.
 //! - [`blobs`]: the content-addressed store for build contexts (bytes outside Raft).
+//! - [`traffic`]: what the service gateways report (leader memory): in-flight requests per
+//!   replica for draining, concurrency and request rates for the autoscaler.
 //! - [`server`]: wiring it all together on bound listeners, with a shutdown signal.
 //!
 //! I/O lives only in `raft`, `blobs`, `controllers`, `api` and `server`; `state` and `scheduler`
@@ -26,6 +28,7 @@ pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod traffic;
 
 pub use error::{Error, Result};
 pub use server::{Config, Coordinator, start};

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    agent::AgentApi, blobs::BlobService, client::ClientService, http, raft_service::RaftService,
-    tests::TestQueueService,
+    agent::AgentApi, blobs::BlobService, client::ClientService, gateway::GatewayService, http,
+    raft_service::RaftService, tests::TestQueueService,
 };
 use crate::blobs::BlobStore;
 use crate::controllers;
@@ -130,6 +130,9 @@ pub async fn start(
             pb::raft_server::RaftServer::new(RaftService { core: core.clone() })
                 .max_decoding_message_size(256 << 20),
         )
+        .add_service(pb::gateway_server::GatewayServer::new(GatewayService {
+            core: core.clone(),
+        }))
         .add_service(pb::test_queue_server::TestQueueServer::new(
             TestQueueService { core: core.clone() },
         ))
@@ -157,6 +160,7 @@ pub async fn start(
     tasks.spawn(controllers::leadership::run(core.clone(), shutdown.clone()));
     tasks.spawn(controllers::scheduling::run(core.clone(), shutdown.clone()));
     tasks.spawn(controllers::liveness::run(core.clone(), shutdown.clone()));
+    tasks.spawn(controllers::rollout::run(core.clone(), shutdown.clone()));
     if let (Some(target), false) = (config.join.clone(), initialized) {
         tasks.spawn(join_cluster(target, config.id, addr, shutdown.clone()));
     }

@@ -402,3 +402,112 @@ fn bad_shards_and_tests_name_the_field_and_line() {
         assert!(e.starts_with(want), "{what}: got {e:?}, want {want:?}");
     }
 }
+
+const SERVICE: &str = "\
+name: model
+command: exec ./model-server
+env: { MODEL_WEIGHTS: model/weights-v2.json }
+autoscale: { min: 1, max: 5, metric: concurrency, target: 4, window: 30s }
+health:
+  http: /ready
+  interval: 200ms
+  startup: 2m
+update:
+  max_surge: 2
+  min_healthy_time: 500ms
+  canary: 1
+  auto_revert: true
+model: model/weights-v2.json
+";
+
+#[test]
+fn a_service_parses_with_defaults() {
+    use crate::service::{HealthCheck, Metric};
+    let s = parse_service("svc.yaml", SERVICE).expect("valid");
+    assert_eq!(s.name, "model");
+    assert_eq!(s.replicas, 1, "autoscale.min");
+    let a = s.autoscale.as_ref().unwrap();
+    assert_eq!(
+        (a.min, a.max, a.metric.clone(), a.target, a.window_ms),
+        (1, 5, Metric::Concurrency, 4.0, 30_000)
+    );
+    assert_eq!(s.health.check, HealthCheck::Http("/ready".into()));
+    assert_eq!((s.health.interval_ms, s.health.startup_ms), (200, 120_000));
+    assert_eq!(
+        (
+            s.update.max_surge,
+            s.update.max_unavailable,
+            s.update.canary
+        ),
+        (2, 0, 1)
+    );
+    assert!(s.update.auto_revert && !s.update.auto_promote);
+    assert_eq!(s.port, 0);
+    assert_eq!(
+        s.replica.command,
+        Command::Shell("exec ./model-server".into())
+    );
+    assert!(
+        s.replica.timeout_ms > 365 * 24 * 3_600_000,
+        "services do not time out"
+    );
+    let custom = "name: q\ncommand: x\nautoscale: { min: 0, max: 3, metric: \"prometheus:model_queue_depth\", target: 5 }\n";
+    let s = parse_service("q.yaml", custom).unwrap();
+    assert_eq!(
+        s.autoscale.unwrap().metric,
+        Metric::Prometheus("model_queue_depth".into())
+    );
+}
+
+#[test]
+fn bad_services_name_the_field_and_line() {
+    let rows = [
+        (
+            "replicas above max",
+            "name: m\ncommand: x\nreplicas: 10\nautoscale: { min: 1, max: 5, metric: rps, target: 100 }\n",
+            "svc.yaml:3: replicas: 10 is above autoscale.max (5)",
+        ),
+        (
+            "unknown metric",
+            "name: m\ncommand: x\nautoscale:\n  min: 1\n  max: 5\n  metric: latency\n  target: 1\n",
+            "svc.yaml:6: autoscale.metric: \"latency\" is not one of concurrency, rps, cpu, gpu, prometheus:<metric name>",
+        ),
+        (
+            "health path without a slash",
+            "name: m\ncommand: x\nhealth:\n  http: healthz\n",
+            "svc.yaml:4: health.http: \"healthz\" must start with '/'",
+        ),
+        (
+            "nothing to run",
+            "name: m\nreplicas: 1\n",
+            "svc.yaml:1: command: missing: a service runs a command or an image",
+        ),
+        (
+            "image services",
+            "name: m\nimage: busybox\nport: 80\n",
+            "svc.yaml:2: image: container services are not built yet",
+        ),
+        (
+            "a rollout that cannot move",
+            "name: m\ncommand: x\nupdate: { max_surge: 0, max_unavailable: 0 }\n",
+            "svc.yaml:3: update: max_surge and max_unavailable cannot both be 0",
+        ),
+        (
+            "replica fields are checked as a stage's",
+            "name: m\ncommand: x\nresources: { cpu: lots }\n",
+            "svc.yaml:3: resources.cpu: \"lots\" is not a CPU quantity",
+        ),
+        (
+            "unknown field",
+            "name: m\ncommand: x\nreplica: 2\n",
+            "svc.yaml:3: unknown field `replica`",
+        ),
+    ];
+    for (what, src, want) in rows {
+        let e = match parse_service("svc.yaml", src) {
+            Ok(s) => panic!("{what}: expected an error, got {s:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with(want), "{what}: got {e:?}, want {want:?}");
+    }
+}

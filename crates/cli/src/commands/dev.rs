@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// 127.0.0.1 if it is installed.
     #[arg(long, env = "KILN_REGISTRY")]
     registry: Option<String>,
+    /// Where the service gateway listens for HTTP.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    gateway: String,
 }
 
 pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
@@ -146,8 +149,24 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         memory_bytes: None,
         simulate_gpus: args.simulate_gpus.clone(),
         registry,
+        advertise: "127.0.0.1".into(),
     };
     let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
+    let gateway = tokio::net::TcpListener::bind(&args.gateway)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--gateway {}: {e}", args.gateway)))?;
+    eprintln!(
+        "kiln dev: service gateway on http://{}/<service>/",
+        gateway
+            .local_addr()
+            .map_err(|e| CliError::Other(e.to_string()))?
+    );
+    let gateway_config = kiln_gateway::Config {
+        coordinators: vec![addr.clone()],
+        id: "dev".into(),
+        hold: Duration::from_secs(30),
+    };
+    tokio::spawn(kiln_gateway::run(gateway, gateway_config, shutdown.clone()));
 
     let result = match &args.run {
         Some(file) => {

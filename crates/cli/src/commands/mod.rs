@@ -6,4 +6,5 @@ pub mod dev;
 pub mod read;
 pub mod registry;
 pub mod run;
+pub mod services;
 pub mod tests;

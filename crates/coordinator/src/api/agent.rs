@@ -240,6 +240,8 @@ async fn commit_events(
                         message: e.message,
                         at_ms: e.at_ms,
                         image: (!e.image.is_empty()).then_some(e.image),
+                        endpoint: (!e.endpoint.is_empty()).then_some(e.endpoint),
+                        health: e.healthy,
                     })
                 })
                 .collect()

@@ -17,7 +17,7 @@ use super::convert;
 use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
-use crate::state::{Command, Response as Reply, parse_run_id};
+use crate::state::{Command, Response as Reply, TaskRef, parse_run_id};
 
 pub struct ClientService {
     pub core: Arc<Core>,
@@ -176,7 +176,10 @@ impl Kiln for ClientService {
                     req.stage, req.run_id
                 ))
             })?;
-            let sharded = state.stage_run(tref).is_some_and(|s| s.is_sharded());
+            let sharded = match tref {
+                TaskRef::Stage(at) => state.stage_run(at).is_some_and(|s| s.is_sharded()),
+                TaskRef::Replica(_) => false,
+            };
             let tref = if sharded {
                 state
                     .parse_task_id(&format!("{stage_id}/{}", req.shard))
@@ -320,6 +323,63 @@ impl Kiln for ClientService {
             }
             other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(file = %req.get_ref().file_name))]
+    async fn deploy(
+        &self,
+        req: Request<pb::DeployRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        Ok(Response::new(
+            super::services::deploy(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        Ok(Response::new(super::services::list(&self.core)))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::ServiceView>, Status> {
+        Ok(Response::new(super::services::get(
+            &self.core,
+            &req.into_inner().name,
+        )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(service = %req.get_ref().service, to = req.get_ref().to))]
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ServiceView>, Status> {
+        Ok(Response::new(
+            super::services::rollback(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(service = %req.get_ref().service, replicas = req.get_ref().replicas))]
+    async fn scale(
+        &self,
+        req: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::ServiceView>, Status> {
+        Ok(Response::new(
+            super::services::scale(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(service = %req.get_ref().service))]
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::ServiceView>, Status> {
+        Ok(Response::new(
+            super::services::promote(&self.core, req.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(id = req.get_ref().id, addr = %req.get_ref().addr))]

@@ -20,11 +20,7 @@ pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
                 .iter()
                 .enumerate()
                 .map(|(k, task)| {
-                    let at = TaskRef {
-                        run: r.number,
-                        stage: i as u32,
-                        shard: k as u32,
-                    };
+                    let at = TaskRef::shard(r.number, i as u32, k as u32);
                     shard(k as u32, task, waiting.get(&at))
                 })
                 .collect();

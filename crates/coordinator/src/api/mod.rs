@@ -1,12 +1,14 @@
 //! The coordinator's edges: gRPC for clients ([`client`]), agents ([`agent`]), peers
 //! ([`raft_service`]), build-context blobs for both ([`blobs`]), the test queue of sharded
-//! stages ([`tests`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
+//! stages ([`tests`]), services ([`services`]) and their gateways ([`gateway`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
 //! the wire and [`crate::core::Core`]; errors become gRPC statuses in `error.rs` only.
 
 pub mod agent;
 pub mod blobs;
 pub mod client;
 mod convert;
+pub mod gateway;
 pub mod http;
 pub mod raft_service;
+pub mod services;
 pub mod tests;

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::error::Error;
 use crate::state::suite::{Take, TestResult, Verdict};
-use crate::state::{Command, Response as Reply, Run, TaskStatus};
+use crate::state::{Command, Response as Reply, Run, StageRef, TaskRef, TaskStatus};
 
 pub struct TestQueueService {
     pub core: Arc<Core>,
@@ -95,12 +95,14 @@ impl TestQueue for TestQueueService {
 }
 
 impl TestQueueService {
-    fn task(&self, task_id: &str) -> Result<crate::state::TaskRef, Error> {
-        self.core
-            .state
-            .read()
-            .parse_task_id(task_id)
-            .ok_or_else(|| Error::NotFound(format!("task {task_id} not found")))
+    /// The shard a task id names. Only the leader answers (a lagging follower might not
+    /// know the run yet, and the queue is written on the leader anyway).
+    fn task(&self, task_id: &str) -> Result<StageRef, Error> {
+        self.core.ensure_leader()?;
+        match self.core.state.read().parse_task_id(task_id) {
+            Some(TaskRef::Stage(at)) => Ok(at),
+            _ => Err(Error::NotFound(format!("task {task_id} not found"))),
+        }
     }
 }
 

@@ -4,11 +4,14 @@
 //! - [`scheduling`]: wakes on every applied change, runs a scheduler pass over the state,
 //!   commits the pass as one entry and pushes the placements to the agents.
 //! - [`liveness`]: marks nodes down whose heartbeats stopped past the grace period.
+//! - [`rollout`]: keeps each service at its desired count of healthy replicas and rolls
+//!   it from revision to revision (canaries, rolling updates, auto-revert, draining).
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
 //! - [`sessions`]: the agent sessions the loops push through.
 
 pub mod leadership;
 pub mod liveness;
+pub mod rollout;
 pub mod scheduling;
 pub mod sessions;

@@ -4,16 +4,17 @@
 //! A session is replaced when its agent reconnects (the newer generation wins) and all are
 //! closed when this coordinator stops being the leader, so agents go and find the new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_api::pb::{self, coordinator_message::Msg};
-use kiln_api::spec::{Command, Container, ImageRef};
+use kiln_api::service::HealthCheck;
+use kiln_api::spec::{Command, Container, ImageRef, Stage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{ClusterState, Kill, Placement};
+use crate::state::{ClusterState, Kill, Placement, ReplicaRef, StageRef, TaskRef};
 
 pub type Outbound = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
@@ -131,8 +132,91 @@ impl Sessions {
 
 /// The message that tells an agent to run a placed task.
 pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment> {
-    let run = state.runs.get(&p.task.run)?;
-    let stage = run.pipeline.stages.get(p.task.stage as usize)?;
+    match p.task {
+        TaskRef::Stage(at) => stage_assignment(state, p, at),
+        TaskRef::Replica(at) => replica_assignment(state, p, at),
+    }
+}
+
+fn stage_assignment(state: &ClusterState, p: &Placement, at: StageRef) -> Option<pb::Assignment> {
+    let run = state.runs.get(&at.run)?;
+    let stage = run.pipeline.stages.get(at.stage as usize)?;
+    // The stage that built an image is among this one's needs, so it has succeeded and its
+    // attempt recorded the pushed image; an empty image fails on the agent, clearly.
+    let built = |name: &str| {
+        run.pipeline
+            .stages
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| run.stages.get(i))
+            .and_then(|s| s.shards.first())
+            .and_then(|t| t.attempts.last())
+            .and_then(|a| a.image.clone())
+            .unwrap_or_default()
+    };
+    let mut a = base(state, p, stage, &built);
+    a.run_id = run.id();
+    a.env.insert("KILN_RUN_ID".into(), run.id());
+    a.env
+        .insert("KILN_PIPELINE".into(), run.pipeline.name.clone());
+    a.env.insert("KILN_STAGE".into(), stage.name.clone());
+    let shards = run
+        .stages
+        .get(at.stage as usize)
+        .map_or(1, |s| s.shards.len());
+    if stage.shards.is_some() {
+        shard_env(&mut a.env, at.shard, shards as u32, stage.tests.is_some());
+    }
+    a.tests = stage.tests.as_ref().map(|t| pb::TestsSpec {
+        list: t.list.clone(),
+        run: t.run.clone(),
+        report: t.report.clone(),
+    });
+    Some(a)
+}
+
+fn replica_assignment(
+    state: &ClusterState,
+    p: &Placement,
+    at: ReplicaRef,
+) -> Option<pb::Assignment> {
+    let service = state.services.get(&at.service)?;
+    let replica = service.replicas.get(&at.slot)?;
+    let spec = &service.revision(replica.revision)?.spec;
+    let mut a = base(state, p, &spec.replica, &|_| String::new());
+    a.env.insert("KILN_SERVICE".into(), service.name.clone());
+    a.env
+        .insert("KILN_REVISION".into(), replica.revision.to_string());
+    let health = &spec.health;
+    let (http_path, tcp, exec) = match &health.check {
+        HealthCheck::Http(path) => (path.clone(), false, String::new()),
+        HealthCheck::Tcp => (String::new(), true, String::new()),
+        HealthCheck::Exec(cmd) => (String::new(), false, cmd.clone()),
+    };
+    a.replica = Some(pb::ReplicaSpec {
+        service: service.name.clone(),
+        revision: replica.revision,
+        container_port: u32::from(spec.port),
+        health: Some(pb::HealthSpec {
+            http_path,
+            tcp,
+            exec,
+            interval_ms: health.interval_ms,
+            timeout_ms: health.timeout_ms,
+            startup_ms: health.startup_ms,
+        }),
+    });
+    Some(a)
+}
+
+/// What every assignment carries: the command or image, the resources and GPUs, and the
+/// task's identity in its environment.
+fn base(
+    state: &ClusterState,
+    p: &Placement,
+    stage: &Stage,
+    built_image: &dyn Fn(&str) -> String,
+) -> pb::Assignment {
     let task_id = state.task_id(p.task);
     let (shell, argv) = match &stage.command {
         Command::Shell(s) => (s.clone(), Vec::new()),
@@ -142,21 +226,7 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
     let (image, build) = match &stage.container {
         None => (String::new(), None),
         Some(Container::Image(ImageRef::Named(image))) => (image.clone(), None),
-        // The stage that built it is among this one's needs, so it has succeeded and its
-        // attempt recorded the pushed image; an empty image fails on the agent, clearly.
-        Some(Container::Image(ImageRef::Built { stage: built })) => {
-            let image = run
-                .pipeline
-                .stages
-                .iter()
-                .position(|s| &s.name == built)
-                .and_then(|i| run.stages.get(i))
-                .and_then(|s| s.shards.first())
-                .and_then(|t| t.attempts.last())
-                .and_then(|a| a.image.clone())
-                .unwrap_or_default();
-            (image, None)
-        }
+        Some(Container::Image(ImageRef::Built { stage: name })) => (built_image(name), None),
         Some(Container::Build(b)) => (
             String::new(),
             Some(pb::BuildSpec {
@@ -167,19 +237,9 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         ),
     };
     let mut env = stage.env.clone();
-    env.insert("KILN_RUN_ID".into(), run.id());
-    env.insert("KILN_PIPELINE".into(), run.pipeline.name.clone());
-    env.insert("KILN_STAGE".into(), stage.name.clone());
     env.insert("KILN_TASK_ID".into(), task_id.clone());
     env.insert("KILN_ATTEMPT".into(), p.attempt.to_string());
     env.insert("KILN_NODE".into(), p.node.clone());
-    let shards = run
-        .stages
-        .get(p.task.stage as usize)
-        .map_or(1, |s| s.shards.len());
-    if stage.shards.is_some() {
-        shard_env(&mut env, p.task.shard, shards as u32, stage.tests.is_some());
-    }
     let gpu_indices: Vec<u32> = p.gpus.iter().map(|g| g.index).collect();
     let share = p
         .gpus
@@ -199,10 +259,9 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         // The task's budget on a shared GPU; frameworks read it to cap their allocator.
         env.insert("KILN_GPU_MEMORY_BYTES".into(), share.to_string());
     }
-    Some(pb::Assignment {
+    pb::Assignment {
         task_id,
         attempt: p.attempt,
-        run_id: run.id(),
         stage: stage.name.clone(),
         shell,
         argv,
@@ -214,12 +273,8 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
         gpu_memory_bytes: share,
         image,
         build,
-        tests: stage.tests.as_ref().map(|t| pb::TestsSpec {
-            list: t.list.clone(),
-            run: t.run.clone(),
-            report: t.report.clone(),
-        }),
-    })
+        ..Default::default()
+    }
 }
 
 /// The shard's place in its stage, in every convention runners already read:
@@ -228,7 +283,7 @@ pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment>
 /// `CI_NODE_INDEX` / `CI_NODE_TOTAL` (1-based). A `tests:` shard gets only kiln's own pair:
 /// the ids in its `KILN_TESTS_FILE` are already its share, and a runner that split them
 /// again by the Bazel or GitLab variables would run a fraction of them.
-fn shard_env(env: &mut BTreeMap<String, String>, index: u32, count: u32, tests: bool) {
+fn shard_env(env: &mut HashMap<String, String>, index: u32, count: u32, tests: bool) {
     env.insert("KILN_SHARD_INDEX".into(), index.to_string());
     env.insert("KILN_SHARD_COUNT".into(), count.to_string());
     if tests {

@@ -16,6 +16,8 @@ pub struct Ask {
     pub driver: &'static str,
     pub constraints: BTreeMap<String, String>,
     pub gpu: Option<GpuRequest>,
+    /// For a service replica, the service: replicas of one service spread apart.
+    pub group: Option<u64>,
 }
 
 impl Ask {
@@ -25,6 +27,7 @@ impl Ask {
             driver: stage.driver(),
             constraints: stage.constraints.clone(),
             gpu: stage.gpu.clone(),
+            group: None,
         }
     }
 }

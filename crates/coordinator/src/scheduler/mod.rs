@@ -43,7 +43,7 @@ use kiln_api::spec::Resources;
 
 use crate::state::{ClusterState, GpuGrant, Node, NodeId, Placement, TaskRef};
 pub use checks::{Ask, Check, default_checks};
-pub use rank::{BinPack, GpuFit, Rank, Spread};
+pub use rank::{BinPack, GpuFit, Rank, Spread, SpreadGroup};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -67,6 +67,8 @@ impl Default for SchedulerConfig {
 pub struct Planned {
     pub resources: Resources,
     pub gpus: Vec<GpuGrant>,
+    /// The services this pass placed a replica of on the node, one entry per replica.
+    pub groups: Vec<u64>,
 }
 
 /// What one pass decided.
@@ -89,6 +91,12 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
         checks: default_checks(),
         rankers: vec![Box::new(BinPack), Box::new(GpuFit)],
     };
+    // Service replicas spread: away from their siblings first, then onto emptier nodes;
+    // every feasible node is scored (a pass places few replicas).
+    let replicas = Stack {
+        checks: default_checks(),
+        rankers: vec![Box::new(SpreadGroup), Box::new(Spread), Box::new(GpuFit)],
+    };
     let (cpu_nodes, gpu_nodes): (Vec<&Node>, Vec<&Node>) =
         state.nodes.values().partition(|n| n.gpus.is_empty());
     let all: Vec<&Node> = state.nodes.values().collect();
@@ -103,7 +111,14 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
         let (Some(stage), Some(t)) = (state.stage(task), state.task(task)) else {
             continue;
         };
-        let ask = Ask::of(stage);
+        let mut ask = Ask::of(stage);
+        let (stack, sample) = match task {
+            TaskRef::Stage(_) => (&stack, config.sample),
+            TaskRef::Replica(r) => {
+                ask.group = Some(r.service);
+                (&replicas, None)
+            }
+        };
         if let Some(reason) = failed_shapes.get(&ask) {
             out.waiting.insert(task, reason.clone());
             continue;
@@ -111,22 +126,23 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
         let seed = seed(pass, task);
         let picked = if ask.gpu.is_some() {
             // GPU work: only nodes with GPUs can take it.
-            pick(&gpu_nodes, &overlay, &ask, &stack, seed, config.sample)
-                .map_err(|e| e.combined(&all, &overlay, &ask, &stack))
+            pick(&gpu_nodes, &overlay, &ask, stack, seed, sample)
+                .map_err(|e| e.combined(&all, &overlay, &ask, stack))
         } else if !gpu_nodes.is_empty() && !cpu_nodes.is_empty() {
             // CPU work: GPU nodes only when no CPU node fits.
-            pick(&cpu_nodes, &overlay, &ask, &stack, seed, config.sample).or_else(|_| {
-                pick(&gpu_nodes, &overlay, &ask, &stack, seed, config.sample)
-                    .map_err(|e| e.combined(&all, &overlay, &ask, &stack))
+            pick(&cpu_nodes, &overlay, &ask, stack, seed, sample).or_else(|_| {
+                pick(&gpu_nodes, &overlay, &ask, stack, seed, sample)
+                    .map_err(|e| e.combined(&all, &overlay, &ask, stack))
             })
         } else {
-            pick(&all, &overlay, &ask, &stack, seed, config.sample)
+            pick(&all, &overlay, &ask, stack, seed, sample)
         };
         match picked {
             Ok((node, grants)) => {
                 let planned = overlay.entry(&node.id).or_default();
                 planned.resources = planned.resources.saturating_add(ask.resources);
                 planned.gpus.extend(grants.iter().copied());
+                planned.groups.extend(ask.group);
                 out.placements.push(Placement {
                     task,
                     attempt: t.attempt,
@@ -269,7 +285,11 @@ fn driver_missing(nodes: &[&Node], driver: &str) -> Option<String> {
 
 /// A deterministic 64-bit mix of the pass number and the task (splitmix64).
 fn seed(pass: u64, task: TaskRef) -> u64 {
-    let mut z = pass ^ task.run.rotate_left(17) ^ (task.stage as u64).rotate_left(43);
+    let (a, b) = match task {
+        TaskRef::Stage(t) => (t.run, u64::from(t.stage) << 20 | u64::from(t.shard)),
+        TaskRef::Replica(r) => (r.service ^ 0x5bd1_e995, u64::from(r.slot)),
+    };
+    let mut z = pass ^ a.rotate_left(17) ^ b.rotate_left(43);
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

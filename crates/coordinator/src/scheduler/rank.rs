@@ -1,7 +1,7 @@
 //! Ranking feasible nodes. Higher scores win; each ranker is one idea, and `pick` adds them.
 
 use super::{Ask, Planned, gpus};
-use crate::state::Node;
+use crate::state::{Node, TaskRef};
 
 pub trait Rank: Send + Sync {
     fn score(&self, node: &Node, planned: &Planned, ask: &Ask) -> f64;
@@ -43,6 +43,26 @@ impl Rank for Spread {
     fn score(&self, node: &Node, planned: &Planned, ask: &Ask) -> f64 {
         let (cpu, mem) = fractions_after(node, planned, ask);
         1.0 - (cpu + mem) / 2.0
+    }
+}
+
+/// Replicas of one service apart: a node scores lower for each replica of the same service
+/// it holds or was given in this pass. Worth more than any resource ranker, so two replicas
+/// share a node only when no other node fits.
+pub struct SpreadGroup;
+
+impl Rank for SpreadGroup {
+    fn score(&self, node: &Node, planned: &Planned, ask: &Ask) -> f64 {
+        let Some(group) = ask.group else {
+            return 0.0;
+        };
+        let held = node
+            .allocations
+            .iter()
+            .filter(|t| matches!(t, TaskRef::Replica(r) if r.service == group))
+            .count();
+        let planned = planned.groups.iter().filter(|&&g| g == group).count();
+        -10.0 * (held + planned) as f64
     }
 }
 

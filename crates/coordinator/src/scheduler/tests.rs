@@ -39,6 +39,7 @@ fn ask(cpu: u64, constraints: &[(&str, &str)]) -> Ask {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         gpu: None,
+        group: None,
     }
 }
 
@@ -432,6 +433,8 @@ fn a_gpu_ask_that_cannot_fit_waits_with_its_reason_and_is_placed_once_room_frees
         message: String::new(),
         at_ms: 2,
         image: None,
+        endpoint: None,
+        health: None,
     };
     c.state.apply(&Command::TaskEvents {
         node: "n".into(),
@@ -567,4 +570,43 @@ fn a_container_stage_asks_for_docker_and_says_when_no_node_offers_it() {
     let pass = schedule(&c.state, 2, &SchedulerConfig::default());
     assert_eq!(pass.placements.len(), 1);
     assert_eq!(pass.placements[0].node, "n2");
+}
+
+#[test]
+fn replicas_of_a_service_spread_over_nodes_while_pipeline_work_packs() {
+    let mut c = Cluster::new()
+        .node("a", 8000, vec![])
+        .node("b", 8000, vec![])
+        .node("c", 8000, vec![]);
+    let spec = kiln_api::validate::parse_service(
+        "svc.yaml",
+        "name: m\ncommand: ./serve\nreplicas: 3\nresources: { cpu: 100m }\n",
+    )
+    .unwrap();
+    let deploy = crate::state::services::Deploy {
+        spec,
+        model_digest: None,
+        commit: None,
+    };
+    c.state.apply(&Command::Deploy {
+        deploy: Box::new(deploy),
+        now_ms: 0,
+    });
+    let actions = vec![crate::state::ServiceAction::Start { revision: 1 }; 3];
+    c.state.apply(&Command::ServiceActions {
+        service: 1,
+        actions,
+        now_ms: 0,
+    });
+    c.submit(&[(100, None), (100, None), (100, None)]);
+    let pass = c.pass(1);
+    let nodes_of = |replica: bool| {
+        pass.placements
+            .iter()
+            .filter(|p| matches!(p.task, TaskRef::Replica(_)) == replica)
+            .map(|p| p.node.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(nodes_of(true).len(), 3, "one replica per node");
+    assert_eq!(nodes_of(false).len(), 1, "pipeline stages bin-pack");
 }

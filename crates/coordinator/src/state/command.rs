@@ -8,7 +8,8 @@ use kiln_api::spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::model::{GpuGrant, NodeId, TaskRef, TaskStatus};
+use super::model::{GpuGrant, NodeId, StageRef, TaskRef, TaskStatus};
+use super::services::{Deploy, ServiceAction};
 use super::suite::{Take, TestResult};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,20 +53,37 @@ pub enum Command {
     /// A shard of a `tests:` stage asks for its next batch of test ids (`batch` counts its
     /// requests from 1), sending the suite's list when it was told to run `list:`.
     TakeTests {
-        task: TaskRef,
+        task: StageRef,
         attempt: u32,
         batch: u32,
         list: Option<Vec<String>>,
     },
     /// A shard's results for the batch it holds.
     ReportTests {
-        task: TaskRef,
+        task: StageRef,
         attempt: u32,
         batch: u32,
         results: Vec<TestResult>,
         /// The batch's wall time less its tests' times, as the shard measured it.
         #[serde(default)]
         overhead_ms: u64,
+    },
+    /// A new revision of a service (the service itself on its first deploy).
+    Deploy {
+        deploy: Box<Deploy>,
+        now_ms: i64,
+    },
+    /// Back to an earlier revision (`None`: the last healthy one before the running one).
+    Rollback {
+        service: u64,
+        to: Option<u32>,
+        now_ms: i64,
+    },
+    /// Decisions of the rollout controller or the autoscaler about one service.
+    ServiceActions {
+        service: u64,
+        actions: Vec<ServiceAction>,
+        now_ms: i64,
     },
 }
 
@@ -81,6 +99,9 @@ impl Command {
             Command::CancelRun { .. } => "cancel_run",
             Command::TakeTests { .. } => "take_tests",
             Command::ReportTests { .. } => "report_tests",
+            Command::Deploy { .. } => "deploy",
+            Command::Rollback { .. } => "rollback",
+            Command::ServiceActions { .. } => "service_actions",
         }
     }
 }
@@ -129,6 +150,12 @@ pub struct TaskEvent {
     /// The image the attempt ran or pushed (Docker driver), pinned by digest.
     #[serde(default)]
     pub image: Option<String>,
+    /// A replica's `host:port`, with its running event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A replica's health changed (with status `Running`): passing, or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<bool>,
 }
 
 /// What applying a command answered. Rejections are ordinary, replicated outcomes.
@@ -163,6 +190,14 @@ pub enum Response {
     /// that shard's attempt and batch, or were sent before).
     TestsReported {
         accepted: u32,
+    },
+    Deployed {
+        service: u64,
+        revision: u32,
+    },
+    /// A rollback or controller decisions applied; replicas to kill, if any.
+    ServiceChanged {
+        kills: Vec<Kill>,
     },
     /// For Raft's own entries (blank, membership).
     Empty,

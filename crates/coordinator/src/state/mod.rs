@@ -27,6 +27,7 @@ pub mod model;
 mod nodes;
 mod placement;
 mod runs;
+pub mod services;
 pub mod suite;
 mod testing;
 
@@ -43,11 +44,12 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{Command, GpuDevice, Kill, NodeRegistration, Placement, Response, TaskEvent};
 pub use model::{
-    Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, Run, RunStatus, StageRun, Task, TaskRef,
-    TaskStatus, parse_run_id, run_id,
+    Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
+    StageRun, Task, TaskRef, TaskStatus, parse_run_id, run_id,
 };
+pub use services::{Service, ServiceAction};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     pub runs: BTreeMap<u64, Run>,
@@ -59,6 +61,11 @@ pub struct ClusterState {
     /// Recorded test timings, by `pipeline/stage`, for splitting the next runs' suites.
     #[serde(default)]
     pub test_history: BTreeMap<String, StageHistory>,
+    /// Services by number.
+    #[serde(default)]
+    pub services: BTreeMap<u64, Service>,
+    #[serde(default)]
+    pub next_service: u64,
 }
 
 impl ClusterState {
@@ -97,28 +104,50 @@ impl ClusterState {
                 results,
                 overhead_ms,
             } => self.report_tests(*task, *attempt, *batch, results, *overhead_ms),
+            Command::Deploy { deploy, now_ms } => self.deploy(deploy, *now_ms),
+            Command::Rollback {
+                service,
+                to,
+                now_ms,
+            } => self.rollback(*service, *to, *now_ms),
+            Command::ServiceActions {
+                service,
+                actions,
+                now_ms,
+            } => self.service_actions(*service, actions, *now_ms),
         }
     }
 
     pub fn task(&self, task: TaskRef) -> Option<&Task> {
-        self.runs
-            .get(&task.run)?
-            .stages
-            .get(task.stage as usize)?
-            .shards
-            .get(task.shard as usize)
+        match task {
+            TaskRef::Stage(at) => self
+                .runs
+                .get(&at.run)?
+                .stages
+                .get(at.stage as usize)?
+                .shards
+                .get(at.shard as usize),
+            TaskRef::Replica(at) => {
+                Some(&self.services.get(&at.service)?.replicas.get(&at.slot)?.task)
+            }
+        }
     }
 
-    pub fn stage_run(&self, task: TaskRef) -> Option<&StageRun> {
-        self.runs.get(&task.run)?.stages.get(task.stage as usize)
+    pub fn stage_run(&self, at: StageRef) -> Option<&StageRun> {
+        self.runs.get(&at.run)?.stages.get(at.stage as usize)
     }
 
+    /// What the task runs: its stage, or its replica's revision's replica spec.
     pub fn stage(&self, task: TaskRef) -> Option<&Stage> {
-        self.runs
-            .get(&task.run)?
-            .pipeline
-            .stages
-            .get(task.stage as usize)
+        match task {
+            TaskRef::Stage(at) => self
+                .runs
+                .get(&at.run)?
+                .pipeline
+                .stages
+                .get(at.stage as usize),
+            TaskRef::Replica(at) => self.replica_stage(at),
+        }
     }
 
     /// What a task reserves on its node.
@@ -126,24 +155,39 @@ impl ClusterState {
         self.stage(task).map(|s| s.resources).unwrap_or_default()
     }
 
-    /// The task's id as users and agents see it: `run-7/build`, or `run-7/test/2` for shard
-    /// 2 of a sharded stage.
+    /// The task's id as users and agents see it: `run-7/build`, `run-7/test/2` for shard 2
+    /// of a sharded stage, `svc/model/4` for replica slot 4 of service `model`.
     pub fn task_id(&self, task: TaskRef) -> String {
-        let stage = match self.stage(task) {
-            Some(stage) => stage.name.clone(),
-            None => format!("#{}", task.stage),
-        };
-        if self.stage_run(task).is_some_and(StageRun::is_sharded) {
-            format!("{}/{stage}/{}", run_id(task.run), task.shard)
-        } else {
-            format!("{}/{stage}", run_id(task.run))
+        match task {
+            TaskRef::Stage(at) => {
+                let stage = match self.stage(task) {
+                    Some(stage) => stage.name.clone(),
+                    None => format!("#{}", at.stage),
+                };
+                if self.stage_run(at).is_some_and(StageRun::is_sharded) {
+                    format!("{}/{stage}/{}", run_id(at.run), at.shard)
+                } else {
+                    format!("{}/{stage}", run_id(at.run))
+                }
+            }
+            TaskRef::Replica(at) => match self.services.get(&at.service) {
+                Some(s) => format!("svc/{}/{}", s.name, at.slot),
+                None => format!("svc/#{}/{}", at.service, at.slot),
+            },
         }
     }
 
-    /// Parses `run-7/build` or `run-7/test/2` back into a [`TaskRef`].
+    /// Parses `run-7/build`, `run-7/test/2` or `svc/model/4` back into a [`TaskRef`].
     pub fn parse_task_id(&self, id: &str) -> Option<TaskRef> {
         let mut parts = id.splitn(3, '/');
-        let run = parse_run_id(parts.next()?)?;
+        let first = parts.next()?;
+        if first == "svc" {
+            let service = self.service_by_name(parts.next()?)?;
+            let slot: u32 = parts.next()?.parse().ok()?;
+            service.replicas.contains_key(&slot).then_some(())?;
+            return Some(TaskRef::replica(service.number, slot));
+        }
+        let run = parse_run_id(first)?;
         let stage = parts.next()?;
         let shard = match parts.next() {
             Some(k) => k.parse().ok()?,
@@ -155,11 +199,7 @@ impl ClusterState {
         if shard as usize >= stage_run.shards.len() {
             return None;
         }
-        Some(TaskRef {
-            run,
-            stage: index as u32,
-            shard,
-        })
+        Some(TaskRef::shard(run, index as u32, shard))
     }
 
     /// Tasks counted by status, for metrics.
@@ -168,6 +208,11 @@ impl ClusterState {
         for run in self.runs.values() {
             for (_, task) in run.tasks() {
                 *counts.entry(task.status.as_str()).or_insert(0) += 1;
+            }
+        }
+        for service in self.services.values() {
+            for r in service.replicas.values() {
+                *counts.entry(r.task.status.as_str()).or_insert(0) += 1;
             }
         }
         counts

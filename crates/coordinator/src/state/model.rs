@@ -16,24 +16,49 @@ use super::suite::Suite;
 
 pub type NodeId = String;
 
-/// A task's address: the run's number, the stage's index in the pipeline, and the shard's
+/// A task's address: a pipeline's (one stage of a run, or one shard of it) or a service's
+/// (one replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TaskRef {
+    Stage(StageRef),
+    Replica(ReplicaRef),
+}
+
+/// A pipeline task: the run's number, the stage's index in the pipeline, and the shard's
 /// index in the stage (0 for an unsharded stage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TaskRef {
+pub struct StageRef {
     pub run: u64,
     pub stage: u32,
-    #[serde(default)]
     pub shard: u32,
+}
+
+/// A service replica: the service's number and the replica's slot. Slots are never reused,
+/// so an address always means the same replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaRef {
+    pub service: u64,
+    pub slot: u32,
 }
 
 impl TaskRef {
     /// The only task of an unsharded stage (shard 0 of a sharded one).
     pub fn stage(run: u64, stage: u32) -> TaskRef {
-        TaskRef {
-            run,
-            stage,
-            shard: 0,
-        }
+        TaskRef::shard(run, stage, 0)
+    }
+
+    pub fn shard(run: u64, stage: u32, shard: u32) -> TaskRef {
+        TaskRef::Stage(StageRef { run, stage, shard })
+    }
+
+    pub fn replica(service: u64, slot: u32) -> TaskRef {
+        TaskRef::Replica(ReplicaRef { service, slot })
+    }
+}
+
+impl From<StageRef> for TaskRef {
+    fn from(s: StageRef) -> TaskRef {
+        TaskRef::Stage(s)
     }
 }
 
@@ -321,11 +346,11 @@ impl Run {
     }
 
     /// Every task of the run with its address, stage by stage, shard by shard.
-    pub fn tasks(&self) -> impl Iterator<Item = (TaskRef, &Task)> {
+    pub fn tasks(&self) -> impl Iterator<Item = (StageRef, &Task)> {
         let number = self.number;
         self.stages.iter().enumerate().flat_map(move |(s, stage)| {
             stage.shards.iter().enumerate().map(move |(k, t)| {
-                let at = TaskRef {
+                let at = StageRef {
                     run: number,
                     stage: s as u32,
                     shard: k as u32,

@@ -4,7 +4,7 @@
 use super::ClusterState;
 use super::command::{Placement, Response};
 use super::fit::{fits, gpus_fit};
-use super::model::{Attempt, RunStatus, TaskStatus};
+use super::model::{Attempt, RunStatus, TaskRef, TaskStatus};
 
 impl ClusterState {
     pub(super) fn place_batch(&mut self, placements: &[Placement], now_ms: i64) -> Response {
@@ -53,11 +53,26 @@ impl ClusterState {
             }
         }
         self.pending.remove(&p.task);
-        let run = self.runs.get_mut(&p.task.run).ok_or("run not found")?;
-        if run.status == RunStatus::Pending {
-            run.status = RunStatus::Running;
-        }
-        let task = &mut run.stages[p.task.stage as usize].shards[p.task.shard as usize];
+        let task = match p.task {
+            TaskRef::Stage(at) => {
+                let run = self.runs.get_mut(&at.run).ok_or("run not found")?;
+                if run.status == RunStatus::Pending {
+                    run.status = RunStatus::Running;
+                }
+                &mut run.stages[at.stage as usize].shards[at.shard as usize]
+            }
+            TaskRef::Replica(at) => {
+                let service = self
+                    .services
+                    .get_mut(&at.service)
+                    .ok_or("service not found")?;
+                &mut service
+                    .replicas
+                    .get_mut(&at.slot)
+                    .ok_or("replica not found")?
+                    .task
+            }
+        };
         task.status = TaskStatus::Placed;
         task.attempts.push(Attempt {
             attempt: p.attempt,

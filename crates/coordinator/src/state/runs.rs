@@ -11,7 +11,9 @@ use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
 use super::command::{Kill, Response, TaskEvent};
-use super::model::{MAX_LOST_ATTEMPTS, Run, RunStatus, StageRun, Task, TaskRef, TaskStatus};
+use super::model::{
+    MAX_LOST_ATTEMPTS, Run, RunStatus, StageRef, StageRun, Task, TaskRef, TaskStatus,
+};
 use super::suite::Suite;
 
 /// The key of a stage's timing history: `pipeline/stage`.
@@ -93,7 +95,7 @@ impl ClusterState {
         };
         for (at, t) in run.tasks() {
             if t.status == TaskStatus::Pending {
-                self.pending.insert(at);
+                self.pending.insert(at.into());
             }
         }
         self.runs.insert(number, run);
@@ -135,6 +137,10 @@ impl ClusterState {
         now_ms: i64,
         kills: &mut Vec<Kill>,
     ) -> bool {
+        let at = match e.task {
+            TaskRef::Stage(at) => at,
+            TaskRef::Replica(at) => return self.replica_event(node, at, e, now_ms),
+        };
         let Some(task) = self.task(e.task) else {
             return false;
         };
@@ -145,7 +151,7 @@ impl ClusterState {
         match e.status {
             TaskStatus::Running if task.status == TaskStatus::Placed => {
                 let cancel = task.cancel_requested;
-                let t = self.task_mut(e.task);
+                let t = self.task_mut(at);
                 t.status = TaskStatus::Running;
                 if let Some(a) = t.current_mut() {
                     a.status = TaskStatus::Running;
@@ -165,15 +171,15 @@ impl ClusterState {
                 true
             }
             TaskStatus::Succeeded => {
-                self.finish_attempt(e, TaskStatus::Succeeded);
-                self.task_mut(e.task).status = TaskStatus::Succeeded;
-                self.advance(e.task.run, now_ms);
+                self.finish_attempt(at, e, TaskStatus::Succeeded);
+                self.task_mut(at).status = TaskStatus::Succeeded;
+                self.advance(at.run, now_ms);
                 true
             }
             TaskStatus::Failed => {
-                self.finish_attempt(e, TaskStatus::Failed);
+                self.finish_attempt(at, e, TaskStatus::Failed);
                 let retries = self.stage(e.task).map(|s| s.retries).unwrap_or(0);
-                let t = self.task_mut(e.task);
+                let t = self.task_mut(at);
                 if t.cancel_requested {
                     t.status = TaskStatus::Cancelled;
                 } else {
@@ -186,7 +192,7 @@ impl ClusterState {
                     }
                     t.status = TaskStatus::Failed;
                 }
-                self.advance(e.task.run, now_ms);
+                self.advance(at.run, now_ms);
                 true
             }
             TaskStatus::Lost => {
@@ -203,9 +209,17 @@ impl ClusterState {
     }
 
     /// Ends the current attempt as lost (its node is gone), frees its reservation, and puts
-    /// the task back in line unless it was cancelled or lost too often.
+    /// the task back in line unless it was cancelled or lost too often. A lost replica is
+    /// always placed again.
     pub(super) fn lose_task(&mut self, task: TaskRef, message: &str, at_ms: i64) {
         self.release(task);
+        let task = match task {
+            TaskRef::Stage(at) => at,
+            TaskRef::Replica(at) => {
+                self.end_replica_attempt(at, TaskStatus::Lost, None, message, at_ms, at_ms, true);
+                return;
+            }
+        };
         self.release_tests(task);
         let t = self.task_mut(task);
         if let Some(a) = t.current_mut() {
@@ -219,7 +233,7 @@ impl ClusterState {
         } else if t.lost < MAX_LOST_ATTEMPTS {
             t.attempt += 1;
             t.status = TaskStatus::Pending;
-            self.pending.insert(task);
+            self.pending.insert(task.into());
             return;
         } else {
             t.status = TaskStatus::Lost;
@@ -241,11 +255,7 @@ impl ClusterState {
         let mut kills = Vec::new();
         for (s, stage) in run.stages.iter_mut().enumerate() {
             for (k, t) in stage.shards.iter_mut().enumerate() {
-                let task = TaskRef {
-                    run: number,
-                    stage: s as u32,
-                    shard: k as u32,
-                };
+                let task = TaskRef::shard(number, s as u32, k as u32);
                 match t.status {
                     TaskStatus::Waiting | TaskStatus::Pending => {
                         t.status = TaskStatus::Cancelled;
@@ -270,11 +280,11 @@ impl ClusterState {
         Response::Cancelled { kills }
     }
 
-    fn finish_attempt(&mut self, e: &TaskEvent, status: TaskStatus) {
+    fn finish_attempt(&mut self, at: StageRef, e: &TaskEvent, status: TaskStatus) {
         self.release(e.task);
-        self.release_tests(e.task);
+        self.release_tests(at);
         let a = self
-            .task_mut(e.task)
+            .task_mut(at)
             .current_mut()
             .expect("checked by the caller");
         a.status = status;
@@ -287,7 +297,7 @@ impl ClusterState {
     }
 
     /// Frees the task's reservation on its current node.
-    fn release(&mut self, task: TaskRef) {
+    pub(super) fn release(&mut self, task: TaskRef) {
         let ask = self.ask(task);
         let Some(node) = self
             .task(task)
@@ -335,11 +345,8 @@ impl ClusterState {
             if ready {
                 for (k, t) in run.stages[i].shards.iter_mut().enumerate() {
                     t.status = TaskStatus::Pending;
-                    self.pending.insert(TaskRef {
-                        run: number,
-                        stage: i as u32,
-                        shard: k as u32,
-                    });
+                    self.pending
+                        .insert(TaskRef::shard(number, i as u32, k as u32));
                 }
             }
         }
@@ -420,7 +427,7 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn task_mut(&mut self, task: TaskRef) -> &mut Task {
+    pub(super) fn task_mut(&mut self, task: StageRef) -> &mut Task {
         let run = self
             .runs
             .get_mut(&task.run)

@@ -89,8 +89,8 @@ impl World {
         World { s, run }
     }
 
-    fn at(&self, shard: u32) -> TaskRef {
-        TaskRef {
+    fn at(&self, shard: u32) -> StageRef {
+        StageRef {
             run: self.run,
             stage: 0,
             shard,
@@ -104,9 +104,9 @@ impl World {
     /// Places and starts a shard's current attempt.
     fn start(&mut self, shard: u32) {
         let task = self.at(shard);
-        let attempt = self.s.task(task).unwrap().attempt;
+        let attempt = self.s.task(task.into()).unwrap().attempt;
         let placement = Placement {
-            task,
+            task: task.into(),
             attempt,
             node: World::node(shard),
             gpus: vec![],
@@ -125,15 +125,17 @@ impl World {
 
     fn event(&mut self, shard: u32, status: TaskStatus) -> Response {
         let task = self.at(shard);
-        let attempt = self.s.task(task).unwrap().attempt;
+        let attempt = self.s.task(task.into()).unwrap().attempt;
         let e = TaskEvent {
-            task,
+            task: task.into(),
             attempt,
             status,
             exit_code: Some(0),
             message: String::new(),
             at_ms: 3,
             image: None,
+            endpoint: None,
+            health: None,
         };
         self.s.apply(&Command::TaskEvents {
             node: World::node(shard),
@@ -144,7 +146,7 @@ impl World {
 
     fn take(&mut self, shard: u32, batch: u32, list: Option<Vec<String>>) -> Take {
         let task = self.at(shard);
-        let attempt = self.s.task(task).unwrap().attempt;
+        let attempt = self.s.task(task.into()).unwrap().attempt;
         match self.s.apply(&Command::TakeTests {
             task,
             attempt,
@@ -173,7 +175,7 @@ impl World {
 
     fn report(&mut self, shard: u32, batch: u32, results: &[(&str, Outcome, u64)]) -> u32 {
         let task = self.at(shard);
-        let attempt = self.s.task(task).unwrap().attempt;
+        let attempt = self.s.task(task.into()).unwrap().attempt;
         let results = results
             .iter()
             .map(|(id, outcome, ms)| TestResult {
@@ -231,8 +233,8 @@ fn a_sharded_stage_is_one_task_per_shard_and_its_dependents_wait_for_all() {
     let mut w = World::new(vec![st.clone(), after(st, "unit")]);
     assert_eq!(w.stage().shards.len(), 3);
     assert_eq!(w.s.pending.len(), 3, "every shard is pending");
-    assert_eq!(w.s.task_id(w.at(2)), "run-1/unit/2");
-    assert_eq!(w.s.parse_task_id("run-1/unit/2"), Some(w.at(2)));
+    assert_eq!(w.s.task_id(w.at(2).into()), "run-1/unit/2");
+    assert_eq!(w.s.parse_task_id("run-1/unit/2"), Some(w.at(2).into()));
     assert_eq!(w.s.parse_task_id("run-1/unit/3"), None);
     assert_eq!(w.s.task_id(TaskRef::stage(w.run, 1)), "run-1/after-unit");
 
@@ -306,7 +308,7 @@ fn a_lost_shard_puts_its_batch_back_for_the_others() {
         node: "n1".into(),
         now_ms: 10,
     });
-    let t = w.s.task(w.at(0)).unwrap();
+    let t = w.s.task(w.at(0).into()).unwrap();
     assert_eq!((t.status, t.attempt), (TaskStatus::Pending, 2));
     let next = w.batch(1, 1);
     assert_eq!(
@@ -315,7 +317,7 @@ fn a_lost_shard_puts_its_batch_back_for_the_others() {
         "lost tests first"
     );
     // The stale attempt can neither report nor take.
-    let old = TaskRef {
+    let old = StageRef {
         shard: 0,
         ..w.at(0)
     };

@@ -6,14 +6,14 @@
 
 use super::ClusterState;
 use super::command::Response;
-use super::model::TaskRef;
+use super::model::StageRef;
 use super::runs::history_key;
 use super::suite::TestResult;
 
 impl ClusterState {
     pub(super) fn take_tests(
         &mut self,
-        task: TaskRef,
+        task: StageRef,
         attempt: u32,
         batch: u32,
         list: Option<&[String]>,
@@ -46,7 +46,7 @@ impl ClusterState {
 
     pub(super) fn report_tests(
         &mut self,
-        task: TaskRef,
+        task: StageRef,
         attempt: u32,
         batch: u32,
         results: &[TestResult],
@@ -55,7 +55,7 @@ impl ClusterState {
         if self.check_shard_attempt(task, attempt).is_err() {
             return Response::TestsReported { accepted: 0 };
         }
-        let retries = self.stage(task).map_or(0, |s| s.retries);
+        let retries = self.stage(task.into()).map_or(0, |s| s.retries);
         let run = self.runs.get_mut(&task.run).expect("checked above");
         let suite = run.stages[task.stage as usize]
             .suite
@@ -66,7 +66,7 @@ impl ClusterState {
     }
 
     /// What the task's shard holds goes back on the queue: its attempt ended.
-    pub(super) fn release_tests(&mut self, task: TaskRef) {
+    pub(super) fn release_tests(&mut self, task: StageRef) {
         if let Some(suite) = self
             .runs
             .get_mut(&task.run)
@@ -78,9 +78,9 @@ impl ClusterState {
     }
 
     /// The task is a shard of a `tests:` stage, and `attempt` is its current, live attempt.
-    fn check_shard_attempt(&self, task: TaskRef, attempt: u32) -> Result<(), String> {
-        let id = self.task_id(task);
-        let t = self.task(task).ok_or(format!("{id} not found"))?;
+    fn check_shard_attempt(&self, task: StageRef, attempt: u32) -> Result<(), String> {
+        let id = self.task_id(task.into());
+        let t = self.task(task.into()).ok_or(format!("{id} not found"))?;
         if self
             .stage_run(task)
             .and_then(|s| s.suite.as_ref())

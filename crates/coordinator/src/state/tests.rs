@@ -83,6 +83,8 @@ fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskSta
         message: String::new(),
         at_ms: 3,
         image: None,
+        endpoint: None,
+        health: None,
     };
     s.apply(&Command::TaskEvents {
         node: node.into(),
@@ -141,6 +143,8 @@ fn replayed_events_change_nothing() {
         message: String::new(),
         at_ms: 3,
         image: None,
+        endpoint: None,
+        health: None,
     };
     let r = s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -242,6 +246,8 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
         message: String::new(),
         at_ms: 11,
         image: None,
+        endpoint: None,
+        health: None,
     };
     s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -357,7 +363,7 @@ proptest! {
         let mut now = 0;
         for op in ops {
             now += 1;
-            let tasks: Vec<TaskRef> = s.runs.values().flat_map(|r| r.tasks().map(|(at, _)| at)).collect();
+            let tasks: Vec<TaskRef> = s.runs.values().flat_map(|r| r.tasks().map(|(at, _)| TaskRef::from(at))).collect();
             let command = match op {
                 Op::Submit(cpu) => Command::SubmitRun { request_id: String::new(), trigger: String::new(), pipeline: pipeline(vec![stage("a", &[], cpu, 1), stage("b", &["a"], cpu, 0)]), only_tests: Default::default(), now_ms: now },
                 Op::Place(t, n) if !tasks.is_empty() => {
@@ -370,7 +376,7 @@ proptest! {
                     let tk = s.task(task).unwrap();
                     let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
                     let status = if ok { TaskStatus::Succeeded } else { TaskStatus::Failed };
-                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now, image: None }], now_ms: now }
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now, image: None, endpoint: None, health: None }], now_ms: now }
                 }
                 Op::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
                 Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 }, gpus: vec![] }, now_ms: now },
@@ -449,7 +455,7 @@ proptest! {
                     let task = tasks[t % tasks.len()];
                     let tk = s.task(task).unwrap();
                     let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
-                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status: TaskStatus::Succeeded, exit_code: Some(0), message: String::new(), at_ms: now, image: None }], now_ms: now }
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status: TaskStatus::Succeeded, exit_code: Some(0), message: String::new(), at_ms: now, image: None, endpoint: None, health: None }], now_ms: now }
                 }
                 GpuOp::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
                 _ => continue,

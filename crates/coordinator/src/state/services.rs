@@ -1,0 +1,565 @@
+//! Services: long-running deployments, their immutable revisions and their replicas.
+//!
+//! A service is a list of [`Revision`]s (every `kiln deploy` adds one; none is ever
+//! changed) and a set of [`Replica`]s, each a [`Task`] of one revision, placed by the
+//! scheduler like any task and addressed as [`TaskRef::Replica`]. `target` is the revision
+//! the service runs or is rolling out to; `stable` the last one that proved healthy.
+//!
+//! This module only applies decisions. Which replica to start or drain, when a rollout is
+//! healthy or has failed, is decided on the leader by the rollout controller
+//! (`controllers::rollout::plan`, a pure function of a service and the time) and proposed
+//! as [`ServiceAction`]s, which are checked again here (a stale decision is skipped, not
+//! applied). What replicas report comes in as task events: running (with the endpoint the
+//! agent gave it), healthy or unhealthy, and exits, after which a replica waits out a
+//! restart backoff and is started again, unless it was being stopped.
+//!
+//! A replica that is stopped is first **drained**: it leaves the gateways' endpoint tables
+//! at once, and is killed only when the controller has seen the gateways finish its
+//! in-flight requests (or a drain timeout passed).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kiln_api::service::ServiceSpec;
+use kiln_api::spec::Stage;
+use serde::{Deserialize, Serialize};
+
+use super::ClusterState;
+use super::command::{Kill, Response, TaskEvent};
+use super::model::{ReplicaRef, Task, TaskRef, TaskStatus};
+
+/// How many events a service keeps for `kiln services` / `kiln history`.
+const MAX_EVENTS: usize = 50;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// From 1.
+    pub number: u32,
+    pub spec: ServiceSpec,
+    /// `sha256:...` of the image, for an image service, once a replica pulled it.
+    pub image_digest: Option<String>,
+    /// `sha256:...` of the model artifact, as the CLI read it.
+    pub model_digest: Option<String>,
+    pub commit: Option<String>,
+    pub created_ms: i64,
+    /// When a rollout to it completed with every replica healthy.
+    pub healthy_ms: Option<i64>,
+    /// Why a rollout to it failed.
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub revision: u32,
+    pub task: Task,
+    /// `host:port` where it serves, once running.
+    pub endpoint: Option<String>,
+    /// Since when its health checks pass; `None` while they do not (or before the first).
+    pub healthy_since: Option<i64>,
+    /// Since when it is being drained (out of the endpoint tables, not yet killed).
+    pub draining_since: Option<i64>,
+    /// The kill was sent.
+    pub stopping: bool,
+    /// How often it exited and was started again.
+    pub restarts: u32,
+    /// When a replica that exited may start again.
+    pub restart_after_ms: Option<i64>,
+}
+
+impl Replica {
+    /// In service: running, passing its checks, not being drained.
+    pub fn serving(&self) -> bool {
+        self.task.status == TaskStatus::Running
+            && self.healthy_since.is_some()
+            && self.draining_since.is_none()
+    }
+
+    /// Counts toward the service: not being drained.
+    pub fn live(&self) -> bool {
+        self.draining_since.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutKind {
+    /// `kiln deploy`: canaries first if the spec asks, then a rolling update.
+    Deploy,
+    /// `kiln rollback`: a revision that proved healthy, all at once, no canaries.
+    Rollback,
+    /// `auto_revert` after a failed rollout: like a rollback.
+    Revert,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub from: Option<u32>,
+    pub to: u32,
+    pub kind: RolloutKind,
+    pub started_ms: i64,
+    /// The canaries were promoted (or there are none): the rolling update may proceed.
+    pub promoted: bool,
+    /// It failed without `auto_revert`: nothing more happens until a deploy or rollback.
+    #[serde(default)]
+    pub halted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub number: u64,
+    pub name: String,
+    /// Revision `n` is `revisions[n - 1]`.
+    pub revisions: Vec<Revision>,
+    pub target: u32,
+    pub stable: Option<u32>,
+    /// How many replicas are wanted.
+    pub desired: u32,
+    pub replicas: BTreeMap<u32, Replica>,
+    pub next_slot: u32,
+    pub rollout: Option<Rollout>,
+    /// What happened, newest last, bounded.
+    pub events: VecDeque<(i64, String)>,
+}
+
+impl Service {
+    pub fn revision(&self, n: u32) -> Option<&Revision> {
+        n.checked_sub(1)
+            .and_then(|i| self.revisions.get(i as usize))
+    }
+
+    pub fn spec(&self) -> &ServiceSpec {
+        &self.revision(self.target).expect("target exists").spec
+    }
+
+    fn note(&mut self, at_ms: i64, text: String) {
+        self.events.push_back((at_ms, text));
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// One decision of the rollout controller (or the autoscaler) about one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceAction {
+    /// A new replica of this revision.
+    Start { revision: u32 },
+    /// Take this replica out of the endpoint tables.
+    Drain { slot: u32 },
+    /// Kill this drained replica.
+    Stop { slot: u32 },
+    /// Start again a replica whose restart backoff has passed.
+    Restart { slot: u32 },
+    /// The rollout to this revision completed: every replica healthy.
+    Healthy { revision: u32 },
+    /// The rollout failed; go back to `revert_to` if set.
+    Failed {
+        revision: u32,
+        reason: String,
+        revert_to: Option<u32>,
+    },
+    /// The canaries proved healthy: roll on.
+    Promote,
+    /// The replica count changes (`kiln scale`, the autoscaler).
+    Scale { replicas: u32, reason: String },
+}
+
+/// How long a replica that exited waits before it starts again: 500 ms, doubling, at most
+/// 30 s (Nomad's restart delay, Kubernetes' crash-loop backoff).
+pub fn restart_backoff_ms(restarts: u32) -> i64 {
+    (500i64 << restarts.min(6)).min(30_000)
+}
+
+impl ClusterState {
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.name == name)
+    }
+
+    /// A new revision of a service (created on its first deploy), and a rollout to it.
+    pub(super) fn deploy(&mut self, d: &Deploy, now_ms: i64) -> Response {
+        let number = match self.service_by_name(&d.spec.name) {
+            Some(s) => s.number,
+            None => {
+                let number = self.next_service.max(1);
+                self.next_service = number + 1;
+                self.services.insert(
+                    number,
+                    Service {
+                        number,
+                        name: d.spec.name.clone(),
+                        revisions: Vec::new(),
+                        target: 0,
+                        stable: None,
+                        desired: d.spec.replicas,
+                        replicas: BTreeMap::new(),
+                        next_slot: 0,
+                        rollout: None,
+                        events: VecDeque::new(),
+                    },
+                );
+                number
+            }
+        };
+        let service = self.services.get_mut(&number).expect("inserted above");
+        let revision = service.revisions.len() as u32 + 1;
+        service.revisions.push(Revision {
+            number: revision,
+            spec: d.spec.clone(),
+            image_digest: None,
+            model_digest: d.model_digest.clone(),
+            commit: d.commit.clone(),
+            created_ms: now_ms,
+            healthy_ms: None,
+            failed: None,
+        });
+        service.desired = match &d.spec.autoscale {
+            Some(a) if revision > 1 => service.desired.clamp(a.min, a.max),
+            _ => d.spec.replicas,
+        };
+        let from = (service.target > 0).then_some(service.target);
+        service.target = revision;
+        service.rollout = Some(Rollout {
+            from,
+            to: revision,
+            kind: RolloutKind::Deploy,
+            started_ms: now_ms,
+            promoted: d.spec.update.canary == 0 || from.is_none(),
+            halted: false,
+        });
+        service.note(now_ms, format!("revision {revision} deployed"));
+        Response::Deployed {
+            service: number,
+            revision,
+        }
+    }
+
+    /// Puts an earlier revision back at once.
+    pub(super) fn rollback(&mut self, service: u64, to: Option<u32>, now_ms: i64) -> Response {
+        let Some(s) = self.services.get_mut(&service) else {
+            return rejected("service not found");
+        };
+        let to = match to {
+            Some(n) if s.revision(n).is_none() => {
+                return rejected(&format!(
+                    "{} has no revision {n} (revisions 1 to {})",
+                    s.name,
+                    s.revisions.len()
+                ));
+            }
+            Some(n) => n,
+            // The last healthy revision before the one running.
+            None => match s
+                .revisions
+                .iter()
+                .rev()
+                .find(|r| r.number != s.target && r.healthy_ms.is_some())
+            {
+                Some(r) => r.number,
+                None => {
+                    return rejected(&format!(
+                        "{} has no earlier healthy revision to roll back to",
+                        s.name
+                    ));
+                }
+            },
+        };
+        if to == s.target && s.rollout.is_none() {
+            return rejected(&format!("{} already runs revision {to}", s.name));
+        }
+        let from = Some(s.target);
+        s.target = to;
+        s.rollout = Some(Rollout {
+            from,
+            to,
+            kind: RolloutKind::Rollback,
+            started_ms: now_ms,
+            promoted: true,
+            halted: false,
+        });
+        s.note(now_ms, format!("rolled back to revision {to}"));
+        Response::ServiceChanged { kills: Vec::new() }
+    }
+
+    /// Applies the controller's decisions, skipping any the state no longer allows.
+    pub(super) fn service_actions(
+        &mut self,
+        service: u64,
+        actions: &[ServiceAction],
+        now_ms: i64,
+    ) -> Response {
+        let mut kills = Vec::new();
+        for action in actions {
+            if let Err(reason) = self.service_action(service, action, now_ms, &mut kills) {
+                return Response::Rejected { reason };
+            }
+        }
+        Response::ServiceChanged { kills }
+    }
+
+    fn service_action(
+        &mut self,
+        number: u64,
+        action: &ServiceAction,
+        now_ms: i64,
+        kills: &mut Vec<Kill>,
+    ) -> Result<(), String> {
+        let s = self.services.get_mut(&number).ok_or("service not found")?;
+        match action {
+            ServiceAction::Start { revision } => {
+                if s.revision(*revision).is_none() {
+                    return Err(format!("no revision {revision}"));
+                }
+                let slot = s.next_slot;
+                s.next_slot += 1;
+                s.replicas
+                    .insert(slot, new_replica(*revision, TaskStatus::Pending));
+                self.pending.insert(TaskRef::replica(number, slot));
+            }
+            ServiceAction::Drain { slot } => {
+                if let Some(r) = s.replicas.get_mut(slot)
+                    && r.draining_since.is_none()
+                {
+                    r.draining_since = Some(now_ms);
+                    if !r.task.status.is_allocated() {
+                        // Never placed, or waiting to restart: nothing to drain or kill.
+                        s.replicas.remove(slot);
+                        self.pending.remove(&TaskRef::replica(number, *slot));
+                    }
+                }
+            }
+            ServiceAction::Stop { slot } => {
+                if let Some(r) = s.replicas.get_mut(slot)
+                    && r.draining_since.is_some()
+                    && !r.stopping
+                    && let Some(a) = r.task.current()
+                {
+                    r.stopping = true;
+                    kills.push(Kill {
+                        task: TaskRef::replica(number, *slot),
+                        attempt: r.task.attempt,
+                        node: a.node.clone(),
+                        reason: "replica stopped".into(),
+                    });
+                }
+            }
+            ServiceAction::Restart { slot } => {
+                if let Some(r) = s.replicas.get_mut(slot)
+                    && r.task.status == TaskStatus::Waiting
+                    && r.draining_since.is_none()
+                {
+                    r.task.status = TaskStatus::Pending;
+                    r.restart_after_ms = None;
+                    self.pending.insert(TaskRef::replica(number, *slot));
+                }
+            }
+            ServiceAction::Healthy { revision } => {
+                if s.rollout.as_ref().is_some_and(|r| r.to == *revision) {
+                    s.rollout = None;
+                    s.stable = Some(*revision);
+                    if let Some(r) = s.revisions.get_mut(*revision as usize - 1) {
+                        r.healthy_ms.get_or_insert(now_ms);
+                    }
+                    s.note(now_ms, format!("revision {revision} healthy"));
+                }
+            }
+            ServiceAction::Failed {
+                revision,
+                reason,
+                revert_to,
+            } => {
+                if s.rollout
+                    .as_ref()
+                    .is_none_or(|r| r.to != *revision || r.halted)
+                {
+                    return Ok(());
+                }
+                if let Some(r) = s.revisions.get_mut(*revision as usize - 1) {
+                    r.failed = Some(reason.clone());
+                }
+                s.note(now_ms, format!("revision {revision} failed: {reason}"));
+                match revert_to.filter(|to| s.revision(*to).is_some()) {
+                    Some(to) => {
+                        s.target = to;
+                        s.rollout = Some(Rollout {
+                            from: Some(*revision),
+                            to,
+                            kind: RolloutKind::Revert,
+                            started_ms: now_ms,
+                            promoted: true,
+                            halted: false,
+                        });
+                        s.note(now_ms, format!("reverted to revision {to}"));
+                    }
+                    None => {
+                        if let Some(r) = s.rollout.as_mut() {
+                            r.halted = true;
+                        }
+                    }
+                }
+            }
+            ServiceAction::Promote => match s.rollout.as_mut() {
+                Some(r) if !r.promoted => {
+                    r.promoted = true;
+                    let to = r.to;
+                    s.note(now_ms, format!("canaries of revision {to} promoted"));
+                }
+                _ => return Err(format!("{} has no canaries waiting", s.name)),
+            },
+            ServiceAction::Scale { replicas, reason } => {
+                if *replicas != s.desired {
+                    s.note(
+                        now_ms,
+                        format!("scaled {} → {replicas}: {reason}", s.desired),
+                    );
+                    s.desired = *replicas;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A task event about a replica.
+    pub(super) fn replica_event(
+        &mut self,
+        node: &str,
+        at: ReplicaRef,
+        e: &TaskEvent,
+        now_ms: i64,
+    ) -> bool {
+        let task = TaskRef::Replica(at);
+        let Some(r) = self
+            .services
+            .get(&at.service)
+            .and_then(|s| s.replicas.get(&at.slot))
+        else {
+            return false;
+        };
+        let on_node = r.task.current().is_some_and(|a| a.node == node);
+        if r.task.attempt != e.attempt || !r.task.status.is_allocated() || !on_node {
+            return false;
+        }
+        match (e.status, r.task.status) {
+            (TaskStatus::Running, TaskStatus::Placed) => {
+                let r = self.replica_mut(at);
+                r.task.status = TaskStatus::Running;
+                r.endpoint = e.endpoint.clone();
+                if let Some(a) = r.task.current_mut() {
+                    a.status = TaskStatus::Running;
+                    a.transitions.push((TaskStatus::Running, e.at_ms));
+                }
+                true
+            }
+            (TaskStatus::Running, TaskStatus::Running) => match e.health {
+                Some(healthy) => {
+                    let r = self.replica_mut(at);
+                    r.healthy_since = healthy.then(|| r.healthy_since.unwrap_or(e.at_ms));
+                    if e.endpoint.is_some() {
+                        r.endpoint = e.endpoint.clone();
+                    }
+                    true
+                }
+                None => false,
+            },
+            (TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Lost, _) => {
+                self.release(task);
+                let lost = e.status == TaskStatus::Lost;
+                self.end_replica_attempt(
+                    at,
+                    e.status,
+                    e.exit_code,
+                    &e.message,
+                    e.at_ms,
+                    now_ms,
+                    lost,
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A replica's attempt ended: a stopped replica goes; a lost one is placed again at
+    /// once; one that exited waits out its backoff.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn end_replica_attempt(
+        &mut self,
+        at: ReplicaRef,
+        status: TaskStatus,
+        exit_code: Option<i32>,
+        message: &str,
+        at_ms: i64,
+        now_ms: i64,
+        lost: bool,
+    ) {
+        let Some(s) = self.services.get_mut(&at.service) else {
+            return;
+        };
+        let Some(r) = s.replicas.get_mut(&at.slot) else {
+            return;
+        };
+        if let Some(a) = r.task.current_mut() {
+            a.status = status;
+            a.exit_code = exit_code;
+            a.message = message.to_string();
+            a.transitions.push((status, at_ms));
+        }
+        r.healthy_since = None;
+        r.endpoint = None;
+        if r.draining_since.is_some() {
+            s.replicas.remove(&at.slot);
+            return;
+        }
+        r.task.attempt += 1;
+        if lost {
+            r.task.lost += 1;
+            r.task.status = TaskStatus::Pending;
+            self.pending.insert(TaskRef::Replica(at));
+        } else {
+            r.task.failures += 1;
+            r.restarts += 1;
+            r.task.status = TaskStatus::Waiting;
+            r.restart_after_ms = Some(now_ms + restart_backoff_ms(r.restarts - 1));
+            let text = format!("replica {} exited ({message}); restarting", at.slot);
+            s.note(now_ms, text);
+        }
+    }
+
+    fn replica_mut(&mut self, at: ReplicaRef) -> &mut Replica {
+        self.services
+            .get_mut(&at.service)
+            .and_then(|s| s.replicas.get_mut(&at.slot))
+            .expect("replica checked by the caller")
+    }
+
+    /// What a replica runs: its revision's replica spec.
+    pub fn replica_stage(&self, at: ReplicaRef) -> Option<&Stage> {
+        let s = self.services.get(&at.service)?;
+        let r = s.replicas.get(&at.slot)?;
+        Some(&s.revision(r.revision)?.spec.replica)
+    }
+}
+
+fn new_replica(revision: u32, status: TaskStatus) -> Replica {
+    Replica {
+        revision,
+        task: Task::new(status),
+        endpoint: None,
+        healthy_since: None,
+        draining_since: None,
+        stopping: false,
+        restarts: 0,
+        restart_after_ms: None,
+    }
+}
+
+fn rejected(reason: &str) -> Response {
+    Response::Rejected {
+        reason: reason.to_string(),
+    }
+}
+
+/// A deploy, as proposed: the checked spec and what the CLI recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub spec: ServiceSpec,
+    pub model_digest: Option<String>,
+    pub commit: Option<String>,
+}
