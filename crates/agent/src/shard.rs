@@ -46,7 +46,10 @@ pub async fn run(
     leader: &dyn Leader,
 ) -> Outcome {
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.max(1));
-    let mut log = match std::fs::File::create(log_path) {
+    // Every writer appends: the loop's own lines, `list:`'s errors, `run:`'s output.
+    let opened = std::fs::File::create(log_path)
+        .and_then(|_| std::fs::OpenOptions::new().append(true).open(log_path));
+    let mut log = match opened {
         Ok(f) => f,
         Err(e) => return failed(format!("creating {}: {e}", log_path.display())),
     };
@@ -130,7 +133,9 @@ impl Shard<'_> {
             let _ = writeln!(log, "kiln: batch {batch}: {} tests", next.ids.len());
             let started = Instant::now();
             let results = self.run_batch(batch, &next.ids, kill).await?;
-            let tests_ms: u64 = results.iter().map(|r| r.time_ms).sum();
+            let tests_ms = results
+                .iter()
+                .fold(0u64, |sum, r| sum.saturating_add(r.time_ms));
             let overhead_ms = (started.elapsed().as_millis() as u64).saturating_sub(tests_ms);
             ran += results.len();
             failed_runs += results
@@ -294,6 +299,9 @@ fn reports(work: &Path, glob: &str) -> Vec<PathBuf> {
     found
 }
 
+/// The longest one queue call may take before it is tried again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The leader's test queue, followed across leader changes.
 struct Queue<'a> {
     leader: &'a dyn Leader,
@@ -355,10 +363,20 @@ impl Queue<'_> {
         while Instant::now() < deadline {
             let addr = self.hint.clone().or_else(|| self.leader.leader());
             if let Some(addr) = addr {
-                match pb::test_queue_client::TestQueueClient::connect(format!("http://{addr}"))
-                    .await
-                {
-                    Ok(client) => match call(client).await {
+                // A leader that vanishes mid-call must not hold the shard past its deadline.
+                let limit = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(CALL_TIMEOUT);
+                let attempt = tokio::time::timeout(limit, async {
+                    let client =
+                        pb::test_queue_client::TestQueueClient::connect(format!("http://{addr}"))
+                            .await?;
+                    Ok::<_, tonic::transport::Error>(call(client).await)
+                })
+                .await
+                .unwrap_or_else(|_| Ok(Err(tonic::Status::unavailable("the call timed out"))));
+                match attempt {
+                    Ok(answer) => match answer {
                         Ok(v) => return Ok(v),
                         Err(status) => {
                             let hint = status

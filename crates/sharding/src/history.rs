@@ -6,7 +6,8 @@
 //! runs. Integer arithmetic only, so every coordinator computes the same numbers.
 //!
 //! Bounded: at most [`MAX_TESTS`] ids are kept; past that the ones seen longest ago go
-//! first (renamed and deleted tests age out on their own).
+//! first. A renamed or deleted test keeps its entry until then, but no longer counts in
+//! [`StageHistory::total_ms`].
 
 use std::collections::BTreeMap;
 
@@ -39,7 +40,7 @@ impl StageHistory {
             self.tests
                 .entry(id.to_string())
                 .and_modify(|t| {
-                    t.ms = (7 * t.ms + 3 * ms + 5) / 10;
+                    t.ms = (t.ms.saturating_mul(7) / 10).saturating_add(ms.saturating_mul(3) / 10);
                     t.seen = fold;
                 })
                 .or_insert(Timing { ms, seen: fold });
@@ -74,16 +75,20 @@ impl StageHistory {
         let mean = if known.is_empty() {
             1
         } else {
-            (known.iter().sum::<u64>() / known.len() as u64).max(1)
+            (known.iter().fold(0u64, |s, &t| s.saturating_add(t)) / known.len() as u64).max(1)
         };
         ids.iter()
             .map(|id| self.tests.get(id).map_or(mean, |t| t.ms.max(1)))
             .collect()
     }
 
-    /// The recorded time of the whole suite, for picking a shard count from a target.
+    /// The recorded time of the suite as the last run saw it (tests it did not run, renamed
+    /// or deleted, do not count), for picking a shard count from a target.
     pub fn total_ms(&self) -> u64 {
-        self.tests.values().map(|t| t.ms).sum()
+        self.tests
+            .values()
+            .filter(|t| t.seen == self.folds)
+            .fold(0, |sum, t| sum.saturating_add(t.ms))
     }
 }
 

@@ -54,11 +54,11 @@ pub fn parse_list(text: &str) -> Vec<String> {
 
 /// Folds a report's cases into one result per id of `batch`.
 pub fn match_cases(batch: &[String], cases: &[Case]) -> Matched {
-    let index: HashMap<String, usize> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (normalize(id), i))
-        .collect();
+    // Ids that normalise alike (`t/a.py` and `t/a.js`) name the same cases: each gets them.
+    let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, id) in batch.iter().enumerate() {
+        index.entry(normalize(id)).or_default().push(i);
+    }
     let mut results: Vec<IdResult> = batch
         .iter()
         .map(|id| IdResult {
@@ -71,20 +71,22 @@ pub fn match_cases(batch: &[String], cases: &[Case]) -> Matched {
         .collect();
     let mut unmatched = 0;
     for case in cases {
-        let Some(i) = owner(&index, case) else {
+        let Some(owners) = owner(&index, case) else {
             unmatched += 1;
             continue;
         };
-        let r = &mut results[i];
-        if r.cases == 0 {
-            r.outcome = case.outcome;
-            r.message = case.message.clone();
-        } else if severity(case.outcome) > severity(r.outcome) {
-            r.outcome = case.outcome;
-            r.message = format!("{}: {}", case.name, case.message);
+        for &i in owners {
+            let r = &mut results[i];
+            if r.cases == 0 {
+                r.outcome = case.outcome;
+                r.message = case.message.clone();
+            } else if severity(case.outcome) > severity(r.outcome) {
+                r.outcome = case.outcome;
+                r.message = format!("{}: {}", case.name, case.message);
+            }
+            r.cases += 1;
+            r.time_ms = r.time_ms.saturating_add(case.time_ms.unwrap_or(0));
         }
-        r.cases += 1;
-        r.time_ms += case.time_ms.unwrap_or(0);
     }
     Matched { results, unmatched }
 }
@@ -100,9 +102,9 @@ fn severity(o: Outcome) -> u8 {
     }
 }
 
-/// The batch index of the id a case belongs to: the longest listed id that equals one of the
-/// case's keys or is a dotted prefix of it.
-fn owner(index: &HashMap<String, usize>, case: &Case) -> Option<usize> {
+/// The batch indices of the id a case belongs to: the longest listed id that equals one of
+/// the case's keys or is a dotted prefix of it.
+fn owner<'i>(index: &'i HashMap<String, Vec<usize>>, case: &Case) -> Option<&'i Vec<usize>> {
     let mut keys = vec![
         normalize(&format!("{}.{}", case.classname, case.name)),
         normalize(&case.name),
@@ -111,8 +113,8 @@ fn owner(index: &HashMap<String, usize>, case: &Case) -> Option<usize> {
         keys.push(normalize(&format!("{file}.{}", case.name)));
     }
     keys.iter()
-        .filter_map(|key| prefixes(key).find_map(|p| index.get(p).map(|&i| (p.len(), i))))
-        .max()
+        .filter_map(|key| prefixes(key).find_map(|p| index.get(p).map(|i| (p.len(), i))))
+        .max_by_key(|(len, _)| *len)
         .map(|(_, i)| i)
 }
 
@@ -271,6 +273,13 @@ mod tests {
         assert_eq!(m.unmatched, 1);
         assert_eq!(m.results[0].outcome, Outcome::Errored);
         assert_eq!(m.results[0].message, NO_RESULT);
+    }
+
+    #[test]
+    fn ids_that_normalise_alike_each_get_their_cases() {
+        let batch = vec!["t/a.py".to_string(), "t/a.js".to_string()];
+        let m = match_cases(&batch, &[case("t.a", "x", None, Outcome::Passed)]);
+        assert_eq!((m.results[0].cases, m.results[1].cases), (1, 1));
     }
 
     #[test]

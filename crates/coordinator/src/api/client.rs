@@ -526,18 +526,22 @@ fn failed_tests(
         )));
     }
     let mut only = std::collections::BTreeMap::new();
+    let mut unlisted = false;
     for (spec, stage) in run.pipeline.stages.iter().zip(&run.stages) {
         let Some(suite) = &stage.suite else { continue };
-        let failed: Vec<String> = suite
-            .ids
+        // A suite that was never listed (skipped, cancelled, its list: failed) runs whole.
+        let Some(ids) = &suite.ids else {
+            unlisted = true;
+            continue;
+        };
+        let failed: Vec<String> = ids
             .iter()
-            .flatten()
             .filter(|id| suite.tests.get(*id).is_some_and(|t| !t.verdict().is_ok()))
             .cloned()
             .collect();
         only.insert(spec.name.clone(), failed);
     }
-    if only.values().all(Vec::is_empty) {
+    if !unlisted && only.values().all(Vec::is_empty) {
         return Err(Error::InvalidInput(format!(
             "{} has no failed tests to rerun",
             run.id()

@@ -29,7 +29,9 @@ fn shard_count(stage: &Stage, history: Option<&StageHistory>, only: Option<&Vec<
         None => 1,
         Some(Shards::Fixed(n)) => n,
         Some(Shards::Auto { max, target_ms }) => match history.map(StageHistory::total_ms) {
-            Some(total) if total > 0 => (total.div_ceil(target_ms.max(1)) as u32).clamp(1, max),
+            Some(total) if total > 0 => u32::try_from(total.div_ceil(target_ms.max(1)))
+                .unwrap_or(u32::MAX)
+                .clamp(1, max),
             _ => max,
         },
     };

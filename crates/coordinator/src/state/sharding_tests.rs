@@ -495,3 +495,20 @@ fn an_empty_list_is_refused() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_list_with_duplicates_queues_each_test_once_and_huge_times_are_capped() {
+    let mut w = World::new(vec![suite_stage("unit", 1, Split::Count, 0)]);
+    w.start(0);
+    let list = vec!["a".to_string(), "b".into(), "a".into()];
+    assert_eq!(w.batch_listed(0, list), vec!["a".to_string(), "b".into()]);
+    w.report(
+        0,
+        1,
+        &[("a", Outcome::Passed, u64::MAX), ("b", Outcome::Passed, 1)],
+    );
+    w.event(0, TaskStatus::Succeeded);
+    assert_eq!(w.suite().tests.len(), 2);
+    assert_eq!(w.suite().tests["a"].runs[0].time_ms, suite::MAX_TEST_MS);
+    assert_eq!(w.s.test_history["p/unit"].tests["a"].ms, suite::MAX_TEST_MS);
+}

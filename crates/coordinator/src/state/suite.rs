@@ -33,6 +33,13 @@ use kiln_sharding::junit::Outcome;
 use kiln_sharding::split;
 use serde::{Deserialize, Serialize};
 
+/// The most tests one suite holds; a longer list is cut.
+pub const MAX_TESTS: usize = 100_000;
+
+/// Reported times are capped at a week: a report's `time="1e30"` must not overflow the
+/// sums that estimates and history are made of.
+pub const MAX_TEST_MS: u64 = 7 * 24 * 3_600_000;
+
 /// One result reported for one test id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestResult {
@@ -158,11 +165,18 @@ impl Suite {
         }
     }
 
-    /// Fixes the suite's ids and builds the queues. Ignored once listed.
+    /// Fixes the suite's ids (duplicates dropped, at most [`MAX_TESTS`]) and builds the
+    /// queues. Ignored once listed.
     pub fn list(&mut self, ids: Vec<String>, history: Option<&StageHistory>) {
         if self.ids.is_some() {
             return;
         }
+        let mut seen = std::collections::BTreeSet::new();
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .take(MAX_TESTS)
+            .collect();
         let empty = StageHistory::default();
         let history = history.unwrap_or(&empty);
         let estimates = history.estimates(&ids);
@@ -259,6 +273,7 @@ impl Suite {
         let ids = std::mem::take(&mut self.held[shard as usize])
             .map(|h| h.ids)
             .unwrap_or_default();
+        let overhead_ms = overhead_ms.min(MAX_TEST_MS);
         self.overhead_ms = Some(match self.overhead_ms {
             None => overhead_ms,
             Some(old) => (7 * old + 3 * overhead_ms + 5) / 10,
@@ -266,13 +281,15 @@ impl Suite {
         let q = self.queue_of(shard);
         let mut again = Vec::new();
         let mut accepted = 0;
+        let results: BTreeMap<&str, &TestResult> =
+            results.iter().map(|r| (r.id.as_str(), r)).collect();
         for id in &ids {
-            let run = match results.iter().find(|r| &r.id == id) {
+            let run = match results.get(id.as_str()) {
                 Some(r) => {
                     accepted += 1;
                     TestRun {
                         outcome: r.outcome,
-                        time_ms: r.time_ms,
+                        time_ms: r.time_ms.min(MAX_TEST_MS),
                         shard,
                         attempt,
                         message: r.message.clone(),
