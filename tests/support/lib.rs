@@ -10,6 +10,7 @@
 //! image, a real registry. A dropped cluster also removes every container its agents own.
 
 pub mod docker;
+pub mod http;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -212,6 +213,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Proc>,
+    /// `kiln gateway` processes, with their HTTP addresses.
+    pub gateways: Vec<(Proc, String)>,
     node_grace_ms: u64,
     heartbeat_ms: u64,
     agent_args: Vec<String>,
@@ -227,6 +230,7 @@ impl Cluster {
             dir,
             coordinators: Vec::new(),
             agents: Vec::new(),
+            gateways: Vec::new(),
             node_grace_ms: opts.node_grace_ms,
             heartbeat_ms: opts.heartbeat_ms,
             agent_args: opts.agent_args.clone(),
@@ -376,6 +380,31 @@ impl Cluster {
         self.agents.push(proc);
     }
 
+    /// Starts a `kiln gateway` on a free port and waits until it accepts connections;
+    /// returns its HTTP address.
+    pub fn start_gateway(&mut self) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let name = format!("gateway-{}", self.gateways.len() + 1);
+        let args = vec![
+            "--addr".into(),
+            self.addrs(),
+            "gateway".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--hold-secs".into(),
+            "20".into(),
+        ];
+        let proc = Proc::spawn(&name, bin("kiln"), args, self.dir.path());
+        self.gateways.push((proc, addr.clone()));
+        let target = addr.clone();
+        self.wait_for(
+            "the gateway to listen",
+            Duration::from_secs(20),
+            move |_| std::net::TcpStream::connect(&target).is_ok(),
+        );
+        addr
+    }
+
     /// An agent's data dir.
     pub fn agent_dir(&self, node_id: &str) -> PathBuf {
         self.dir.path().join(node_id)
@@ -493,6 +522,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for a in &mut self.agents {
             a.kill();
+        }
+        for (g, _) in &mut self.gateways {
+            g.kill();
         }
         for c in &mut self.coordinators {
             c.proc.kill();

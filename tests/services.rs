@@ -1,0 +1,306 @@
+//! Services on real clusters: the example model server (`examples/model-server`, a real
+//! Axum binary) deployed as revisions, served through a real `kiln gateway` process under
+//! constant load, rolled forward, reverted, rolled back, and re-placed when its node is
+//! lost. Every request's answer is kept: a rollout passes only with zero failed requests.
+
+use std::time::{Duration, Instant};
+
+use kiln_e2e::http::{Answer, Load};
+use kiln_e2e::{Cluster, Options, bin};
+use serde_json::Value;
+
+const PREDICT: &str = r#"{"features":[3,10,2]}"#;
+
+/// The model server as a service; `weights` picks the model version (`v1`, `v2`, or a
+/// file that does not exist, which makes every replica exit at once).
+fn service(weights: &str, extra: &str) -> String {
+    let model = format!(
+        "{}/examples/model-server/model/weights-{weights}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    format!(
+        "name: model
+command: ADDR=127.0.0.1:$PORT exec {bin}
+env: {{ MODEL_WEIGHTS: {model} }}
+replicas: 2
+resources: {{ cpu: 100m, memory: 64Mi }}
+health:
+  http: /ready
+  interval: 100ms
+update:
+  max_surge: 1
+  max_unavailable: 0
+  min_healthy_time: 300ms
+  healthy_deadline: 4s
+  auto_revert: true
+{extra}",
+        bin = bin("model-server").display()
+    )
+}
+
+fn start() -> (Cluster, String) {
+    let mut cluster = Cluster::start(Options {
+        coordinators: 1,
+        node_grace_ms: 1_500,
+        heartbeat_ms: 200,
+        ..Default::default()
+    });
+    let gateway = cluster.start_gateway();
+    (cluster, gateway)
+}
+
+fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
+    let file = cluster.write(name, yaml);
+    let out = cluster.kiln(&["deploy", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn get(cluster: &Cluster) -> Value {
+    cluster.kiln_json(&["history", "model"])
+}
+
+/// Waits until the service has no rollout going, runs `revision`, and has every replica
+/// serving and nothing else left.
+fn wait_settled(cluster: &mut Cluster, revision: u64, what: &str) {
+    cluster.wait_for(what, Duration::from_secs(40), |c| {
+        let s = get(c);
+        let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
+        s["rollout"] == "none"
+            && s["revision"] == revision
+            && s["serving"] == s["desired"]
+            && replicas.len() as u64 == s["desired"].as_u64().unwrap_or(0)
+            && replicas.iter().all(|r| r["revision"] == revision)
+    });
+}
+
+fn version(a: &Answer) -> String {
+    serde_json::from_str::<Value>(&a.body)
+        .ok()
+        .and_then(|v| v["model_version"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// No request failed; returns how many there were.
+fn assert_no_failures(answers: &[Answer]) -> usize {
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+    assert!(answers.len() > 50, "too little load: {}", answers.len());
+    answers.len()
+}
+
+#[test]
+fn a_rolling_update_under_load_drops_no_request_and_ends_on_revision_2() {
+    let (mut cluster, gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    let nodes: std::collections::BTreeSet<String> = get(&cluster)["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nodes.len(), 2, "replicas spread over both nodes");
+
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 4);
+    deploy(&cluster, "v2.yaml", &service("v2", ""));
+    wait_settled(&mut cluster, 2, "revision 2 to replace revision 1");
+    let done = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let answers = load.stop();
+    assert_no_failures(&answers);
+    assert!(
+        answers.iter().any(|a| version(a) == "v1"),
+        "v1 served before"
+    );
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.at > done).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|a| version(a) == "v2"),
+        "only v2 once the rollout ended"
+    );
+
+    let s = get(&cluster);
+    assert_eq!(s["stable"], 2);
+    let revisions = s["revisions"].as_array().unwrap();
+    assert!(
+        revisions
+            .iter()
+            .all(|r| r["healthy_ms"].as_i64().unwrap() > 0)
+    );
+    // The diff between the revisions names what changed.
+    let out = cluster.kiln(&["history", "model", "--diff", "1", "2"]);
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        diff.contains("-")
+            && diff.contains("weights-v1")
+            && diff.contains("+")
+            && diff.contains("weights-v2"),
+        "{diff}"
+    );
+}
+
+#[test]
+fn a_revision_that_fails_its_checks_is_reverted_without_a_failed_request() {
+    let (mut cluster, gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 4);
+    deploy(&cluster, "broken.yaml", &service("missing", ""));
+    cluster.wait_for("the revert", Duration::from_secs(40), |c| {
+        let s = get(c);
+        s["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["text"] == "reverted to revision 1"))
+    });
+    wait_settled(&mut cluster, 1, "revision 1 to serve alone again");
+    let answers = load.stop();
+    assert_no_failures(&answers);
+    assert!(
+        answers.iter().all(|a| version(a) == "v1"),
+        "revision 2 never served"
+    );
+    let s = get(&cluster);
+    let failed = s["revisions"][1]["failed"].as_str().unwrap();
+    assert!(failed.contains("of 2 replicas healthy"), "{failed}");
+    let out = cluster.kiln(&["history", "model"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failed:"), "{text}");
+}
+
+#[test]
+fn a_rollback_under_load_drops_no_request() {
+    let (mut cluster, gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    deploy(&cluster, "v2.yaml", &service("v2", ""));
+    wait_settled(&mut cluster, 2, "revision 2 to serve");
+
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cluster.kiln(&["rollback", "model", "--to", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_settled(&mut cluster, 1, "revision 1 to be back");
+    let done = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.stop();
+    assert_no_failures(&answers);
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.at > done).collect();
+    assert!(
+        after.iter().all(|a| version(a) == "v1"),
+        "only v1 after the rollback"
+    );
+    // A rollback is no new revision: revision 1 is current again.
+    let s = get(&cluster);
+    assert_eq!(s["revisions"].as_array().unwrap().len(), 2);
+    assert!(
+        s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["text"] == "rolled back to revision 1")
+    );
+}
+
+#[test]
+fn replicas_on_a_lost_node_are_replaced_elsewhere() {
+    let (mut cluster, gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    let s = get(&cluster);
+    let victim = s["replicas"][0]["node"].as_str().unwrap().to_string();
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.name == victim)
+        .unwrap();
+    cluster.agents[index].kill();
+    cluster.wait_for("the replica to be replaced", Duration::from_secs(40), |c| {
+        let s = get(c);
+        let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
+        s["serving"] == 2
+            && replicas.len() == 2
+            && replicas.iter().all(|r| r["node"] != victim.as_str())
+    });
+    // Traffic flows to the replacements.
+    let a = kiln_e2e::http::request(&gateway, "POST", "/model/predict", PREDICT);
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[test]
+fn bad_service_input_is_refused_and_changes_nothing() {
+    let (mut cluster, _gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    let rows = [
+        (
+            "replicas above max",
+            service(
+                "v2",
+                "autoscale: { min: 1, max: 1, metric: rps, target: 50 }\n",
+            ),
+            "replicas: 2 is above autoscale.max (1)",
+        ),
+        (
+            "unknown metric",
+            service(
+                "v2",
+                "autoscale: { min: 1, max: 4, metric: latency, target: 50 }\n",
+            )
+            .replace("replicas: 2\n", ""),
+            "autoscale.metric: \"latency\" is not one of concurrency, rps, cpu, gpu",
+        ),
+        (
+            "health path without a slash",
+            service("v2", "").replace("http: /ready", "http: ready"),
+            "health.http: \"ready\" must start with '/'",
+        ),
+    ];
+    for (what, yaml, want) in rows {
+        let file = cluster.write("bad.yaml", &yaml);
+        let out = cluster.kiln(&["deploy", &file]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains("bad.yaml:") && err.contains(want),
+            "{what}: {err}"
+        );
+    }
+    let out = cluster.kiln(&["rollback", "model", "--to", "9"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("model has no revision 9 (revisions 1 to 1)")
+    );
+    let out = cluster.kiln(&["rollback", "nosuch"]);
+    assert_eq!(out.status.code(), Some(4));
+    let out = cluster.kiln(&["scale", "model", "5000"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = get(&cluster);
+    assert_eq!(
+        s["revisions"].as_array().unwrap().len(),
+        1,
+        "no revision was made"
+    );
+    assert_eq!(
+        (s["revision"].clone(), s["desired"].clone()),
+        (1.into(), 2.into())
+    );
+}

@@ -1,0 +1,97 @@
+//! A minimal HTTP/1.1 client and a steady load generator, for driving services through the
+//! gateway: every request and its outcome is kept, so a test can count failures and see
+//! which revision answered when.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One answer: its status (0 when the connection failed) and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub at: Instant,
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sends one request (a new connection, `Connection: close`) and reads the answer.
+pub fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
+    let at = Instant::now();
+    let fail = |e: String| Answer {
+        at,
+        status: 0,
+        body: e,
+    };
+    let mut stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = stream.write_all(req.as_bytes()) {
+        return fail(e.to_string());
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        return fail(e.to_string());
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Answer { at, status, body }
+}
+
+/// `threads` clients sending the same request back to back until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+}
+
+impl Load {
+    pub fn start(addr: &str, path: &str, body: &str, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, answers) = (stop.clone(), answers.clone());
+                let (addr, path, body) = (addr.to_string(), path.to_string(), body.to_string());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let a = request(&addr, "POST", &path, &body);
+                        answers.lock().unwrap().push(a);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            handles,
+            answers,
+        }
+    }
+
+    /// Stops the clients and returns every answer, oldest first.
+    pub fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.join();
+        }
+        let mut all = std::mem::take(&mut *self.answers.lock().unwrap());
+        all.sort_by_key(|a| a.at);
+        all
+    }
+}
