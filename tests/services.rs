@@ -304,3 +304,66 @@ fn bad_service_input_is_refused_and_changes_nothing() {
         (1.into(), 2.into())
     );
 }
+
+#[test]
+fn the_autoscaler_follows_load_scales_to_zero_and_wakes_on_a_request() {
+    let (mut cluster, gateway) = start();
+    let yaml = service(
+        "v1",
+        "autoscale: { min: 0, max: 4, metric: concurrency, target: 2, window: 3s }\n",
+    )
+    .replace("replicas: 2", "replicas: 1")
+    .replace(
+        "env: { MODEL_WEIGHTS:",
+        "env: { INFERENCE_MS: \"40\", MODEL_WEIGHTS:",
+    );
+    deploy(&cluster, "auto.yaml", &yaml);
+    wait_settled(&mut cluster, 1, "one replica to serve");
+
+    // 8 clients, 40 ms a prediction: about 8 in flight, 2 per replica wanted.
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 8);
+    let step = Instant::now();
+    cluster.wait_for(
+        "the autoscaler to add replicas",
+        Duration::from_secs(20),
+        |c| {
+            let s = get(c);
+            s["desired"].as_u64().unwrap_or(0) >= 3 && s["serving"].as_u64().unwrap_or(0) >= 3
+        },
+    );
+    let reaction = step.elapsed();
+    let answers = load.stop();
+    assert!(
+        !answers.is_empty() && answers.iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().find(|a| a.status != 200)
+    );
+    let s = get(&cluster);
+    assert!(s["autoscale"]["value"].as_f64().is_some(), "{s}");
+    assert!(reaction < Duration::from_secs(15), "{reaction:?}");
+
+    // No load: after the 3 s window, down to zero.
+    let quiet = Instant::now();
+    cluster.wait_for(
+        "the service to scale to zero",
+        Duration::from_secs(30),
+        |c| {
+            let s = get(c);
+            s["desired"] == 0 && s["replicas"].as_array().is_some_and(|r| r.is_empty())
+        },
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(2_500),
+        "not before the window"
+    );
+
+    // A request wakes it: the gateway holds it until a replica serves.
+    let a = kiln_e2e::http::request(&gateway, "POST", "/model/predict", PREDICT);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(version(&a), "v1");
+    let s = get(&cluster);
+    assert!(s["desired"].as_u64().unwrap() >= 1);
+    let out = cluster.kiln(&["services"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("concurrency"), "{text}");
+}

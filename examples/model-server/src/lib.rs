@@ -111,10 +111,17 @@ pub struct AppState {
     requests: Family<RequestLabels, Counter>,
     latency: Family<PathLabel, Histogram>,
     in_flight: Gauge<i64, AtomicI64>,
+    /// Simulated inference time per prediction (`INFERENCE_MS`), for load demos: a real
+    /// model takes milliseconds, this logistic regression microseconds.
+    inference: std::time::Duration,
 }
 
 impl AppState {
     pub fn new(model: Model) -> Arc<AppState> {
+        AppState::with_inference_time(model, std::time::Duration::ZERO)
+    }
+
+    pub fn with_inference_time(model: Model, inference: std::time::Duration) -> Arc<AppState> {
         let mut registry = Registry::with_prefix("model");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<PathLabel, Histogram>::new_with_constructor(|| {
@@ -138,6 +145,7 @@ impl AppState {
             requests,
             latency,
             in_flight,
+            inference,
         })
     }
 }
@@ -169,6 +177,9 @@ async fn predict(
     State(state): State<Arc<AppState>>,
     Json(req): Json<PredictRequest>,
 ) -> Result<Json<Prediction>, (StatusCode, String)> {
+    if !state.inference.is_zero() {
+        tokio::time::sleep(state.inference).await;
+    }
     let probability = state
         .model
         .predict(&req.features)

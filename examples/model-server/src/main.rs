@@ -1,5 +1,6 @@
 //! `model-server`: serves the model in `MODEL_WEIGHTS` (default `model/weights-v1.json`) on
-//! `ADDR` (default `0.0.0.0:8080`). `model-server --check` loads the model, answers one
+//! `ADDR` (default `0.0.0.0:8080`), each prediction taking at least `INFERENCE_MS` (default
+//! 0: a simulated model's inference time, for load demos). `model-server --check` loads the model, answers one
 //! prediction, prints it and exits: the smoke test the example pipeline runs in the image.
 
 use model_server::{AppState, Model, router};
@@ -39,7 +40,13 @@ async fn main() {
         }
     };
     println!("model-server: model {} on {addr}", model.version);
-    if let Err(e) = axum::serve(listener, router(AppState::new(model))).await {
+    let inference = std::env::var("INFERENCE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or_default();
+    let state = AppState::with_inference_time(model, inference);
+    if let Err(e) = axum::serve(listener, router(state)).await {
         eprintln!("model-server: {e}");
         std::process::exit(1);
     }

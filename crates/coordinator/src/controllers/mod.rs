@@ -6,10 +6,13 @@
 //! - [`liveness`]: marks nodes down whose heartbeats stopped past the grace period.
 //! - [`rollout`]: keeps each service at its desired count of healthy replicas and rolls
 //!   it from revision to revision (canaries, rolling updates, auto-revert, draining).
+//! - [`autoscale`]: sets autoscaled services' replica counts from live metrics (HPA rule,
+//!   stabilisation window, panic mode, scale to zero).
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
 //! - [`sessions`]: the agent sessions the loops push through.
 
+pub mod autoscale;
 pub mod leadership;
 pub mod liveness;
 pub mod rollout;
