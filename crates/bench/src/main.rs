@@ -13,6 +13,9 @@
 //! - failover: K leader kills (kill -9) under a steady trickle of submissions, kill → the
 //!   first placement committed by the new leader, median and max.
 //!
+//! `services` measures the gateway (against a direct call and nginx), rollback time and the
+//! autoscaler's reaction, on a real cluster with the example model server.
+//!
 //! `shards` compares count, static (LPT) and dynamic test splitting on real JUnit suites
 //! and a heavy-tailed synthetic one (no cluster: the splitters' own code, replayed).
 
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod scheduler;
+mod services;
 mod shards;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +64,17 @@ enum Bench {
         overhead_ms: Vec<u64>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Services: gateway overhead against a direct call and nginx, rollback time under
+    /// load, autoscaler reaction to a load step.
+    Services {
+        #[arg(long, default_value_t = 6)]
+        rollbacks: usize,
+        #[arg(long, default_value_t = 3)]
+        scale_steps: usize,
+        /// How long each wrk measurement runs.
+        #[arg(long, default_value_t = 10)]
+        wrk_secs: u64,
     },
     /// Throughput, submit→start latency and failover of pipeline tasks.
     Pipeline {
@@ -113,6 +128,18 @@ fn main() {
             overheads_ms: overhead_ms,
             seed,
         }),
+        Bench::Services {
+            rollbacks,
+            scale_steps,
+            wrk_secs,
+        } => services::run(
+            &rt,
+            services::Params {
+                rollbacks,
+                scale_steps,
+                wrk_secs,
+            },
+        ),
         Bench::Pipeline {
             tasks,
             submitters,
