@@ -23,12 +23,23 @@ struct Report {
 
 #[derive(Debug, Default)]
 pub struct Traffic {
+    /// When this view started (leadership gained): until every gateway had the chance to
+    /// report, an empty view proves nothing.
+    since_ms: i64,
     gateways: HashMap<String, Report>,
     /// The autoscaler's last decision per service, for `kiln services`.
     autoscale: HashMap<String, pb::AutoscaleView>,
 }
 
 impl Traffic {
+    /// Forgets everything: a new leader hears the gateways afresh.
+    pub fn reset(&mut self, now_ms: i64) {
+        *self = Traffic {
+            since_ms: now_ms,
+            ..Traffic::default()
+        };
+    }
+
     pub fn record(&mut self, report: pb::TrafficReport, now_ms: i64) {
         let r = Report {
             at_ms: now_ms,
@@ -53,19 +64,22 @@ impl Traffic {
             .filter(move |r| now_ms - r.at_ms <= FRESH_MS)
     }
 
-    /// Requests in flight to one replica, over all gateways.
-    pub fn in_flight(&self, service: &str, slot: u32) -> u32 {
+    /// Requests in flight to one replica, over all live gateways.
+    pub fn in_flight(&self, service: &str, slot: u32, now_ms: i64) -> u32 {
         let key = (service.to_string(), slot);
-        self.gateways
-            .values()
+        self.fresh(now_ms)
             .filter_map(|r| r.replicas.get(&key))
             .map(|(n, _)| n)
             .sum()
     }
 
     /// Every live gateway has reported since `since_ms` and neither routes to the replica
-    /// nor has a request in flight to it. With no live gateway, nothing can be in flight.
+    /// nor has a request in flight to it. With no live gateway, nothing can be in flight —
+    /// once this view is old enough for every gateway to have reported to it.
     pub fn drained(&self, service: &str, slot: u32, since_ms: i64, now_ms: i64) -> bool {
+        if now_ms - self.since_ms < FRESH_MS {
+            return false;
+        }
         let key = (service.to_string(), slot);
         self.fresh(now_ms).all(|r| {
             r.at_ms > since_ms
@@ -136,25 +150,31 @@ mod tests {
     #[test]
     fn a_replica_is_drained_once_every_gateway_says_so_after_the_drain() {
         let mut t = Traffic::default();
-        t.record(report("a", 3, 2, true), 1_000);
-        t.record(report("b", 3, 0, false), 1_000);
+        t.record(report("a", 3, 2, true), 11_000);
+        t.record(report("b", 3, 0, false), 11_000);
         assert!(
-            !t.drained("m", 3, 1_500, 1_600),
+            !t.drained("m", 3, 11_500, 11_600),
             "no report since the drain"
         );
-        t.record(report("a", 3, 1, false), 1_700);
-        t.record(report("b", 3, 0, false), 1_700);
+        t.record(report("a", 3, 1, false), 11_700);
+        t.record(report("b", 3, 0, false), 11_700);
         assert!(
-            !t.drained("m", 3, 1_500, 1_750),
+            !t.drained("m", 3, 11_500, 11_750),
             "a request still in flight"
         );
-        t.record(report("a", 3, 0, false), 1_800);
-        assert!(t.drained("m", 3, 1_500, 1_850));
+        t.record(report("a", 3, 0, false), 11_800);
+        assert!(t.drained("m", 3, 11_500, 11_850));
         assert!(
-            t.drained("m", 3, 9_000, 9_000),
+            t.drained("m", 3, 19_000, 19_000),
             "gone gateways do not hold a drain"
         );
-        assert_eq!(t.rps("m", 1_850), 1000.0, "50 per 100 ms at two gateways");
-        assert_eq!(t.concurrency("m", 1_850), 2.0, "held requests count");
+        assert_eq!(t.rps("m", 11_850), 1000.0, "50 per 100 ms at two gateways");
+        assert_eq!(t.concurrency("m", 11_850), 2.0, "held requests count");
+        t.reset(20_000);
+        assert!(
+            !t.drained("m", 3, 19_000, 20_500),
+            "a new leader waits for the gateways"
+        );
+        assert!(t.drained("m", 3, 19_000, 22_001));
     }
 }

@@ -1,10 +1,11 @@
 //! The request path. `GET /model/predict` (or `Host: model`, `GET /predict`) goes to a
 //! replica of service `model` as `GET /predict`.
 //!
-//! Bodies are read whole before forwarding (model requests and answers are small), so that
-//! a request whose connection to a replica failed can be sent to another one: only a
-//! failure to connect is retried, where nothing was sent and nothing can have run twice.
-//! Keep-alive connections to replicas are pooled.
+//! Request bodies are read whole before forwarding (model requests are small), so that a
+//! request whose connection to a replica failed can be sent to another one: only a failure
+//! to connect is retried, where nothing was sent and nothing can have run twice. Answers
+//! stream back as they come; the replica's in-flight count drops when the answer's body
+//! has gone to the client. Keep-alive connections to replicas are pooled.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::table::Table;
+use crate::table::{Backend, ServiceCounters, Table};
 
 /// The largest request or response body the gateway carries.
 pub const MAX_BODY: usize = 16 << 20;
@@ -31,7 +33,62 @@ const MAX_TRIES: usize = 3;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Serves on one single-threaded runtime per core, each accepting from the same listener
+/// with a connection pool of its own (as nginx runs one event loop per worker): a request,
+/// its replica connection and its answer never cross threads.
 pub async fn serve(
+    listener: TcpListener,
+    table: Arc<Table>,
+    hold: Duration,
+    shutdown: CancellationToken,
+) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway listener unusable");
+            return;
+        }
+    };
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway listener unusable");
+                break;
+            }
+        };
+        let (table, shutdown) = (table.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("kiln-gateway-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => accept(l, table, hold, shutdown).await,
+                            Err(e) => tracing::error!(error = %e, "gateway listener unusable"),
+                        }
+                    }),
+                    Err(e) => tracing::error!(error = %e, "gateway worker runtime"),
+                }
+            });
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "gateway worker thread"),
+        }
+    }
+    shutdown.cancelled().await;
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+}
+
+/// One worker's accept loop.
+async fn accept(
     listener: TcpListener,
     table: Arc<Table>,
     hold: Duration,
@@ -88,30 +145,99 @@ impl Drop for Count<'_> {
     }
 }
 
-fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+/// A request in flight to a replica: counted on the replica and the service until the
+/// response body has been sent (or dropped), and then counted as a finished request
+/// unless it was [`abandoned`](InFlight::abandon) (never sent).
+struct InFlight {
+    backend: Arc<Backend>,
+    service: Arc<ServiceCounters>,
+    sent: bool,
+}
+
+impl InFlight {
+    fn start(backend: Arc<Backend>, service: Arc<ServiceCounters>) -> InFlight {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        service.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            backend,
+            service,
+            sent: true,
+        }
+    }
+
+    fn abandon(mut self) {
+        self.sent = false;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.service.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.sent {
+            self.service.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A replica's response body, streamed to the client, holding its [`InFlight`].
+struct Tracked {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn reply(status: StatusCode, text: String) -> Response<Body> {
+    let body = Full::new(Bytes::from(text + "\n"))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r
 }
 
-/// The service a request names, and the path to send on.
-fn route(table: &Table, req: &Request<Incoming>) -> Option<(String, String)> {
+/// The service a request names (its counters and name), and the path to send on.
+fn route<B>(table: &Table, req: &Request<B>) -> Option<(Arc<ServiceCounters>, String, String)> {
     let path = req.uri().path();
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
+    let query = req.uri().query();
+    let with_query = |p: &str| match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p.to_string(),
+    };
     let trimmed = path.trim_start_matches('/');
     let (first, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-    if !first.is_empty() && table.knows(first) {
-        return Some((first.to_string(), format!("/{rest}{query}")));
+    if !first.is_empty()
+        && let Some(counters) = table.counters(first)
+    {
+        let rest = &path[path.len() - rest.len() - 1..];
+        let rest = if rest.starts_with('/') { rest } else { "/" };
+        return Some((counters, first.to_string(), with_query(rest)));
     }
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
     let host = host.split(':').next().unwrap_or(host);
-    table
-        .knows(host)
-        .then(|| (host.to_string(), format!("{path}{query}")))
+    let counters = table.counters(host)?;
+    Some((counters, host.to_string(), with_query(path)))
 }
 
 async fn handle(
@@ -119,8 +245,8 @@ async fn handle(
     table: &Table,
     client: &HttpClient,
     hold: Duration,
-) -> Response<Full<Bytes>> {
-    let Some((service, path)) = route(table, &req) else {
+) -> Response<Body> {
+    let Some((counters, service, path)) = route(table, &req) else {
         let name = req
             .uri()
             .path()
@@ -133,25 +259,30 @@ async fn handle(
             format!("kiln gateway: no service {name:?}"),
         );
     };
-    let Some(counters) = table.counters(&service) else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            format!("kiln gateway: no service {service:?}"),
-        );
-    };
-    let _in_flight = Count::up(&counters.in_flight);
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("kiln gateway: {e}")),
+    // Read whole, so that a request can be offered to another replica.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("kiln gateway: {e}")),
+        }
     };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
     let deadline = tokio::time::Instant::now() + hold;
     let mut tried: Vec<u32> = Vec::new();
-    let mut changes = table.subscribe();
     loop {
         let Some(backend) = table.pick(&service, &tried) else {
             // Nothing serves (scaled to zero, starting, or every replica refused): hold the
             // request until the table changes, up to the hold timeout.
+            let mut changes = table.subscribe();
+            if table.pick(&service, &[]).is_some() {
+                tried.clear();
+                continue;
+            }
             let _waiting = Count::up(&counters.waiting);
             tokio::select! {
                 r = changes.changed() => if r.is_err() {
@@ -167,49 +298,32 @@ async fn handle(
             tried.clear();
             continue;
         };
-        let mut out = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://{}{path}", backend.address));
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != header::HOST {
-                out = out.header(name, value);
-            }
-        }
-        let Ok(out) = out.body(Full::new(body.clone())) else {
-            return reply(StatusCode::BAD_REQUEST, "kiln gateway: bad request".into());
+        let Ok(uri) = format!("http://{}{path}", backend.address).parse::<hyper::Uri>() else {
+            return reply(StatusCode::BAD_REQUEST, "kiln gateway: bad path".into());
         };
-        let sent = {
-            let _busy = Count::up(&backend.in_flight);
-            match client.request(out).await {
-                Ok(resp) => {
-                    let (mut head, body) = resp.into_parts();
-                    match Limited::new(body, MAX_BODY).collect().await {
-                        Ok(b) => {
-                            strip_hop_by_hop(&mut head.headers);
-                            if let Ok(v) = HeaderValue::from_str(&format!(
-                                "{}/{}",
-                                backend.revision, backend.slot
-                            )) {
-                                head.headers.insert("x-kiln-replica", v);
-                            }
-                            Ok(Response::from_parts(head, Full::new(b.to_bytes())))
-                        }
-                        Err(e) => Err((false, e.to_string())),
-                    }
+        let mut out = Request::new(Full::new(body.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = headers.clone();
+        let in_flight = InFlight::start(backend.clone(), counters.clone());
+        match client.request(out).await {
+            Ok(resp) => {
+                let (mut head, body) = resp.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                head.headers.insert("x-kiln-replica", backend.label.clone());
+                let body = Tracked {
+                    body,
+                    _in_flight: in_flight,
+                };
+                return Response::from_parts(head, body.boxed());
+            }
+            Err(e) => {
+                in_flight.abandon();
+                if e.is_connect() && tried.len() + 1 < MAX_TRIES {
+                    tracing::debug!(%service, slot = backend.slot, error = %e, "connect failed; trying another replica");
+                    tried.push(backend.slot);
+                    continue;
                 }
-                Err(e) => Err((e.is_connect(), e.to_string())),
-            }
-        };
-        match sent {
-            Ok(response) => {
-                counters.requests.fetch_add(1, Ordering::Relaxed);
-                return response;
-            }
-            Err((true, e)) if tried.len() + 1 < MAX_TRIES => {
-                tracing::debug!(%service, slot = backend.slot, error = %e, "connect failed; trying another replica");
-                tried.push(backend.slot);
-            }
-            Err((_, e)) => {
                 return reply(
                     StatusCode::BAD_GATEWAY,
                     format!("kiln gateway: replica {} of {service}: {e}", backend.slot),
@@ -241,5 +355,40 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .collect();
     for n in names {
         headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_api::pb;
+
+    #[test]
+    fn routes_by_first_segment_or_host() {
+        let table = Table::default();
+        table.update(&pb::EndpointTable {
+            version: 1,
+            services: vec![pb::ServiceEndpoints {
+                service: "model".into(),
+                endpoints: vec![],
+            }],
+        });
+        let at = |uri: &str, host: &str| {
+            let req = Request::builder()
+                .uri(uri)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            route(&table, &req).map(|(_, s, p)| (s, p))
+        };
+        let want = |s: &str, p: &str| Some((s.to_string(), p.to_string()));
+        assert_eq!(
+            at("/model/predict?x=1", "gw:80"),
+            want("model", "/predict?x=1")
+        );
+        assert_eq!(at("/model", "gw"), want("model", "/"));
+        assert_eq!(at("//model/a/b", "gw"), want("model", "/a/b"));
+        assert_eq!(at("/predict", "model:7480"), want("model", "/predict"));
+        assert_eq!(at("/other/x", "gw"), None);
     }
 }

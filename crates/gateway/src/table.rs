@@ -21,6 +21,8 @@ pub struct Backend {
     pub revision: u32,
     pub address: String,
     pub in_flight: AtomicU32,
+    /// `REVISION/SLOT`, the `x-kiln-replica` header of its answers.
+    pub label: hyper::header::HeaderValue,
 }
 
 /// Per-service counters.
@@ -87,6 +89,11 @@ impl Table {
                         revision: e.revision,
                         address: e.address.clone(),
                         in_flight: AtomicU32::new(0),
+                        label: hyper::header::HeaderValue::from_str(&format!(
+                            "{}/{}",
+                            e.revision, e.slot
+                        ))
+                        .unwrap_or(hyper::header::HeaderValue::from_static("-")),
                     }),
                 })
                 .collect();
@@ -102,11 +109,7 @@ impl Table {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Is there such a service (with or without replicas serving)?
-    pub fn knows(&self, service: &str) -> bool {
-        self.lock().routes.contains_key(service)
-    }
-
+    /// The counters of a service the table knows (with or without replicas serving).
     pub fn counters(&self, service: &str) -> Option<Arc<ServiceCounters>> {
         self.lock().counters.get(service).cloned()
     }

@@ -191,7 +191,7 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 draining: r.draining_since.is_some(),
                 restarts: r.restarts,
                 attempt: r.task.attempt,
-                in_flight: traffic.in_flight(&s.name, slot),
+                in_flight: traffic.in_flight(&s.name, slot, crate::core::now_ms()),
             })
             .collect(),
         revisions: s

@@ -15,12 +15,15 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
             leading = now_leading;
             if leading {
                 tracing::info!(id = core.id, "became leader");
-                // Every node gets a full grace period to reconnect to the new leader.
+                // Every node gets a full grace period to reconnect to the new leader, and
+                // every gateway to report to it before a drain counts as done.
                 core.liveness().clear();
+                core.traffic().reset(crate::core::now_ms());
             } else {
                 tracing::info!(id = core.id, "no longer leader; closing agent sessions");
                 core.sessions.close_all();
                 core.waiting().clear();
+                core.traffic().reset(crate::core::now_ms());
             }
         }
         tokio::select! {
