@@ -367,3 +367,35 @@ fn the_autoscaler_follows_load_scales_to_zero_and_wakes_on_a_request() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("concurrency"), "{text}");
 }
+
+#[test]
+fn the_autoscaler_reads_a_gauge_from_the_replicas_own_metrics() {
+    let (mut cluster, gateway) = start();
+    // model_requests_in_flight: the model server's own gauge of requests being answered.
+    let yaml = service(
+        "v1",
+        "autoscale: { min: 1, max: 3, metric: \"prometheus:model_requests_in_flight\", target: 2, window: 30s }\n",
+    )
+    .replace("replicas: 2", "replicas: 1")
+    .replace("env: { MODEL_WEIGHTS:", "env: { INFERENCE_MS: \"40\", MODEL_WEIGHTS:");
+    deploy(&cluster, "gauge.yaml", &yaml);
+    wait_settled(&mut cluster, 1, "one replica to serve");
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 8);
+    cluster.wait_for("the gauge to add replicas", Duration::from_secs(20), |c| {
+        get(c)["desired"].as_u64().unwrap_or(0) >= 2
+    });
+    let answers = load.stop();
+    assert!(answers.iter().all(|a| a.status == 200));
+    let s = get(&cluster);
+    assert_eq!(
+        s["autoscale"]["metric"],
+        "prometheus:model_requests_in_flight"
+    );
+    let events = s["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["text"].as_str().unwrap().contains("autoscaler")),
+        "{events:?}"
+    );
+}
