@@ -181,9 +181,14 @@ mod tests {
         }
 
         #[test]
-        fn lpt_is_within_four_thirds_of_the_bound(t in prop::collection::vec(1u64..10_000, 1..300), n in 1usize..17) {
-            let span = makespan(&by_time(&t, n), &t) as f64;
-            prop_assert!(span <= lower_bound(&t, n) as f64 * 4.0 / 3.0 + 1.0);
+        /// Graham's bound for greedy list scheduling: no shard ends later than the mean load
+        /// plus one test. (LPT's 4/3 is against the optimum, which can exceed the lower
+        /// bound, so it is not a property of the bound.)
+        fn lpt_is_within_one_test_of_the_mean(t in prop::collection::vec(1u64..10_000, 1..300), n in 1usize..17) {
+            let span = makespan(&by_time(&t, n), &t);
+            let total: u64 = t.iter().sum();
+            let longest = t.iter().copied().max().unwrap_or(0);
+            prop_assert!(span * n as u64 <= total + (n as u64 - 1) * longest, "{span}");
         }
 
         #[test]
