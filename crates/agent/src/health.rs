@@ -5,7 +5,8 @@
 //! Only changes are reported (healthy, unhealthy), as task events through the outbox, so
 //! they reach the leader exactly as reliably as exits do. A replica that has not passed a
 //! single check `startup` after it started is killed: a model that never finishes loading
-//! is a failed replica, restarted with backoff by the leader.
+//! is a failed replica, restarted with backoff by the leader. So is one whose checks, once
+//! passing, keep failing for as long (a Kubernetes liveness probe's job).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,8 +19,8 @@ use tokio::sync::watch;
 pub enum Verdict {
     /// Health changed.
     Health(bool),
-    /// No check passed within the startup deadline.
-    StartupFailed(String),
+    /// No check passed within the startup deadline, or none since for as long: kill it.
+    Failed(String),
 }
 
 /// Checks `addr` (the replica's `host:port`) until `done` turns true.
@@ -36,6 +37,7 @@ pub async fn watch(
     let startup = Duration::from_millis(spec.startup_ms.max(1));
     let mut healthy: Option<bool> = None;
     let mut ever = false;
+    let mut failing_since: Option<Instant> = None;
     loop {
         let ok = tokio::time::timeout(timeout, check(&spec, &addr, &work))
             .await
@@ -49,8 +51,20 @@ pub async fn watch(
         healthy = Some(ok);
         ever |= ok;
         if !ever && started.elapsed() >= startup {
-            report(Verdict::StartupFailed(format!(
+            report(Verdict::Failed(format!(
                 "no health check passed within the {} ms startup deadline",
+                spec.startup_ms
+            )));
+            return;
+        }
+        failing_since = if ok {
+            None
+        } else {
+            failing_since.or(Some(Instant::now()))
+        };
+        if ever && failing_since.is_some_and(|t| t.elapsed() >= startup) {
+            report(Verdict::Failed(format!(
+                "health checks failed for {} ms",
                 spec.startup_ms
             )));
             return;

@@ -302,9 +302,7 @@ impl Runner {
             let addr = endpoint.clone();
             health::watch(spec, addr, work, done, |verdict| match verdict {
                 health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, Some(ok)),
-                health::Verdict::StartupFailed(reason) => {
-                    runner.kill(&a.task_id, a.attempt, &reason)
-                }
+                health::Verdict::Failed(reason) => runner.kill(&a.task_id, a.attempt, &reason),
             })
             .await;
         });

@@ -85,7 +85,7 @@ impl Core {
             waiting: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
             tuning,
-            traffic: Mutex::new(Traffic::default()),
+            traffic: Mutex::new(Traffic::new(now_ms())),
             passes: AtomicU64::new(0),
         }
     }

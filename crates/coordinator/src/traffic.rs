@@ -32,6 +32,14 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// A view that starts now: drains wait for the gateways to report to it.
+    pub fn new(now_ms: i64) -> Traffic {
+        Traffic {
+            since_ms: now_ms,
+            ..Traffic::default()
+        }
+    }
+
     /// Forgets everything: a new leader hears the gateways afresh.
     pub fn reset(&mut self, now_ms: i64) {
         *self = Traffic {

@@ -28,7 +28,7 @@ use crate::table::{Backend, ServiceCounters, Table};
 
 /// The largest request or response body the gateway carries.
 pub const MAX_BODY: usize = 16 << 20;
-/// How many replicas a request is offered to when connections fail.
+/// How many connection failures a request may meet before it is answered 502.
 const MAX_TRIES: usize = 3;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -155,8 +155,8 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn start(backend: Arc<Backend>, service: Arc<ServiceCounters>) -> InFlight {
-        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// For a backend [`Table::pick`] returned, which counted the request on it already.
+    fn picked(backend: Arc<Backend>, service: Arc<ServiceCounters>) -> InFlight {
         service.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             backend,
@@ -273,19 +273,22 @@ async fn handle(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     let deadline = tokio::time::Instant::now() + hold;
+    // Replicas whose connection failed, since the table last changed.
     let mut tried: Vec<u32> = Vec::new();
+    let mut failures = 0usize;
+    let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
         let Some(backend) = table.pick(&service, &tried) else {
-            // Nothing serves (scaled to zero, starting, or every replica refused): hold the
-            // request until the table changes, up to the hold timeout.
-            let mut changes = table.subscribe();
-            if table.pick(&service, &[]).is_some() {
-                tried.clear();
+            // Nothing serves (scaled to zero, starting), or every serving replica refused:
+            // hold the request until the table changes, up to the hold timeout. Subscribe
+            // first and pick once more, so that a change in between is not missed.
+            let Some(rx) = changes.as_mut() else {
+                changes = Some(table.subscribe());
                 continue;
-            }
+            };
             let _waiting = Count::up(&counters.waiting);
             tokio::select! {
-                r = changes.changed() => if r.is_err() {
+                r = rx.changed() => if r.is_err() {
                     return reply(StatusCode::SERVICE_UNAVAILABLE, "kiln gateway: shutting down".into());
                 },
                 _ = tokio::time::sleep_until(deadline) => {
@@ -298,14 +301,16 @@ async fn handle(
             tried.clear();
             continue;
         };
+        // `pick` counted the request on the replica already, under the table's lock.
+        let in_flight = InFlight::picked(backend.clone(), counters.clone());
         let Ok(uri) = format!("http://{}{path}", backend.address).parse::<hyper::Uri>() else {
+            in_flight.abandon();
             return reply(StatusCode::BAD_REQUEST, "kiln gateway: bad path".into());
         };
         let mut out = Request::new(Full::new(body.clone()));
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.headers_mut() = headers.clone();
-        let in_flight = InFlight::start(backend.clone(), counters.clone());
         match client.request(out).await {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
@@ -319,7 +324,8 @@ async fn handle(
             }
             Err(e) => {
                 in_flight.abandon();
-                if e.is_connect() && tried.len() + 1 < MAX_TRIES {
+                failures += 1;
+                if e.is_connect() && failures < MAX_TRIES {
                     tracing::debug!(%service, slot = backend.slot, error = %e, "connect failed; trying another replica");
                     tried.push(backend.slot);
                     continue;

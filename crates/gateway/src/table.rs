@@ -115,7 +115,8 @@ impl Table {
     }
 
     /// The serving backend with the fewest requests in flight, skipping `tried`; ties go
-    /// round the list.
+    /// round the list. The request is counted on it here, under the lock, so that a table
+    /// update cannot retire the backend as idle between the pick and the count.
     pub fn pick(&self, service: &str, tried: &[u32]) -> Option<Arc<Backend>> {
         let inner = self.lock();
         let backends = inner.routes.get(service)?;
@@ -124,11 +125,13 @@ impl Table {
             return None;
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) as usize % n;
-        (0..n)
+        let picked = (0..n)
             .map(|i| &backends[(start + i) % n])
             .filter(|b| !tried.contains(&b.slot))
             .min_by_key(|b| b.in_flight.load(Ordering::Relaxed))
-            .cloned()
+            .cloned()?;
+        picked.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(picked)
     }
 
     /// Resolves when the table changes.
@@ -227,6 +230,11 @@ mod tests {
         first.in_flight.fetch_add(3, Ordering::Relaxed);
         let other = t.pick("m", &[]).unwrap();
         assert_ne!(other.slot, first.slot, "the idle one");
+        assert_eq!(
+            other.in_flight.load(Ordering::Relaxed),
+            1,
+            "a pick counts its request"
+        );
         assert_eq!(t.pick("m", &[other.slot]).unwrap().slot, first.slot);
 
         // The busy one leaves the table: never picked again, still counted until done.

@@ -307,7 +307,8 @@ pub async fn gateway(
         .map_err(|e| CliError::Other(e.to_string()))?;
     let config = kiln_gateway::Config {
         coordinators,
-        id: format!("gateway-{addr}"),
+        // Unique per process: two gateways on different hosts may bind the same address.
+        id: format!("gateway-{addr}-{:08x}", rand::random::<u32>()),
         hold,
     };
     println!("kiln gateway listening on {addr}");

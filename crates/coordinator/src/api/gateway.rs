@@ -48,8 +48,10 @@ impl Gateway for GatewayService {
                     }
                     last = Some(services);
                 }
-                if applied.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    // The gateway went away: nothing more to send it.
+                    _ = tx.closed() => return,
                 }
             }
         });

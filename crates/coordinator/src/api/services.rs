@@ -117,6 +117,7 @@ pub async fn scale(core: &Core, req: pb::ScaleRequest) -> Result<pb::ServiceView
     let action = ServiceAction::Scale {
         replicas: req.replicas,
         reason: "kiln scale".into(),
+        unless_rolling: false,
     };
     let command = Command::ServiceActions {
         service: number,
@@ -127,7 +128,17 @@ pub async fn scale(core: &Core, req: pb::ScaleRequest) -> Result<pb::ServiceView
 }
 
 pub async fn promote(core: &Core, req: pb::PromoteRequest) -> Result<pb::ServiceView> {
-    let number = find(&core.state.read(), &req.service)?.number;
+    let number = {
+        let state = core.state.read();
+        let s = find(&state, &req.service)?;
+        if s.rollout.as_ref().is_none_or(|r| r.promoted) {
+            return Err(Error::Conflict(format!(
+                "{} has no canaries waiting for promotion",
+                s.name
+            )));
+        }
+        s.number
+    };
     let command = Command::ServiceActions {
         service: number,
         actions: vec![ServiceAction::Promote],

@@ -1,6 +1,6 @@
 //! The autoscaler: sets each autoscaled service's replica count from a live metric.
 //!
-//! The rule is Kubernetes' HPA: `desired = ceil(current × value / target)`, where `value` is
+//! The rule is Kubernetes' HPA: `desired = ceil(serving × value / target)`, where `value` is
 //! the metric per serving replica, left alone within a 10 % tolerance. Up is immediate;
 //! down waits out the stabilisation window: the count goes to the highest recommendation
 //! made within the window, so a dip does not drop replicas that the next burst needs.
@@ -190,16 +190,22 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                 endpoints,
             } = service;
             let now = now_ms();
-            let observed = observe(
-                &core,
-                number,
-                &name,
-                &policy.metric,
-                serving,
-                &endpoints,
-                now,
-            );
-            let Some(value) = observed.await else {
+            // Nothing serving: only held requests count (they wake a service at zero).
+            let value = if serving == 0 {
+                Some(0.0)
+            } else {
+                observe(
+                    &core,
+                    number,
+                    &name,
+                    &policy.metric,
+                    serving,
+                    &endpoints,
+                    now,
+                )
+                .await
+            };
+            let Some(value) = value else {
                 continue;
             };
             let waiting = core.traffic().waiting(&name, now);
@@ -230,6 +236,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                 actions: vec![ServiceAction::Scale {
                     replicas,
                     reason: format!("autoscaler: {}", decision.reason),
+                    unless_rolling: true,
                 }],
                 now_ms: now,
             };

@@ -84,6 +84,14 @@ impl ClusterState {
             gpus: p.gpus.clone(),
             image: None,
         });
+        // A replica restarts for as long as its service lives: keep its recent attempts.
+        if matches!(p.task, TaskRef::Replica(_)) && task.attempts.len() > MAX_REPLICA_ATTEMPTS {
+            let excess = task.attempts.len() - MAX_REPLICA_ATTEMPTS;
+            task.attempts.drain(..excess);
+        }
         Ok(())
     }
 }
+
+/// The attempts a service replica keeps in the state.
+pub const MAX_REPLICA_ATTEMPTS: usize = 10;

@@ -141,7 +141,7 @@ impl ClusterState {
     ) -> bool {
         let at = match e.task {
             TaskRef::Stage(at) => at,
-            TaskRef::Replica(at) => return self.replica_event(node, at, e, now_ms),
+            TaskRef::Replica(at) => return self.replica_event(node, at, e, now_ms, kills),
         };
         let Some(task) = self.task(e.task) else {
             return false;

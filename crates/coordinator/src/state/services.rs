@@ -158,8 +158,14 @@ pub enum ServiceAction {
     },
     /// The canaries proved healthy: roll on.
     Promote,
-    /// The replica count changes (`kiln scale`, the autoscaler).
-    Scale { replicas: u32, reason: String },
+    /// The replica count changes (`kiln scale`, the autoscaler). The autoscaler's is
+    /// skipped if a rollout started since it looked (`unless_rolling`).
+    Scale {
+        replicas: u32,
+        reason: String,
+        #[serde(default)]
+        unless_rolling: bool,
+    },
 }
 
 /// How long a replica that exited waits before it starts again: 500 ms, doubling, at most
@@ -329,13 +335,16 @@ impl ClusterState {
                 if let Some(r) = s.replicas.get_mut(slot)
                     && r.draining_since.is_some()
                     && !r.stopping
-                    && let Some(a) = r.task.current()
+                    && let Some(node) = r.task.current().map(|a| a.node.clone())
                 {
                     r.stopping = true;
+                    // Also what reconciliation reads: an agent that reconnects is told to
+                    // stop it again, so a lost kill is not a replica that runs for ever.
+                    r.task.cancel_requested = true;
                     kills.push(Kill {
                         task: TaskRef::replica(number, *slot),
                         attempt: r.task.attempt,
-                        node: a.node.clone(),
+                        node,
                         reason: "replica stopped".into(),
                     });
                 }
@@ -395,15 +404,28 @@ impl ClusterState {
                     }
                 }
             }
-            ServiceAction::Promote => match s.rollout.as_mut() {
-                Some(r) if !r.promoted => {
+            // A promotion that is no longer due (promoted meanwhile, rollout over) is
+            // skipped; `kiln promote` checks before proposing, to say so.
+            ServiceAction::Promote => {
+                if let Some(r) = s.rollout.as_mut()
+                    && !r.promoted
+                {
                     r.promoted = true;
+                    // The rolling phase gets its own healthy_deadline: a person may have
+                    // taken their time to promote.
+                    r.started_ms = now_ms;
                     let to = r.to;
                     s.note(now_ms, format!("canaries of revision {to} promoted"));
                 }
-                _ => return Err(format!("{} has no canaries waiting", s.name)),
-            },
-            ServiceAction::Scale { replicas, reason } => {
+            }
+            ServiceAction::Scale {
+                replicas,
+                reason,
+                unless_rolling,
+            } => {
+                if *unless_rolling && s.rollout.is_some() {
+                    return Ok(());
+                }
                 if *replicas != s.desired {
                     s.note(
                         now_ms,
@@ -423,6 +445,7 @@ impl ClusterState {
         at: ReplicaRef,
         e: &TaskEvent,
         now_ms: i64,
+        kills: &mut Vec<Kill>,
     ) -> bool {
         let task = TaskRef::Replica(at);
         let Some(r) = self
@@ -444,6 +467,15 @@ impl ClusterState {
                 if let Some(a) = r.task.current_mut() {
                     a.status = TaskStatus::Running;
                     a.transitions.push((TaskStatus::Running, e.at_ms));
+                }
+                // Stopped before it started: a kill that reached the agent first was lost.
+                if r.task.cancel_requested {
+                    kills.push(Kill {
+                        task,
+                        attempt: e.attempt,
+                        node: node.to_string(),
+                        reason: "replica stopped".into(),
+                    });
                 }
                 true
             }

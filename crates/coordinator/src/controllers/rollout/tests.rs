@@ -370,3 +370,68 @@ proptest! {
         prop_assert_eq!(w.serving(), n);
     }
 }
+
+#[test]
+fn a_stopped_replica_is_marked_so_a_lost_kill_is_sent_again() {
+    let mut w = World::new();
+    w.deploy(SPEC);
+    w.run_until(20, |w| w.service().rollout.is_none());
+    let number = w.service().number;
+    let slot = *w.service().replicas.keys().next().unwrap();
+    w.s.apply(&Command::ServiceActions {
+        service: number,
+        actions: vec![ServiceAction::Drain { slot }],
+        now_ms: w.now,
+    });
+    let r = w.s.apply(&Command::ServiceActions {
+        service: number,
+        actions: vec![ServiceAction::Stop { slot }],
+        now_ms: w.now,
+    });
+    let Response::ServiceChanged { kills } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kills.len(), 1);
+    let replica = &w.service().replicas[&slot];
+    assert!(
+        replica.stopping && replica.task.cancel_requested,
+        "reconciliation kills it again"
+    );
+    // A stale promotion in the same batch as a real decision does not undo the decision.
+    let r = w.s.apply(&Command::ServiceActions {
+        service: number,
+        actions: vec![ServiceAction::Start { revision: 1 }, ServiceAction::Promote],
+        now_ms: w.now,
+    });
+    assert!(matches!(r, Response::ServiceChanged { .. }), "{r:?}");
+}
+
+#[test]
+fn the_autoscalers_scale_is_skipped_once_a_rollout_has_started() {
+    let mut w = World::new();
+    w.deploy(SPEC);
+    w.run_until(20, |w| w.service().rollout.is_none());
+    w.deploy(&SPEC.replace("./serve", "./serve --v2"));
+    let number = w.service().number;
+    let scale = |unless_rolling| ServiceAction::Scale {
+        replicas: 7,
+        reason: "test".into(),
+        unless_rolling,
+    };
+    w.s.apply(&Command::ServiceActions {
+        service: number,
+        actions: vec![scale(true)],
+        now_ms: w.now,
+    });
+    assert_eq!(
+        w.service().desired,
+        3,
+        "the autoscaler waits for the rollout"
+    );
+    w.s.apply(&Command::ServiceActions {
+        service: number,
+        actions: vec![scale(false)],
+        now_ms: w.now,
+    });
+    assert_eq!(w.service().desired, 7, "kiln scale does not");
+}
