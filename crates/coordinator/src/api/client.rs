@@ -284,45 +284,9 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
-        let req = req.into_inner();
-        let (pipeline, only_tests) = {
-            let state = self.core.state.read();
-            let run = parse_run_id(&req.run_id)
-                .and_then(|n| state.runs.get(&n))
-                .ok_or_else(|| Error::NotFound(format!("run {} not found", req.run_id)))?;
-            let only = if req.failed_only {
-                failed_tests(run)?
-            } else {
-                Default::default()
-            };
-            (run.pipeline.clone(), only)
-        };
-        let trigger = format!(
-            "{}:{}",
-            if req.failed_only {
-                "rerun-failed"
-            } else {
-                "rerun"
-            },
-            req.run_id
-        );
-        let command = Command::SubmitRun {
-            request_id: req.request_id,
-            trigger,
-            pipeline,
-            only_tests,
-            now_ms: now_ms(),
-        };
-        match self.core.write(command).await? {
-            Reply::Submitted { run, created } => {
-                tracing::info!(run, created, "rerun submitted");
-                Ok(Response::new(pb::SubmitRunResponse {
-                    run_id: crate::state::run_id(run),
-                    created,
-                }))
-            }
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
-        }
+        Ok(Response::new(
+            super::tests::rerun(&self.core, req.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(file = %req.get_ref().file_name))]
@@ -511,43 +475,6 @@ fn store_build_contexts(
         )));
     }
     Ok(stored)
-}
-
-/// The tests of each `tests:` stage that did not pass in `run` (failed, errored, or never
-/// run), by stage; an error when there are none, or while the run is still going.
-fn failed_tests(
-    run: &crate::state::Run,
-) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
-    if !run.status.is_terminal() {
-        return Err(Error::Conflict(format!(
-            "{} is still {}: rerun its failed tests once it has ended",
-            run.id(),
-            run.status.as_str()
-        )));
-    }
-    let mut only = std::collections::BTreeMap::new();
-    let mut unlisted = false;
-    for (spec, stage) in run.pipeline.stages.iter().zip(&run.stages) {
-        let Some(suite) = &stage.suite else { continue };
-        // A suite that was never listed (skipped, cancelled, its list: failed) runs whole.
-        let Some(ids) = &suite.ids else {
-            unlisted = true;
-            continue;
-        };
-        let failed: Vec<String> = ids
-            .iter()
-            .filter(|id| suite.tests.get(*id).is_some_and(|t| !t.verdict().is_ok()))
-            .cloned()
-            .collect();
-        only.insert(spec.name.clone(), failed);
-    }
-    if !unlisted && only.values().all(Vec::is_empty) {
-        return Err(Error::InvalidInput(format!(
-            "{} has no failed tests to rerun",
-            run.id()
-        )));
-    }
-    Ok(only)
 }
 
 fn membership_error<E: std::fmt::Display>(e: E) -> Status {

@@ -40,6 +40,20 @@ fn after(mut s: Stage, need: &str) -> Stage {
     s
 }
 
+fn register(s: &mut ClusterState, id: &str, now_ms: i64) {
+    let node = NodeRegistration {
+        id: id.into(),
+        labels: Default::default(),
+        drivers: vec!["process".into()],
+        capacity: Resources {
+            cpu_millis: 8000,
+            memory_bytes: 1 << 30,
+        },
+        gpus: vec![],
+    };
+    s.apply(&Command::RegisterNode { node, now_ms });
+}
+
 struct World {
     s: ClusterState,
     run: u64,
@@ -60,17 +74,7 @@ impl World {
         only_tests: std::collections::BTreeMap<String, Vec<String>>,
     ) -> World {
         for n in ["n1", "n2"] {
-            let node = NodeRegistration {
-                id: n.into(),
-                labels: Default::default(),
-                drivers: vec!["process".into()],
-                capacity: Resources {
-                    cpu_millis: 8000,
-                    memory_bytes: 1 << 30,
-                },
-                gpus: vec![],
-            };
-            s.apply(&Command::RegisterNode { node, now_ms: 0 });
+            register(&mut s, n, 0);
         }
         let pipeline = Pipeline {
             name: "p".into(),
@@ -335,19 +339,7 @@ fn a_lost_shard_puts_its_batch_back_for_the_others() {
     w.drain(1, 2);
     w.event(1, TaskStatus::Succeeded);
     // Shard 0 comes back elsewhere as attempt 2 and finds nothing left.
-    w.s.apply(&Command::RegisterNode {
-        node: NodeRegistration {
-            id: "n1".into(),
-            labels: Default::default(),
-            drivers: vec!["process".into()],
-            capacity: Resources {
-                cpu_millis: 8000,
-                memory_bytes: 1 << 30,
-            },
-            gpus: vec![],
-        },
-        now_ms: 11,
-    });
+    register(&mut w.s, "n1", 11);
     w.start(0);
     assert!(w.batch(0, 1).is_empty());
     w.event(0, TaskStatus::Succeeded);
