@@ -399,3 +399,54 @@ fn the_autoscaler_reads_a_gauge_from_the_replicas_own_metrics() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_canary_serves_beside_the_old_revision_until_promoted() {
+    let (mut cluster, gateway) = start();
+    deploy(&cluster, "v1.yaml", &service("v1", ""));
+    wait_settled(&mut cluster, 1, "revision 1 to serve");
+    let load = Load::start(&gateway, "/model/predict", PREDICT, 4);
+    deploy(
+        &cluster,
+        "v2.yaml",
+        &service("v2", "").replace("auto_revert: true", "auto_revert: true\n  canary: 1"),
+    );
+    cluster.wait_for("the canary to serve", Duration::from_secs(30), |c| {
+        let s = get(c);
+        let serving = |rev: u64| {
+            s["replicas"].as_array().map_or(0, |r| {
+                r.iter()
+                    .filter(|r| {
+                        r["revision"] == rev && r["healthy"] == true && r["draining"] == false
+                    })
+                    .count()
+            })
+        };
+        s["rollout"] == "canary" && serving(1) == 2 && serving(2) == 1
+    });
+    // The canary waits for a person: nothing old stops meanwhile.
+    std::thread::sleep(Duration::from_millis(600));
+    let s = get(&cluster);
+    assert_eq!(s["rollout"], "canary", "{s}");
+    let out = cluster.kiln(&["promote", "model"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_settled(&mut cluster, 2, "revision 2 to replace revision 1");
+    let answers = load.stop();
+    assert_no_failures(&answers);
+    let versions: std::collections::BTreeSet<String> = answers.iter().map(version).collect();
+    assert!(
+        versions.contains("v1") && versions.contains("v2"),
+        "{versions:?}"
+    );
+    let out = cluster.kiln(&["promote", "model"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "nothing to promote is a conflict"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no canaries waiting"));
+}
