@@ -37,6 +37,9 @@ pub mod shard;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_api::leader::LeaderClient;
 
 use tokio_util::sync::CancellationToken;
 
@@ -90,10 +93,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let outbox = Arc::new(outbox::Outbox::default());
     let instance = docker::instance_id(&config.data_dir)?;
     let drivers = Arc::new(drivers::Drivers::new(instance, config.registry.clone()));
+    let leader = Arc::new(
+        LeaderClient::new(config.coordinators.clone())
+            .connect_timeout(Duration::from_millis(300))
+            .keep_alive(Duration::from_secs(1), Duration::from_secs(3))
+            .retry_pause(Duration::from_millis(50)),
+    );
     let runner = Arc::new(runner::Runner::new(
         logs.clone(),
         outbox.clone(),
         drivers.clone(),
+        leader.clone(),
         config.advertise.clone(),
     ));
     // Docker first, then the containers this agent still owns: both must be known before
@@ -107,7 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     ));
     let node = fingerprint::fingerprint(&config, gpus);
     tracing::info!(node = %config.node_id, cpu_millis = node.cpu_millis, memory_bytes = node.memory_bytes, drivers = ?*drivers.offered().borrow(), "agent starting");
-    session::run(config, node, runner.clone(), outbox, logs, shutdown).await;
+    session::run(config, node, leader, runner.clone(), outbox, logs, shutdown).await;
     runner.kill_all("agent shutting down");
     Ok(())
 }

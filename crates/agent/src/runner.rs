@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_api::leader::LeaderClient;
 use kiln_api::pb;
 use tokio::sync::{oneshot, watch};
 
@@ -20,7 +21,7 @@ use crate::drivers::Drivers;
 use crate::logs::LogStore;
 use crate::outbox::Outbox;
 use crate::process::Outcome;
-use crate::shard::{self, Leader};
+use crate::shard;
 use crate::{health, now_ms, process};
 
 type Key = (String, u32);
@@ -43,8 +44,9 @@ pub struct Runner {
     outbox: Arc<Outbox>,
     drivers: Arc<Drivers>,
     tasks: Mutex<HashMap<Key, Entry>>,
-    /// The leader's gRPC address while a session is up (builds fetch their context there).
-    leader: Mutex<Option<String>>,
+    /// The way to the leader, shared with the session: shards call the test queue and
+    /// builds fetch their context through it.
+    leader: Arc<LeaderClient>,
     /// The host gateways reach this node's replicas at.
     advertise: String,
 }
@@ -54,6 +56,7 @@ impl Runner {
         logs: LogStore,
         outbox: Arc<Outbox>,
         drivers: Arc<Drivers>,
+        leader: Arc<LeaderClient>,
         advertise: String,
     ) -> Runner {
         Runner {
@@ -61,17 +64,13 @@ impl Runner {
             outbox,
             drivers,
             tasks: Mutex::new(HashMap::new()),
-            leader: Mutex::new(None),
+            leader,
             advertise,
         }
     }
 
     pub fn drivers(&self) -> &Arc<Drivers> {
         &self.drivers
-    }
-
-    pub fn set_leader(&self, addr: Option<String>) {
-        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -325,7 +324,7 @@ impl Runner {
         }
         let runner = self.clone();
         tokio::spawn(async move {
-            let outcome = shard::run(&a, &spec, &work, &log, &mut kill_rx, runner.as_ref()).await;
+            let outcome = shard::run(&a, &spec, &work, &log, &mut kill_rx, &runner.leader).await;
             runner.finish(&key, outcome, None, done_tx);
         });
     }
@@ -361,8 +360,7 @@ impl Runner {
                 Some(spec) => {
                     // Building counts as running from the start.
                     runner.event(&a, "running", None, String::new());
-                    let leader = runner.leader();
-                    docker::build::run(&d, &a, spec, &work, &log, kill_rx, leader).await
+                    docker::build::run(&d, &a, spec, &work, &log, kill_rx, &runner.leader).await
                 }
                 None => {
                     let started = || {
@@ -524,15 +522,6 @@ impl Runner {
 
     pub fn logs(&self) -> &LogStore {
         &self.logs
-    }
-}
-
-impl shard::Leader for Runner {
-    fn leader(&self) -> Option<String> {
-        self.leader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The agent's one long-lived stream to the leader.
 //!
-//! Connect to a coordinator; if it is a follower it refuses with the leader's address, and
-//! the next attempt goes there. Once in: `Register` (with every task this agent knows),
+//! The stream is opened through the agent's [`LeaderClient`], which finds the leader and
+//! follows a follower's hint. Once in: `Register` (with every task this agent knows),
 //! re-send unacknowledged events, heartbeat, and handle what the leader pushes. When the
 //! stream breaks (the leader died or stepped down), reconnect at once; running tasks are not
 //! touched, and their events wait in the outbox.
@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_api::leader::{CallError, LeaderClient};
 use kiln_api::pb::agent_service_client::AgentServiceClient;
 use kiln_api::pb::{self, agent_message::Msg as Out, coordinator_message::Msg as In};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use crate::Config;
 use crate::fingerprint::{Fingerprint, Usage};
@@ -22,83 +22,63 @@ use crate::outbox::Outbox;
 use crate::runner::Runner;
 
 enum Ended {
-    /// The coordinator is not the leader; try this address next.
-    Redirect(String),
     /// The session broke after it was established.
     Broken,
-    /// It could not be established.
-    Failed(String),
     Shutdown,
 }
+
+type Inbound = tonic::Streaming<pb::CoordinatorMessage>;
 
 pub async fn run(
     config: Config,
     node: Fingerprint,
+    leader: Arc<LeaderClient>,
     runner: Arc<Runner>,
     outbox: Arc<Outbox>,
     logs: LogStore,
     shutdown: CancellationToken,
 ) {
-    let mut next_addr: Option<String> = None;
-    let mut rotation = 0usize;
-    let mut failures = 0u32;
     loop {
-        let addr = next_addr.take().unwrap_or_else(|| {
-            rotation += 1;
-            config.coordinators[(rotation - 1) % config.coordinators.len()].clone()
-        });
-        match session(&addr, &config, &node, &runner, &outbox, &logs, &shutdown).await {
-            Ended::Shutdown => return,
-            Ended::Redirect(leader) => {
-                tracing::debug!(%addr, %leader, "redirected to the leader");
-                next_addr = Some(leader);
-                failures += 1;
-            }
-            Ended::Broken => {
-                tracing::info!(%addr, "session with the leader ended; reconnecting");
-                failures = 0;
+        // Registered with the drivers offered now; a change after this ends the session.
+        let mut offered = runner.drivers().offered();
+        let drivers = offered.borrow_and_update().clone();
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = open(&leader, &config, &node, &runner, drivers) => o,
+        };
+        let (tx, inbound) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // A refusal (a version the leader does not speak, say): said loudly, tried again.
+                tracing::warn!(error = %e, "the leader refused this agent's session");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
                 continue;
             }
-            Ended::Failed(e) => {
-                tracing::debug!(%addr, error = %e, "could not open a session");
-                failures += 1;
-            }
-        }
-        // Back off a little once every coordinator has been tried, so a cluster with no
-        // leader yet is not hammered; the first retries are immediate.
-        if failures as usize >= config.coordinators.len() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        };
+        let addr = leader.leader().unwrap_or_default();
+        let streams = (tx, inbound, offered);
+        let ended = session(&addr, streams, &node, &runner, &outbox, &logs, &shutdown).await;
+        match ended {
+            Ended::Shutdown => return,
+            Ended::Broken => {
+                tracing::info!(%addr, "session with the leader ended; reconnecting");
+                leader.forget();
             }
         }
     }
 }
 
-async fn session(
-    addr: &str,
+/// Opens the stream at the leader, wherever it is now, with this agent's `Register` first.
+async fn open(
+    leader: &LeaderClient,
     config: &Config,
     node: &Fingerprint,
-    runner: &Arc<Runner>,
-    outbox: &Outbox,
-    logs: &LogStore,
-    shutdown: &CancellationToken,
-) -> Ended {
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3)),
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut offered = runner.drivers().offered();
-    let drivers = offered.borrow_and_update().clone();
+    runner: &Runner,
+    drivers: Vec<String>,
+) -> Result<(mpsc::UnboundedSender<pb::AgentMessage>, Inbound), CallError> {
     let register = pb::Register {
         node_id: config.node_id.clone(),
         labels: config.labels.clone().into_iter().collect(),
@@ -109,26 +89,39 @@ async fn session(
         version: env!("CARGO_PKG_VERSION").into(),
         gpus: node.gpus.devices(),
     };
-    let _ = tx.send(pb::AgentMessage {
-        msg: Some(Out::Register(register)),
-    });
-    let mut client = AgentServiceClient::new(channel);
-    let mut inbound = match client
-        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    leader
+        .call(kiln_api::leader::forever(), |channel| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(pb::AgentMessage {
+                msg: Some(Out::Register(register.clone())),
+            });
+            async move {
+                let inbound = AgentServiceClient::new(channel)
+                    .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                Ok((tx, inbound))
+            }
+        })
         .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            let hint = status
-                .metadata()
-                .get(kiln_api::LEADER_METADATA_KEY)
-                .and_then(|v| v.to_str().ok());
-            return match hint {
-                Some(leader) => Ended::Redirect(leader.to_string()),
-                None => Ended::Failed(status.to_string()),
-            };
-        }
-    };
+}
+
+/// The open stream: what goes out, what comes in, and the drivers it registered with.
+type Streams = (
+    mpsc::UnboundedSender<pb::AgentMessage>,
+    Inbound,
+    tokio::sync::watch::Receiver<Vec<String>>,
+);
+
+async fn session(
+    addr: &str,
+    (tx, mut inbound, mut offered): Streams,
+    node: &Fingerprint,
+    runner: &Arc<Runner>,
+    outbox: &Outbox,
+    logs: &LogStore,
+    shutdown: &CancellationToken,
+) -> Ended {
     outbox.attach(tx.clone());
     let stop_heartbeats = CancellationToken::new();
     let ended = loop {
@@ -146,7 +139,6 @@ async fn session(
         match msg {
             In::Registered(r) => {
                 tracing::info!(%addr, leader = r.leader_id, "registered with the leader");
-                runner.set_leader(Some(addr.to_string()));
                 let every = Duration::from_millis(r.heartbeat_ms.max(50));
                 let (gpus, runner) = (node.gpus.clone(), runner.clone());
                 tokio::spawn(heartbeats(
@@ -177,7 +169,6 @@ async fn session(
     };
     stop_heartbeats.cancel();
     outbox.detach();
-    runner.set_leader(None);
     ended
 }
 

@@ -17,24 +17,20 @@
 //! would mend: `list:` failing or printing nothing, a report that is not JUnit XML, the
 //! stage's timeout, a kill.
 //!
-//! Calls to the leader follow leader changes: a follower's answer names the leader, and a
-//! lost connection is tried again (the calls are idempotent per batch) until the stage's
-//! deadline.
+//! Calls to the leader go through the agent's [`LeaderClient`], so they follow leader
+//! changes; a lost connection is tried again (the calls are idempotent per batch) until the
+//! stage's deadline.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kiln_api::leader::{CallError, LeaderClient};
 use kiln_api::pb;
 use kiln_sharding::{ids, junit};
 use tokio::sync::oneshot;
 
 use crate::process::{self, Outcome};
-
-/// What the loop needs from its runner: where the leader is now.
-pub trait Leader: Send + Sync {
-    fn leader(&self) -> Option<String>;
-}
 
 /// Runs a shard's test loop to its end.
 pub async fn run(
@@ -43,7 +39,7 @@ pub async fn run(
     work: &Path,
     log_path: &Path,
     kill: &mut oneshot::Receiver<String>,
-    leader: &dyn Leader,
+    leader: &LeaderClient,
 ) -> Outcome {
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.max(1));
     // Every writer appends: the loop's own lines, `list:`'s errors, `run:`'s output.
@@ -60,7 +56,11 @@ pub async fn run(
         log_path,
         deadline,
     };
-    let mut queue = Queue { leader, hint: None };
+    // A shard's calls share the agent's connection to the leader, each bounded on its own:
+    // a leader that vanishes mid-call must not hold the shard past its deadline.
+    let mut queue = Queue {
+        leader: leader.fork().call_timeout(CALL_TIMEOUT),
+    };
     match shard.run(&mut queue, &mut log, kill).await {
         Ok(summary) => {
             let _ = writeln!(log, "kiln: {summary}");
@@ -107,7 +107,7 @@ struct Shard<'a> {
 impl Shard<'_> {
     async fn run(
         &self,
-        queue: &mut Queue<'_>,
+        queue: &mut Queue,
         log: &mut std::fs::File,
         kill: &mut oneshot::Receiver<String>,
     ) -> Result<String, Outcome> {
@@ -303,13 +303,11 @@ fn reports(work: &Path, glob: &str) -> Vec<PathBuf> {
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The leader's test queue, followed across leader changes.
-struct Queue<'a> {
-    leader: &'a dyn Leader,
-    /// The leader a follower named, until the session learns it too.
-    hint: Option<String>,
+struct Queue {
+    leader: LeaderClient,
 }
 
-impl Queue<'_> {
+impl Queue {
     async fn next(
         &mut self,
         a: &pb::Assignment,
@@ -359,62 +357,19 @@ impl Queue<'_> {
         F: Fn(pb::test_queue_client::TestQueueClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let mut last = String::from("no leader known");
-        while Instant::now() < deadline {
-            let addr = self.hint.clone().or_else(|| self.leader.leader());
-            if let Some(addr) = addr {
-                // A leader that vanishes mid-call must not hold the shard past its deadline.
-                let limit = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(CALL_TIMEOUT);
-                let attempt = tokio::time::timeout(limit, async {
-                    let client =
-                        pb::test_queue_client::TestQueueClient::connect(format!("http://{addr}"))
-                            .await?;
-                    Ok::<_, tonic::transport::Error>(call(client).await)
-                })
-                .await
-                .unwrap_or_else(|_| Ok(Err(tonic::Status::unavailable("the call timed out"))));
-                match attempt {
-                    Ok(answer) => match answer {
-                        Ok(v) => return Ok(v),
-                        Err(status) => {
-                            let hint = status
-                                .metadata()
-                                .get(kiln_api::LEADER_METADATA_KEY)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string);
-                            match status.code() {
-                                tonic::Code::FailedPrecondition if hint.is_some() => {
-                                    self.hint = hint;
-                                    continue;
-                                }
-                                tonic::Code::Unavailable
-                                | tonic::Code::Unknown
-                                | tonic::Code::Internal => {
-                                    self.hint = None;
-                                    last = status.message().to_string();
-                                }
-                                _ => {
-                                    return Err(format!(
-                                        "the test queue refused: {}",
-                                        status.message()
-                                    ));
-                                }
-                            }
-                        }
-                    },
-                    Err(e) => {
-                        self.hint = None;
-                        last = format!("connecting to {addr}: {e}");
-                    }
-                }
+        let answer = self
+            .leader
+            .call(deadline, |channel| {
+                call(pb::test_queue_client::TestQueueClient::new(channel))
+            })
+            .await;
+        answer.map_err(|e| match e {
+            CallError::Refused(status) => {
+                format!("the test queue refused: {}", status.message())
             }
-            // Back off before asking again: a new leader takes an election to appear.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(format!(
-            "the test queue did not answer before the deadline: {last}"
-        ))
+            CallError::Unreachable(last) => {
+                format!("the test queue did not answer before the deadline: {last}")
+            }
+        })
     }
 }

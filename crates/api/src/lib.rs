@@ -8,11 +8,13 @@
 //!   autoscaling).
 //! - [`validate`]: turning YAML text into a checked [`spec::Pipeline`], or into errors that
 //!   name the file, the line where one is known, the field and the reason.
+//! - [`leader`]: the one client loop that finds the leader and follows it.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
 //!
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
 //! it touches the network and the coordinator rejects it again with the same words.
 
+pub mod leader;
 pub mod service;
 pub mod spec;
 pub mod units;
@@ -27,5 +29,4 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
 }
 
-/// The metadata key under which a follower names the leader's gRPC address.
-pub const LEADER_METADATA_KEY: &str = "kiln-leader";
+pub use leader::LEADER_METADATA_KEY;

@@ -28,6 +28,7 @@ mod services;
 mod shards;
 
 use clap::{Parser, Subcommand};
+use kiln_api::leader::{self, LeaderClient};
 use kiln_api::pb::{self, kiln_client::KilnClient};
 use kiln_e2e::{Cluster, Options, now_ms};
 use tonic::transport::Channel;
@@ -205,61 +206,41 @@ async fn connect(addr: &str) -> Option<KilnClient<Channel>> {
     Some(KilnClient::new(ch).max_decoding_message_size(1 << 30))
 }
 
-/// A submitter's connection, kept while it works.
-#[derive(Default)]
-struct Conn {
-    addr: String,
-    client: Option<KilnClient<Channel>>,
+/// A submitter's way to the leader, kept while it works.
+fn submitter(addrs: &[String]) -> LeaderClient {
+    LeaderClient::new(addrs.to_vec())
+        .connect_timeout(Duration::from_millis(200))
+        .retry_pause(Duration::from_millis(5))
 }
 
-/// Submits one run on `conn`, following leader hints and retrying over every address until
-/// it is acknowledged. Returns the run id.
-async fn submit_on(conn: &mut Conn, addrs: &[String], request_id: String) -> String {
-    submit_yaml(conn, addrs, request_id, TRUE.to_string()).await
+/// A kiln client on a channel, reading answers of any size.
+fn kiln(channel: Channel) -> KilnClient<Channel> {
+    KilnClient::new(channel).max_decoding_message_size(1 << 30)
 }
 
-/// Submits `yaml` on `conn` (see [`submit_on`]).
-async fn submit_yaml(
-    conn: &mut Conn,
-    addrs: &[String],
-    request_id: String,
-    yaml: String,
-) -> String {
-    let mut i = 0;
-    let mut hint: Option<String> = None;
+/// Submits one run through `conn`, retrying until it is acknowledged. Returns the run id.
+async fn submit_on(conn: &LeaderClient, request_id: String) -> String {
+    submit_yaml(conn, request_id, TRUE.to_string()).await
+}
+
+/// Submits `yaml` through `conn` (see [`submit_on`]).
+async fn submit_yaml(conn: &LeaderClient, request_id: String, yaml: String) -> String {
     loop {
-        let addr = match hint.take() {
-            Some(h) => h,
-            None if conn.client.is_some() => conn.addr.clone(),
-            None => addrs[i % addrs.len()].clone(),
-        };
-        i += 1;
-        if conn.addr != addr || conn.client.is_none() {
-            conn.client = connect(&addr).await;
-            conn.addr = addr.clone();
-        }
-        if let Some(c) = conn.client.as_mut() {
-            let req = pb::SubmitRunRequest {
-                pipeline_yaml: yaml.clone(),
-                file_name: "bench.yaml".into(),
-                request_id: request_id.clone(),
-                trigger: "bench".into(),
-                ..Default::default()
-            };
-            match c.submit_run(req).await {
-                Ok(r) => return r.into_inner().run_id,
-                Err(s) => {
-                    conn.client = None;
-                    hint = s
-                        .metadata()
-                        .get(kiln_api::LEADER_METADATA_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .map(String::from);
-                }
-            }
-        }
-        if hint.is_none() && i % addrs.len() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let answer = conn
+            .call(leader::forever(), |channel| {
+                let req = pb::SubmitRunRequest {
+                    pipeline_yaml: yaml.clone(),
+                    file_name: "bench.yaml".into(),
+                    request_id: request_id.clone(),
+                    trigger: "bench".into(),
+                    ..Default::default()
+                };
+                async move { kiln(channel).submit_run(req).await }
+            })
+            .await;
+        match answer {
+            Ok(r) => return r.into_inner().run_id,
+            Err(e) => eprintln!("submit {request_id} refused ({e}); trying again"),
         }
     }
 }
@@ -279,31 +260,13 @@ async fn leader_addr(addrs: &[String]) -> String {
     }
 }
 
-async fn leader_client(addrs: &[String]) -> KilnClient<Channel> {
-    loop {
-        for a in addrs {
-            if let Some(mut c) = connect(a).await
-                && let Ok(s) = c.cluster_status(pb::ClusterStatusRequest {}).await
-            {
-                let s = s.into_inner();
-                if s.leader_id != 0
-                    && let Some(l) = connect(&s.leader_addr).await
-                {
-                    return l;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn list_runs(addrs: &[String]) -> Vec<pb::Run> {
-    loop {
-        let mut c = leader_client(addrs).await;
-        if let Ok(r) = c.list_runs(pb::ListRunsRequest {}).await {
-            return r.into_inner().runs;
-        }
-    }
+    let answer = submitter(addrs)
+        .call(leader::forever(), |channel| async move {
+            kiln(channel).list_runs(pb::ListRunsRequest {}).await
+        })
+        .await;
+    answer.expect("list runs").into_inner().runs
 }
 
 /// The leader's `/metrics` text.
@@ -345,13 +308,13 @@ async fn throughput(addrs: &[String], http: &[String], tasks: usize, submitters:
     for _ in 0..submitters {
         let (addrs, next) = (addrs.to_vec(), next.clone());
         clients.push(tokio::spawn(async move {
-            let mut conn = Conn::default();
+            let conn = submitter(&addrs);
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= tasks {
                     return;
                 }
-                submit_on(&mut conn, &addrs, format!("tput-{n}")).await;
+                submit_on(&conn, format!("tput-{n}")).await;
             }
         }));
     }
@@ -409,22 +372,22 @@ async fn latency(addrs: &[String], samples: usize) {
         return;
     }
     let mut lat = Vec::new();
-    let mut c = leader_client(addrs).await;
-    let mut conn = Conn::default();
+    let conn = submitter(addrs);
     for n in 0..samples {
         let t0 = now_ms();
-        let run_id = submit_on(&mut conn, addrs, format!("lat-{n}")).await;
+        let run_id = submit_on(&conn, format!("lat-{n}")).await;
         // Wait for this run to finish before the next, so the agent is warm but idle.
         let run = loop {
-            match c
-                .get_run(pb::GetRunRequest {
-                    run_id: run_id.clone(),
+            let answer = conn
+                .call(leader::forever(), |channel| {
+                    let run_id = run_id.clone();
+                    async move { kiln(channel).get_run(pb::GetRunRequest { run_id }).await }
                 })
-                .await
-            {
+                .await;
+            match answer {
                 Ok(r) if r.get_ref().finished_ms > 0 => break r.into_inner(),
                 Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-                Err(_) => c = leader_client(addrs).await,
+                Err(e) => panic!("reading {run_id}: {e}"),
             }
         };
         lat.push(run.stages[0].started_ms - t0);
@@ -467,9 +430,9 @@ fn failover(rt: &tokio::runtime::Runtime, cluster: &mut Cluster, kills: usize) {
             let (addrs, stop) = (addrs.clone(), stop.clone());
             rt.spawn(async move {
                 let mut n = 0;
-                let mut conn = Conn::default();
+                let conn = submitter(&addrs);
                 while !stop.load(Ordering::Relaxed) {
-                    submit_on(&mut conn, &addrs, format!("fo-{round}-{n}")).await;
+                    submit_on(&conn, format!("fo-{round}-{n}")).await;
                     n += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

@@ -82,8 +82,8 @@ pub fn run(params: Params) {
             let yaml = format!("name: sched-{r}\nstages:\n{}", (0..n).map(stage_yaml).collect::<String>());
             let addrs = addrs.clone();
             submits.push(tokio::spawn(async move {
-                let mut conn = crate::Conn::default();
-                crate::submit_yaml(&mut conn, &addrs, format!("sched-{r}"), yaml).await
+                let conn = crate::submitter(&addrs);
+                crate::submit_yaml(&conn, format!("sched-{r}"), yaml).await
             }));
         }
         for s in submits {
@@ -102,8 +102,7 @@ pub fn run(params: Params) {
         let placed_in = started.elapsed();
         let after: Vec<(String, f64, u64)> = crate::usage(&cluster);
 
-        let mut client = crate::leader_client(&addrs).await;
-        let runs = client.list_runs(pb::ListRunsRequest {}).await.expect("list runs").into_inner().runs;
+        let runs = crate::list_runs(&addrs).await;
         let mut latency: Vec<i64> = runs
             .iter()
             .flat_map(|r| r.stages.iter().filter_map(move |s| s.attempts.first().map(|a| a.placed_ms - r.created_ms)))

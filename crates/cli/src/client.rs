@@ -1,43 +1,28 @@
-//! A client of the cluster that finds the leader by itself: it tries the given addresses in
-//! turn, follows the `kiln-leader` hint a follower answers with, and retries while no leader
-//! is elected, until a deadline.
+//! The CLI's client of the cluster: [`kiln_api::leader::LeaderClient`] (it finds the leader
+//! and follows it) with the CLI's patience and its errors.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use kiln_api::leader::{CallError, LeaderClient};
 use kiln_api::pb::kiln_client::KilnClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::error::CliError;
 
 pub struct Client {
-    addrs: Vec<String>,
+    leader: LeaderClient,
     /// How long to keep retrying while the cluster has no reachable leader.
     patience: Duration,
-    /// The address that answered last, tried first next time.
-    preferred: Option<String>,
 }
 
 impl Client {
     pub fn new(addrs: Vec<String>, patience: Duration) -> Client {
         Client {
-            addrs,
+            leader: LeaderClient::new(addrs),
             patience,
-            preferred: None,
         }
-    }
-
-    async fn connect(addr: &str) -> Result<KilnClient<Channel>, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("{addr}: {e}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        Ok(KilnClient::new(channel).max_decoding_message_size(256 << 20))
     }
 
     /// Runs `op` against the leader (or any coordinator, for reads that a follower answers).
@@ -47,60 +32,16 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.patience;
-        let mut next = self.preferred.clone();
-        let mut rotation = 0usize;
-        let mut last_error = String::from("no coordinator address given");
-        loop {
-            let addr = match next.take() {
-                Some(a) => a,
-                None => {
-                    if self.addrs.is_empty() {
-                        return Err(CliError::Unavailable(last_error));
-                    }
-                    rotation += 1;
-                    if rotation > self.addrs.len()
-                        && (rotation - 1).is_multiple_of(self.addrs.len())
-                    {
-                        if Instant::now() >= deadline {
-                            return Err(CliError::Unavailable(last_error));
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    self.addrs[(rotation - 1) % self.addrs.len()].clone()
-                }
-            };
-            let client = match Self::connect(&addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last_error = format!("cannot reach {e}");
-                    continue;
-                }
-            };
-            match op(client).await {
-                Ok(reply) => {
-                    self.preferred = Some(addr);
-                    return Ok(reply.into_inner());
-                }
-                Err(status) => {
-                    let hint = status
-                        .metadata()
-                        .get(kiln_api::LEADER_METADATA_KEY)
-                        .and_then(|v| v.to_str().ok());
-                    if let Some(leader) = hint {
-                        next = Some(leader.to_string());
-                        continue;
-                    }
-                    match status.code() {
-                        Code::Unavailable | Code::Unknown | Code::Cancelled => {
-                            last_error = format!("{addr}: {}", status.message());
-                            if Instant::now() >= deadline {
-                                return Err(CliError::Unavailable(last_error));
-                            }
-                        }
-                        _ => return Err(CliError::from_status(status)),
-                    }
-                }
-            }
+        let answer = self
+            .leader
+            .call(deadline, |channel| {
+                op(KilnClient::new(channel).max_decoding_message_size(256 << 20))
+            })
+            .await;
+        match answer {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(CallError::Refused(status)) => Err(CliError::from_status(status)),
+            Err(CallError::Unreachable(e)) => Err(CliError::Unavailable(e)),
         }
     }
 }

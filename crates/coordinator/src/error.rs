@@ -1,7 +1,7 @@
 //! The coordinator's one error type, split by cause, and its mapping to gRPC status codes
-//! (done here and nowhere else).
-
-use kiln_api::LEADER_METADATA_KEY;
+//! (done here and nowhere else). "Not the leader" is `UNAVAILABLE` with the leader's
+//! address in metadata ([`kiln_api::leader::not_leader`]), so that clients retry it; a
+//! conflict is `FAILED_PRECONDITION`, final.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,16 +31,9 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(_) => tonic::Status::invalid_argument(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::Conflict(_) => tonic::Status::failed_precondition(message),
-            Error::NotLeader { leader: Some(addr) } => {
-                let mut status = tonic::Status::failed_precondition(message);
-                if let Ok(value) = addr.parse() {
-                    status.metadata_mut().insert(LEADER_METADATA_KEY, value);
-                }
-                status
-            }
-            Error::NotLeader { leader: None } | Error::Unavailable(_) => {
-                tonic::Status::unavailable(message)
-            }
+            // Distinct from a conflict: clients retry it, at the leader it names.
+            Error::NotLeader { leader } => kiln_api::leader::not_leader(message, leader.as_deref()),
+            Error::Unavailable(_) => tonic::Status::unavailable(message),
             Error::Storage(_) | Error::Internal(_) => tonic::Status::internal(message),
         }
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_api::leader::{self, LeaderClient};
 use kiln_api::pb;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
@@ -184,37 +185,32 @@ impl Coordinator {
     }
 }
 
-/// Asks the cluster to add this coordinator, following leader hints, until it succeeds.
+/// Asks the cluster to add this coordinator, through the leader, until it succeeds.
 async fn join_cluster(target: String, id: u64, addr: String, shutdown: CancellationToken) {
-    let mut at = target;
+    let leader = LeaderClient::new(vec![target]).retry_pause(Duration::from_millis(200));
     loop {
-        let result = async {
-            let mut client = pb::kiln_client::KilnClient::connect(format!("http://{at}")).await?;
-            client
-                .join_cluster(pb::JoinClusterRequest {
-                    id,
-                    addr: addr.clone(),
-                })
-                .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        match result.await {
-            Ok(()) => {
-                tracing::info!(id, "joined the cluster");
-                return;
+        let join = leader.call(leader::forever(), |channel| {
+            let req = pb::JoinClusterRequest {
+                id,
+                addr: addr.clone(),
+            };
+            async move {
+                pb::kiln_client::KilnClient::new(channel)
+                    .join_cluster(req)
+                    .await
             }
-            Err(e) => {
-                let hint = e
-                    .downcast_ref::<tonic::Status>()
-                    .and_then(|s| s.metadata().get(kiln_api::LEADER_METADATA_KEY))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                match hint {
-                    Some(leader) => at = leader,
-                    None => tracing::info!(error = %e, "join not accepted yet; retrying"),
+        });
+        let refused = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            joined = join => match joined {
+                Ok(_) => {
+                    tracing::info!(id, "joined the cluster");
+                    return;
                 }
-            }
-        }
+                Err(e) => e,
+            },
+        };
+        tracing::info!(error = %refused, "join not accepted yet; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

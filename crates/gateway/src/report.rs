@@ -1,11 +1,12 @@
-//! Traffic reports to the leader, every 100 ms (see `proto/kiln/v1/gateway.proto`). A
-//! follower answers with the leader's address, which the next report goes to; a report
-//! that fails gives its request counts back to the next one.
+//! Traffic reports to the leader, every 100 ms (see `proto/kiln/v1/gateway.proto`), through
+//! [`LeaderClient`], which follows the leader; a report that is not delivered within a
+//! second gives its request counts back to the next one.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use kiln_api::leader::LeaderClient;
 use kiln_api::pb;
 use tokio_util::sync::CancellationToken;
 
@@ -17,9 +18,9 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 pub async fn run(table: Arc<Table>, config: Config, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leader: Option<String> = None;
-    let mut conn: Conn = None;
-    let mut next = 0usize;
+    let leader = LeaderClient::new(config.coordinators.clone())
+        .connect_timeout(Duration::from_millis(300))
+        .retry_pause(Duration::from_millis(20));
     let mut last = Instant::now();
     loop {
         tokio::select! {
@@ -54,59 +55,28 @@ pub async fn run(table: Arc<Table>, config: Config, shutdown: CancellationToken)
                 })
                 .collect(),
         };
-        let addr = leader.clone().unwrap_or_else(|| {
-            next += 1;
-            config.coordinators[next % config.coordinators.len().max(1)].clone()
-        });
-        if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
-            conn = None;
-        }
-        match send(&mut conn, &addr, report).await {
-            Ok(()) => {
-                leader = Some(addr);
-                last = Instant::now();
+        // Undelivered within a second, a report is dropped; its counts go with the next.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let send = leader.call(deadline, |channel| {
+            let report = report.clone();
+            async move {
+                pb::gateway_client::GatewayClient::new(channel)
+                    .report_traffic(report)
+                    .await
             }
-            Err(hint) => {
-                leader = hint;
-                conn = None;
+        });
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            sent = send => sent,
+        };
+        match sent {
+            Ok(_) => last = Instant::now(),
+            Err(e) => {
+                tracing::debug!(error = %e, "traffic report not delivered");
                 for (c, n) in taken {
                     c.requests.fetch_add(n, Ordering::Relaxed);
                 }
             }
         }
     }
-}
-
-type Conn = Option<(
-    String,
-    pb::gateway_client::GatewayClient<tonic::transport::Channel>,
-)>;
-
-/// Sends one report on the open connection (opening it first if needed); on failure
-/// answers the leader a follower named, if any.
-async fn send(
-    conn: &mut Conn,
-    addr: &str,
-    report: pb::TrafficReport,
-) -> Result<(), Option<String>> {
-    let call = async {
-        if conn.is_none() {
-            let client = pb::gateway_client::GatewayClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|_| None)?;
-            *conn = Some((addr.to_string(), client));
-        }
-        let (_, client) = conn.as_mut().ok_or(None)?;
-        client.report_traffic(report).await.map_err(|status| {
-            status
-                .metadata()
-                .get(kiln_api::LEADER_METADATA_KEY)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })?;
-        Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(1), call)
-        .await
-        .unwrap_or(Err(None))
 }

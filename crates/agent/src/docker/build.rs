@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::{BuildImageOptions, PushImageOptions, RemoveImageOptions};
 use futures::StreamExt;
+use kiln_api::leader::LeaderClient;
 use kiln_api::pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
@@ -26,7 +27,7 @@ pub async fn run(
     work: &Path,
     log_path: &Path,
     kill: oneshot::Receiver<String>,
-    leader: Option<String>,
+    leader: &LeaderClient,
 ) -> (Outcome, Option<String>) {
     let mut log = match Log::create(log_path) {
         Ok(l) => l,
@@ -79,15 +80,13 @@ async fn steps(
     log_path: &Path,
     log: &mut Log,
     killed: watch::Receiver<Option<String>>,
-    leader: Option<String>,
+    leader: &LeaderClient,
 ) -> Result<String, String> {
     let registry = d
         .registry
         .clone()
         .ok_or("this node has no registry to push to: start its agent with --registry HOST:PORT")?;
-    let leader =
-        leader.ok_or("not connected to the leader, so the build context cannot be fetched")?;
-    let context = fetch_blob(&leader, &spec.context_digest).await?;
+    let context = fetch_blob(leader, &spec.context_digest).await?;
     log.line(&format!(
         "kiln: build context {} ({} KiB)",
         spec.context_digest,
@@ -210,27 +209,27 @@ async fn prepare(
         .map_err(|e| format!("packing the build context: {e}"))
 }
 
-/// A blob from the coordinator, checked against its digest.
-async fn fetch_blob(leader: &str, digest: &str) -> Result<Vec<u8>, String> {
+/// A blob from the leader, checked against its digest.
+async fn fetch_blob(leader: &LeaderClient, digest: &str) -> Result<Vec<u8>, String> {
     let fail = |e: String| format!("fetching the build context {digest}: {e}");
-    let mut client = pb::blobs_client::BlobsClient::connect(format!("http://{leader}"))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let mut stream = client
-        .fetch_blob(pb::FetchBlobRequest {
-            digest: digest.to_string(),
+    let deadline = std::time::Instant::now() + FETCH_PATIENCE;
+    let bytes = leader
+        .call(deadline, |channel| async move {
+            let mut client = pb::blobs_client::BlobsClient::new(channel);
+            let mut stream = client
+                .fetch_blob(pb::FetchBlobRequest {
+                    digest: digest.to_string(),
+                })
+                .await?
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            Ok(bytes)
         })
         .await
-        .map_err(|e| fail(e.message().to_string()))?
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|e| fail(e.message().to_string()))?
-    {
-        bytes.extend_from_slice(&chunk.data);
-    }
+        .map_err(|e| fail(e.to_string()))?;
     let sum: String = Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -240,6 +239,9 @@ async fn fetch_blob(leader: &str, digest: &str) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
+
+/// How long a build waits for a leader to fetch its context from.
+const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 
 fn failed(message: String) -> Outcome {
     Outcome {
