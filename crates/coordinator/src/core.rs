@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, Raft};
 use crate::scheduler::SchedulerConfig;
-use crate::state::{Command, Response, TaskRef};
+use crate::state::{Command, Reply, Response, TaskRef};
 use crate::traffic::Traffic;
 
 /// Settings that shape a coordinator's behaviour (not where it listens).
@@ -90,10 +90,19 @@ impl Core {
         }
     }
 
-    /// Proposes a command and waits until it is committed and applied here.
-    pub async fn write(&self, command: Command) -> Result<Response> {
+    /// Proposes a command and waits until it is committed and applied here; answers the
+    /// command's typed reply. The one place where a rejection (a replicated, deterministic
+    /// outcome) becomes [`Error::Conflict`].
+    pub async fn write<R: Reply>(&self, command: Command) -> Result<R> {
+        let kind = command.kind();
         match self.raft.client_write(command).await {
-            Ok(reply) => Ok(reply.data),
+            Ok(reply) => match R::from_response(reply.data) {
+                Ok(r) => Ok(r),
+                Err(Response::Rejected { reason }) => Err(Error::Conflict(reason)),
+                Err(other) => Err(Error::Internal(format!(
+                    "unexpected reply to {kind}: {other:?}"
+                ))),
+            },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
                     leader: f.leader_node.map(|n| n.addr),

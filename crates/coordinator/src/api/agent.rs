@@ -24,7 +24,8 @@ use crate::controllers::sessions::{Session, assignment};
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::{
-    Command, GpuDevice, NodeRegistration, Placement, Response as Reply, TaskEvent, TaskStatus,
+    Command, EventsApplied, GpuDevice, NodeRegistered, NodeRegistration, Placement, TaskEvent,
+    TaskStatus,
 };
 
 pub struct AgentApi {
@@ -84,7 +85,8 @@ impl AgentService for AgentApi {
                 .collect(),
         };
         drop(_e);
-        self.core
+        let NodeRegistered = self
+            .core
             .write(Command::RegisterNode {
                 node: reg,
                 now_ms: now_ms(),
@@ -256,11 +258,10 @@ async fn commit_events(
                 })
                 .await
             {
-                Ok(Reply::EventsApplied { kills, .. }) => {
+                Ok(EventsApplied { kills, .. }) => {
                     let state = core.state.read();
                     core.sessions.kill(&state, &kills);
                 }
-                Ok(_) => {}
                 Err(Error::NotLeader { .. }) => {
                     session.closed.cancel();
                     return;

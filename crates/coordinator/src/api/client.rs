@@ -17,7 +17,7 @@ use super::convert;
 use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
-use crate::state::{Command, Response as Reply, TaskRef, parse_run_id};
+use crate::state::{Cancelled, Command, Submitted, TaskRef, parse_run_id};
 
 pub struct ClientService {
     pub core: Arc<Core>,
@@ -78,16 +78,12 @@ impl Kiln for ClientService {
             only_tests: Default::default(),
             now_ms: now_ms(),
         };
-        match self.core.write(command).await? {
-            Reply::Submitted { run, created } => {
-                tracing::info!(run, created, "run submitted");
-                Ok(Response::new(pb::SubmitRunResponse {
-                    run_id: crate::state::run_id(run),
-                    created,
-                }))
-            }
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
-        }
+        let Submitted { run, created } = self.core.write(command).await?;
+        tracing::info!(run, created, "run submitted");
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: crate::state::run_id(run),
+            created,
+        }))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
@@ -125,24 +121,18 @@ impl Kiln for ClientService {
         if !self.core.state.read().runs.contains_key(&run) {
             return Err(Error::NotFound(format!("run {id} not found")).into());
         }
-        match self
+        let Cancelled { kills } = self
             .core
             .write(Command::CancelRun {
                 run,
                 now_ms: now_ms(),
             })
-            .await?
-        {
-            Reply::Cancelled { kills } => {
-                let state = self.core.state.read();
-                self.core.sessions.kill(&state, &kills);
-                Ok(Response::new(pb::CancelRunResponse {
-                    status: "cancelled".into(),
-                }))
-            }
-            Reply::Rejected { reason } => Err(Error::Conflict(reason).into()),
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
-        }
+            .await?;
+        let state = self.core.state.read();
+        self.core.sessions.kill(&state, &kills);
+        Ok(Response::new(pb::CancelRunResponse {
+            status: "cancelled".into(),
+        }))
     }
 
     async fn list_nodes(

@@ -8,7 +8,7 @@ use kiln_api::validate::parse_service;
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
 use crate::state::services::{Deploy, RolloutKind, Service};
-use crate::state::{Command, Response as Reply, ServiceAction};
+use crate::state::{Command, Deployed, ServiceAction, ServiceChanged};
 
 pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployResponse> {
     let file = if req.file_name.is_empty() {
@@ -40,23 +40,19 @@ pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployRes
         deploy: Box::new(deploy),
         now_ms: now_ms(),
     };
-    match core.write(command).await? {
-        Reply::Deployed { service, revision } => {
-            let name = core
-                .state
-                .read()
-                .services
-                .get(&service)
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
-            tracing::info!(service = %name, revision, "deployed");
-            Ok(pb::DeployResponse {
-                service: name,
-                revision,
-            })
-        }
-        other => Err(unexpected(other)),
-    }
+    let Deployed { service, revision } = core.write(command).await?;
+    let name = core
+        .state
+        .read()
+        .services
+        .get(&service)
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    tracing::info!(service = %name, revision, "deployed");
+    Ok(pb::DeployResponse {
+        service: name,
+        revision,
+    })
 }
 
 pub fn list(core: &Core) -> pb::ListServicesResponse {
@@ -149,25 +145,16 @@ pub async fn promote(core: &Core, req: pb::PromoteRequest) -> Result<pb::Service
 
 /// Proposes a command about a service and answers its view afterwards.
 async fn changed(core: &Core, command: Command, name: &str) -> Result<pb::ServiceView> {
-    match core.write(command).await? {
-        Reply::ServiceChanged { kills } => {
-            let state = core.state.read();
-            core.sessions.kill(&state, &kills);
-            Ok(view(core, find(&state, name)?))
-        }
-        Reply::Rejected { reason } => Err(Error::Conflict(reason)),
-        other => Err(unexpected(other)),
-    }
+    let ServiceChanged { kills, .. } = core.write(command).await?;
+    let state = core.state.read();
+    core.sessions.kill(&state, &kills);
+    Ok(view(core, find(&state, name)?))
 }
 
 fn find<'s>(state: &'s crate::state::ClusterState, name: &str) -> Result<&'s Service> {
     state
         .service_by_name(name)
         .ok_or_else(|| Error::NotFound(format!("service {name} not found")))
-}
-
-fn unexpected(reply: Reply) -> Error {
-    Error::Internal(format!("unexpected reply {reply:?}"))
 }
 
 /// A service as the API shows it.

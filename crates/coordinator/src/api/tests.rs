@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status};
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::suite::{Take, TestResult, Verdict};
-use crate::state::{Command, Response as Reply, Run, StageRef, TaskRef, TaskStatus, parse_run_id};
+use crate::state::{
+    Command, Run, StageRef, Submitted, TaskRef, TaskStatus, TestsReported, parse_run_id,
+};
 
 pub struct TestQueueService {
     pub core: Arc<Core>,
@@ -37,19 +39,17 @@ impl TestQueue for TestQueueService {
             list,
         };
         match self.core.write(command).await? {
-            Reply::Tests(Take::NeedList) => Ok(Response::new(pb::NextTestsResponse {
+            Take::NeedList => Ok(Response::new(pb::NextTestsResponse {
                 need_list: true,
                 ids: Vec::new(),
             })),
-            Reply::Tests(Take::Batch(ids)) => {
+            Take::Batch(ids) => {
                 tracing::debug!(tests = ids.len(), "batch taken");
                 Ok(Response::new(pb::NextTestsResponse {
                     need_list: false,
                     ids,
                 }))
             }
-            Reply::Rejected { reason } => Err(Error::Conflict(reason).into()),
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
         }
     }
 
@@ -85,12 +85,8 @@ impl TestQueue for TestQueueService {
             results,
             overhead_ms: req.overhead_ms,
         };
-        match self.core.write(command).await? {
-            Reply::TestsReported { accepted } => {
-                Ok(Response::new(pb::ReportTestsResponse { accepted }))
-            }
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
-        }
+        let TestsReported { accepted } = self.core.write(command).await?;
+        Ok(Response::new(pb::ReportTestsResponse { accepted }))
     }
 }
 
@@ -137,16 +133,12 @@ pub async fn rerun(core: &Core, req: pb::RerunRunRequest) -> Result<pb::SubmitRu
         only_tests,
         now_ms: now_ms(),
     };
-    match core.write(command).await? {
-        Reply::Submitted { run, created } => {
-            tracing::info!(run, created, "rerun submitted");
-            Ok(pb::SubmitRunResponse {
-                run_id: crate::state::run_id(run),
-                created,
-            })
-        }
-        other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
-    }
+    let Submitted { run, created } = core.write(command).await?;
+    tracing::info!(run, created, "rerun submitted");
+    Ok(pb::SubmitRunResponse {
+        run_id: crate::state::run_id(run),
+        created,
+    })
 }
 
 /// The tests of each `tests:` stage that did not pass in `run` (failed, errored, or never

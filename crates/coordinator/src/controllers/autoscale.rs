@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
 use crate::state::services::Service;
-use crate::state::{Command, ServiceAction};
+use crate::state::{Command, ServiceAction, ServiceChanged};
 
 /// How often the autoscaler looks.
 pub const INTERVAL: Duration = Duration::from_millis(250);
@@ -240,7 +240,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                 }],
                 now_ms: now,
             };
-            if let Err(e) = core.write(command).await {
+            if let Err(e) = core.write::<ServiceChanged>(command).await {
                 tracing::debug!(error = %e, "scale not committed");
             }
         }

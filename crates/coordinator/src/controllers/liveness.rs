@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
-use crate::state::{Command, NodeStatus, Response};
+use crate::state::{Command, NodeDown, NodeStatus};
 
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let grace = core.tuning.node_grace;
@@ -41,7 +41,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
         };
         for node in expired {
             tracing::warn!(%node, "node missed its heartbeats for the grace period: marking it down");
-            if let Ok(Response::NodeDown { lost }) = core
+            if let Ok(NodeDown { lost }) = core
                 .write(Command::MarkNodeDown {
                     node: node.clone(),
                     now_ms: now,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
 use crate::state::services::{Replica, RolloutKind, Service};
-use crate::state::{Command, Response, ServiceAction, TaskStatus};
+use crate::state::{Command, ServiceAction, ServiceChanged, TaskStatus};
 
 /// A draining replica is killed after this long even if a gateway still reports requests.
 pub const DRAIN_TIMEOUT_MS: i64 = 30_000;
@@ -205,13 +205,15 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                 actions,
                 now_ms: now,
             };
-            match core.write(command).await {
-                Ok(Response::ServiceChanged { kills }) => {
+            match core.write::<ServiceChanged>(command).await {
+                Ok(changed) => {
+                    if !changed.skipped.is_empty() {
+                        tracing::debug!(service, skipped = ?changed.skipped, "rollout step partly stale");
+                    }
                     let state = core.state.read();
-                    core.sessions.kill(&state, &kills);
+                    core.sessions.kill(&state, &changed.kills);
                 }
-                Ok(other) => tracing::debug!(?other, "rollout step not applied"),
-                Err(e) => tracing::debug!(error = %e, "rollout step not committed"),
+                Err(e) => tracing::debug!(error = %e, "rollout step not applied"),
             }
         }
     }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
 use crate::scheduler;
-use crate::state::{Command, Response};
+use crate::state::{Command, Placed};
 
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let mut applied = core.state.subscribe();
@@ -64,13 +64,12 @@ async fn pass(core: &Core) -> crate::error::Result<()> {
         now_ms: now_ms(),
     };
     drop(_e);
-    if let Response::Placed { accepted, rejected } = core.write(command).await? {
-        core.metrics.placements.inc_by(accepted.len() as u64);
-        core.metrics
-            .placements_rejected
-            .inc_by(rejected.len() as u64);
-        let state = core.state.read();
-        core.sessions.dispatch(&state, &accepted);
-    }
+    let Placed { accepted, rejected } = core.write(command).await?;
+    core.metrics.placements.inc_by(accepted.len() as u64);
+    core.metrics
+        .placements_rejected
+        .inc_by(rejected.len() as u64);
+    let state = core.state.read();
+    core.sessions.dispatch(&state, &accepted);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Named rows for each rule, and passes over whole states.
 
 use super::*;
+use crate::state::command::{Placed, Submitted};
 use crate::state::{Command, GpuDevice, NodeRegistration, NodeStatus, Response};
 use kiln_api::spec::{Command as Cmd, GpuRequest, Pipeline, Stage};
 
@@ -147,7 +148,7 @@ impl Cluster {
             only_tests: Default::default(),
             now_ms: 0,
         });
-        assert!(matches!(r, Response::Submitted { .. }));
+        assert!(matches!(r, Response::Submitted(Submitted { .. })));
     }
 
     /// Schedules and applies one pass; returns it.
@@ -165,7 +166,7 @@ impl Cluster {
             placements: pass.placements.clone(),
             now_ms: 1,
         });
-        let Response::Placed { rejected, .. } = r else {
+        let Response::Placed(Placed { rejected, .. }) = r else {
             panic!("{r:?}")
         };
         assert!(
@@ -477,7 +478,7 @@ fn the_state_machine_rejects_grants_that_collide() {
         placements: batch,
         now_ms: 1,
     });
-    let Response::Placed { accepted, rejected } = r else {
+    let Response::Placed(Placed { accepted, rejected }) = r else {
         panic!()
     };
     assert_eq!(accepted.len(), 1);

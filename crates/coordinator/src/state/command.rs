@@ -158,49 +158,130 @@ pub struct TaskEvent {
     pub health: Option<bool>,
 }
 
-/// What applying a command answered. Rejections are ordinary, replicated outcomes.
+/// What applying a command answered: one typed answer per command, or a rejection.
+/// Rejections are ordinary, replicated outcomes (the state did not allow the command); the
+/// proposer turns them into a conflict in one place (`Core::write`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Submitted {
-        run: u64,
-        created: bool,
-    },
-    Placed {
-        accepted: Vec<Placement>,
-        rejected: Vec<(TaskRef, String)>,
-    },
-    EventsApplied {
-        applied: u32,
-        ignored: u32,
-        kills: Vec<Kill>,
-    },
-    NodeRegistered,
-    NodeDown {
-        lost: Vec<TaskRef>,
-    },
-    Cancelled {
-        kills: Vec<Kill>,
-    },
+    NodeRegistered(NodeRegistered),
+    NodeDown(NodeDown),
+    Submitted(Submitted),
+    Placed(Placed),
+    EventsApplied(EventsApplied),
+    Cancelled(Cancelled),
+    /// The answer to [`Command::TakeTests`].
+    Tests(Take),
+    TestsReported(TestsReported),
+    Deployed(Deployed),
+    ServiceChanged(ServiceChanged),
     Rejected {
         reason: String,
     },
-    /// The answer to [`Command::TakeTests`].
-    Tests(Take),
-    /// How many of a [`Command::ReportTests`]'s results counted (the rest were not held by
-    /// that shard's attempt and batch, or were sent before).
-    TestsReported {
-        accepted: u32,
-    },
-    Deployed {
-        service: u64,
-        revision: u32,
-    },
-    /// A rollback or controller decisions applied; replicas to kill, if any.
-    ServiceChanged {
-        kills: Vec<Kill>,
-    },
     /// For Raft's own entries (blank, membership).
     Empty,
+}
+
+impl Response {
+    pub fn rejected(reason: impl Into<String>) -> Response {
+        Response::Rejected {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A command's typed answer, taken out of a [`Response`] (which is handed back when it is
+/// another answer).
+pub trait Reply: Sized {
+    fn from_response(r: Response) -> Result<Self, Response>;
+}
+
+macro_rules! replies {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(
+            impl Reply for $ty {
+                fn from_response(r: Response) -> Result<Self, Response> {
+                    match r {
+                        Response::$variant(v) => Ok(v),
+                        other => Err(other),
+                    }
+                }
+            }
+            impl From<$ty> for Response {
+                fn from(v: $ty) -> Response {
+                    Response::$variant(v)
+                }
+            }
+        )*
+    };
+}
+
+replies!(
+    NodeRegistered(NodeRegistered),
+    NodeDown(NodeDown),
+    Submitted(Submitted),
+    Placed(Placed),
+    EventsApplied(EventsApplied),
+    Cancelled(Cancelled),
+    Tests(Take),
+    TestsReported(TestsReported),
+    Deployed(Deployed),
+    ServiceChanged(ServiceChanged),
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistered;
+
+/// A node was marked down; these of its tasks were lost with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDown {
+    pub lost: Vec<TaskRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub run: u64,
+    /// False when the request id was seen before: `run` is the first submission's.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub accepted: Vec<Placement>,
+    pub rejected: Vec<(TaskRef, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsApplied {
+    pub applied: u32,
+    pub ignored: u32,
+    pub kills: Vec<Kill>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub kills: Vec<Kill>,
+}
+
+/// How many of a [`Command::ReportTests`]'s results counted (the rest were not held by that
+/// shard's attempt and batch, or were sent before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestsReported {
+    pub accepted: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub service: u64,
+    pub revision: u32,
+}
+
+/// A rollback or controller decisions applied: replicas to kill, and the actions skipped
+/// because the state no longer called for them, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceChanged {
+    pub kills: Vec<Kill>,
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// A task attempt the leader must tell an agent to stop.

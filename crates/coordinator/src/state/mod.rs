@@ -42,7 +42,11 @@ use kiln_api::spec::{Resources, Stage};
 use kiln_sharding::history::StageHistory;
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, GpuDevice, Kill, NodeRegistration, Placement, Response, TaskEvent};
+pub use command::{
+    Cancelled, Command, Deployed, EventsApplied, GpuDevice, Kill, NodeDown, NodeRegistered,
+    NodeRegistration, Placed, Placement, Reply, Response, ServiceChanged, Submitted, TaskEvent,
+    TestsReported,
+};
 pub use model::{
     Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
     StageRun, Task, TaskRef, TaskStatus, parse_run_id, run_id,

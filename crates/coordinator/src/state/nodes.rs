@@ -1,7 +1,7 @@
 //! Nodes joining, coming back, and being lost.
 
 use super::ClusterState;
-use super::command::{GpuDevice, NodeRegistration, Response};
+use super::command::{GpuDevice, NodeDown, NodeRegistered, NodeRegistration, Response};
 use super::model::{Gpu, Node, NodeStatus};
 
 impl ClusterState {
@@ -25,7 +25,7 @@ impl ClusterState {
             node.status = NodeStatus::Ready;
             node.status_changed_ms = now_ms;
         }
-        Response::NodeRegistered
+        NodeRegistered.into()
     }
 
     /// Marks the node down and every task it held lost; those that may run again become
@@ -37,7 +37,7 @@ impl ClusterState {
             };
         };
         if node.status == NodeStatus::Down {
-            return Response::NodeDown { lost: Vec::new() };
+            return NodeDown { lost: Vec::new() }.into();
         }
         node.status = NodeStatus::Down;
         node.status_changed_ms = now_ms;
@@ -45,7 +45,7 @@ impl ClusterState {
         for &task in &lost {
             self.lose_task(task, "node lost: heartbeats stopped", now_ms);
         }
-        Response::NodeDown { lost }
+        NodeDown { lost }.into()
     }
 }
 

@@ -2,7 +2,7 @@
 //! now, and what no longer fits is rejected rather than over-committing a node.
 
 use super::ClusterState;
-use super::command::{Placement, Response};
+use super::command::{Placed, Placement, Response};
 use super::fit::{fits, gpus_fit};
 use super::model::{Attempt, RunStatus, TaskRef, TaskStatus};
 
@@ -16,7 +16,7 @@ impl ClusterState {
                 Err(reason) => rejected.push((p.task, reason)),
             }
         }
-        Response::Placed { accepted, rejected }
+        Placed { accepted, rejected }.into()
     }
 
     fn place(&mut self, p: &Placement, now_ms: i64) -> Result<(), String> {

@@ -10,7 +10,7 @@ use kiln_api::spec::{Pipeline, Shards, Stage};
 use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
-use super::command::{Kill, Response, TaskEvent};
+use super::command::{Cancelled, EventsApplied, Kill, Response, Submitted, TaskEvent};
 use super::model::{
     MAX_LOST_ATTEMPTS, Run, RunStatus, StageRef, StageRun, Task, TaskRef, TaskStatus,
 };
@@ -53,10 +53,11 @@ impl ClusterState {
         if !request_id.is_empty()
             && let Some(&run) = self.requests.get(request_id)
         {
-            return Response::Submitted {
+            return Submitted {
                 run,
                 created: false,
-            };
+            }
+            .into();
         }
         let number = self.next_run.max(1);
         self.next_run = number + 1;
@@ -104,10 +105,11 @@ impl ClusterState {
         if !request_id.is_empty() {
             self.requests.insert(request_id.to_string(), number);
         }
-        Response::Submitted {
+        Submitted {
             run: number,
             created: true,
         }
+        .into()
     }
 
     pub(super) fn task_events(
@@ -124,11 +126,12 @@ impl ClusterState {
                 ignored += 1;
             }
         }
-        Response::EventsApplied {
+        EventsApplied {
             applied,
             ignored,
             kills,
         }
+        .into()
     }
 
     /// Applies one event; false when it changes nothing (old attempt, other node, replay).
@@ -279,7 +282,7 @@ impl ClusterState {
             }
         }
         self.advance(number, now_ms);
-        Response::Cancelled { kills }
+        Cancelled { kills }.into()
     }
 
     fn finish_attempt(&mut self, at: StageRef, e: &TaskEvent, status: TaskStatus) {

@@ -24,7 +24,7 @@ use kiln_api::spec::Stage;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
-use super::command::{Kill, Response, TaskEvent};
+use super::command::{Deployed, Kill, Response, ServiceChanged, TaskEvent};
 use super::model::{ReplicaRef, Task, TaskRef, TaskStatus};
 
 /// How many events a service keeps for `kiln services` / `kiln history`.
@@ -231,10 +231,11 @@ impl ClusterState {
             halted: false,
         });
         service.note(now_ms, format!("revision {revision} deployed"));
-        Response::Deployed {
+        Deployed {
             service: number,
             revision,
         }
+        .into()
     }
 
     /// Puts an earlier revision back at once.
@@ -281,7 +282,7 @@ impl ClusterState {
             halted: false,
         });
         s.note(now_ms, format!("rolled back to revision {to}"));
-        Response::ServiceChanged { kills: Vec::new() }
+        ServiceChanged::default().into()
     }
 
     /// Applies the controller's decisions, skipping any the state no longer allows.
@@ -297,7 +298,11 @@ impl ClusterState {
                 return Response::Rejected { reason };
             }
         }
-        Response::ServiceChanged { kills }
+        ServiceChanged {
+            kills,
+            skipped: Vec::new(),
+        }
+        .into()
     }
 
     fn service_action(

@@ -1,5 +1,6 @@
 //! Stories about sharded stages and their test queues: each step is one applied command.
 
+use crate::state::command::{Placed, Submitted, TestsReported};
 use kiln_api::spec::{Command as Cmd, Pipeline, Resources, Shards, Split, Stage, Tests};
 use kiln_sharding::junit::Outcome;
 
@@ -87,7 +88,7 @@ impl World {
             only_tests,
             now_ms: 1,
         }) {
-            Response::Submitted { run, .. } => run,
+            Response::Submitted(Submitted { run, .. }) => run,
             other => panic!("{other:?}"),
         };
         World { s, run }
@@ -121,7 +122,7 @@ impl World {
             now_ms: 2,
         });
         assert!(
-            matches!(r, Response::Placed { ref rejected, .. } if rejected.is_empty()),
+            matches!(r, Response::Placed(Placed { ref rejected, .. }) if rejected.is_empty()),
             "{r:?}"
         );
         self.event(shard, TaskStatus::Running);
@@ -196,7 +197,7 @@ impl World {
             results,
             overhead_ms: 0,
         }) {
-            Response::TestsReported { accepted } => accepted,
+            Response::TestsReported(TestsReported { accepted }) => accepted,
             other => panic!("{other:?}"),
         }
     }

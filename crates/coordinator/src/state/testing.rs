@@ -5,7 +5,7 @@
 //! kept running on a node the cluster gave up on cannot take or report anything.
 
 use super::ClusterState;
-use super::command::Response;
+use super::command::{Response, TestsReported};
 use super::model::StageRef;
 use super::runs::history_key;
 use super::suite::TestResult;
@@ -53,7 +53,7 @@ impl ClusterState {
         overhead_ms: u64,
     ) -> Response {
         if self.check_shard_attempt(task, attempt).is_err() {
-            return Response::TestsReported { accepted: 0 };
+            return TestsReported { accepted: 0 }.into();
         }
         let retries = self.stage(task.into()).map_or(0, |s| s.retries);
         let run = self.runs.get_mut(&task.run).expect("checked above");
@@ -62,7 +62,7 @@ impl ClusterState {
             .as_mut()
             .expect("checked above");
         let accepted = suite.report(task.shard, attempt, batch, results, retries, overhead_ms);
-        Response::TestsReported { accepted }
+        TestsReported { accepted }.into()
     }
 
     /// What the task's shard holds goes back on the queue: its attempt ended.

@@ -1,6 +1,7 @@
 //! Stories about the state machine, and the over-commit property.
 
 use super::*;
+use crate::state::command::{Cancelled, EventsApplied, NodeDown, Placed, Submitted};
 use kiln_api::spec::{Command as Cmd, Pipeline, Resources, Stage};
 use proptest::prelude::*;
 
@@ -53,7 +54,7 @@ fn submit(s: &mut ClusterState, p: Pipeline, request: &str) -> u64 {
         only_tests: Default::default(),
         now_ms: 1,
     }) {
-        Response::Submitted { run, .. } => run,
+        Response::Submitted(Submitted { run, .. }) => run,
         other => panic!("{other:?}"),
     }
 }
@@ -153,11 +154,11 @@ fn replayed_events_change_nothing() {
     });
     assert_eq!(
         r,
-        Response::EventsApplied {
+        Response::EventsApplied(EventsApplied {
             applied: 0,
             ignored: 2,
             kills: vec![]
-        }
+        })
     );
     assert_eq!(s, before);
 }
@@ -175,10 +176,10 @@ fn a_request_id_is_stored_once() {
     });
     assert_eq!(
         r,
-        Response::Submitted {
+        Response::Submitted(Submitted {
             run: a,
             created: false
-        }
+        })
     );
     assert_eq!(s.runs.len(), 1);
 }
@@ -227,9 +228,9 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
     });
     assert_eq!(
         r,
-        Response::NodeDown {
+        Response::NodeDown(NodeDown {
             lost: vec![TaskRef::stage(run, 0)]
-        }
+        })
     );
     let t = s.task(TaskRef::stage(run, 0)).unwrap();
     assert_eq!(
@@ -291,7 +292,7 @@ fn placements_that_no_longer_fit_are_rejected() {
         placements: batch,
         now_ms: 1,
     }) {
-        Response::Placed { accepted, rejected } => {
+        Response::Placed(Placed { accepted, rejected }) => {
             assert_eq!(accepted.len(), 1);
             assert_eq!(
                 rejected,
@@ -314,7 +315,7 @@ fn cancel_stops_pending_work_and_asks_for_kills() {
     );
     place(&mut s, run, 0, "n1");
     let r = s.apply(&Command::CancelRun { run, now_ms: 5 });
-    let Response::Cancelled { kills } = r else {
+    let Response::Cancelled(Cancelled { kills }) = r else {
         panic!("{r:?}")
     };
     assert_eq!(kills.len(), 1);

@@ -1,6 +1,7 @@
 //! The rollout controller's plans, driven through the real state machine: each step applies
 //! the plan, then plays the agents (placements, running, health) and the clock.
 
+use crate::state::{Response, ServiceChanged};
 use std::collections::BTreeSet;
 
 use kiln_api::validate::parse_service;
@@ -73,7 +74,7 @@ impl World {
                 actions,
                 now_ms: self.now,
             });
-            if let Response::ServiceChanged { kills } = r {
+            if let Response::ServiceChanged(ServiceChanged { kills, .. }) = r {
                 for k in kills {
                     self.event(k.task, &k.node, TaskStatus::Failed, None);
                 }
@@ -388,7 +389,7 @@ fn a_stopped_replica_is_marked_so_a_lost_kill_is_sent_again() {
         actions: vec![ServiceAction::Stop { slot }],
         now_ms: w.now,
     });
-    let Response::ServiceChanged { kills } = r else {
+    let Response::ServiceChanged(ServiceChanged { kills, .. }) = r else {
         panic!("{r:?}")
     };
     assert_eq!(kills.len(), 1);
@@ -403,7 +404,10 @@ fn a_stopped_replica_is_marked_so_a_lost_kill_is_sent_again() {
         actions: vec![ServiceAction::Start { revision: 1 }, ServiceAction::Promote],
         now_ms: w.now,
     });
-    assert!(matches!(r, Response::ServiceChanged { .. }), "{r:?}");
+    assert!(
+        matches!(r, Response::ServiceChanged(ServiceChanged { .. })),
+        "{r:?}"
+    );
 }
 
 #[test]
