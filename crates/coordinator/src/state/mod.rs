@@ -27,8 +27,10 @@ pub mod model;
 mod nodes;
 mod placement;
 mod runs;
+mod service_actions;
 pub mod services;
 pub mod suite;
+mod tasks;
 mod testing;
 
 #[cfg(test)]

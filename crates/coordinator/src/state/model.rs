@@ -12,6 +12,7 @@ use std::fmt;
 use kiln_api::spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
 
+use super::command::{Kill, TaskEvent};
 use super::suite::Suite;
 
 pub type NodeId = String;
@@ -295,6 +296,131 @@ impl Task {
     pub fn current_mut(&mut self) -> Option<&mut Attempt> {
         let attempt = self.attempt;
         self.attempts.last_mut().filter(|a| a.attempt == attempt)
+    }
+}
+
+/// How an attempt ended: as its agent reported it, or lost with its node.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEnd<'a> {
+    /// Succeeded, Failed or Lost.
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub message: &'a str,
+    /// The image it ran or pushed, when the agent says.
+    pub image: Option<&'a str>,
+    pub at_ms: i64,
+}
+
+impl<'a> AttemptEnd<'a> {
+    pub fn lost(message: &'a str, at_ms: i64) -> AttemptEnd<'a> {
+        AttemptEnd {
+            status: TaskStatus::Lost,
+            exit_code: None,
+            message,
+            image: None,
+            at_ms,
+        }
+    }
+}
+
+/// What an agent's event did to a task ([`Task::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Not for the current attempt on this node, or nothing new: changes nothing.
+    Ignored,
+    /// Placed → running. `kill_due`: it was cancelled meanwhile, so the kill (which may
+    /// have reached the agent before the task started, and been lost) is sent again.
+    Started { kill_due: bool },
+    /// A running attempt's health checks started or stopped passing.
+    Health(bool),
+    /// The attempt ended, in this status; its reservation is to be released and what
+    /// follows decided by the task's kind.
+    Ended(TaskStatus),
+}
+
+/// The task lifecycle, the same for a pipeline stage and a service replica: which events
+/// count (contract 3), placed → running, and closing an attempt. What follows an ended
+/// attempt (the DAG moving on, a retry, a replica's restart) is the caller's.
+impl Task {
+    /// An event counts only for the current attempt, on the node it was placed on, while
+    /// it holds that placement: an old attempt's event, another node's, or a replay of an
+    /// end already applied changes nothing. This is what lets agents re-send freely.
+    pub fn accepts(&self, node: &str, attempt: u32) -> bool {
+        self.attempt == attempt
+            && self.status.is_allocated()
+            && self.current().is_some_and(|a| a.node == node)
+    }
+
+    /// Applies an agent's event: the one transition function for every kind of task.
+    pub fn step(&mut self, node: &str, e: &TaskEvent) -> Step {
+        if !self.accepts(node, e.attempt) {
+            return Step::Ignored;
+        }
+        match (e.status, self.status) {
+            (TaskStatus::Running, TaskStatus::Placed) => {
+                self.status = TaskStatus::Running;
+                if let Some(a) = self.current_mut() {
+                    a.status = TaskStatus::Running;
+                    if e.image.is_some() {
+                        a.image = e.image.clone();
+                    }
+                    a.transitions.push((TaskStatus::Running, e.at_ms));
+                }
+                Step::Started {
+                    kill_due: self.cancel_requested,
+                }
+            }
+            (TaskStatus::Running, TaskStatus::Running) => match e.health {
+                Some(ok) => Step::Health(ok),
+                None => Step::Ignored,
+            },
+            (TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Lost, _) => {
+                self.end_attempt(&AttemptEnd {
+                    status: e.status,
+                    exit_code: e.exit_code,
+                    message: &e.message,
+                    image: e.image.as_deref(),
+                    at_ms: e.at_ms,
+                });
+                Step::Ended(e.status)
+            }
+            _ => Step::Ignored,
+        }
+    }
+
+    /// Closes the current attempt. The task's own status is left to the caller, which
+    /// decides what follows.
+    pub fn end_attempt(&mut self, end: &AttemptEnd) {
+        if let Some(a) = self.current_mut() {
+            a.status = end.status;
+            a.exit_code = end.exit_code;
+            a.message = end.message.to_string();
+            if let Some(image) = end.image {
+                a.image = Some(image.to_string());
+            }
+            a.transitions.push((end.status, end.at_ms));
+        }
+        match end.status {
+            TaskStatus::Lost => self.lost += 1,
+            TaskStatus::Failed => self.failures += 1,
+            _ => {}
+        }
+    }
+
+    /// A new attempt, waiting for a placement.
+    pub fn retry(&mut self) {
+        self.attempt += 1;
+        self.status = TaskStatus::Pending;
+    }
+
+    /// The kill of the current attempt on its node, if it was placed.
+    pub fn kill(&self, task: TaskRef, reason: &str) -> Option<Kill> {
+        self.current().map(|a| Kill {
+            task,
+            attempt: self.attempt,
+            node: a.node.clone(),
+            reason: reason.to_string(),
+        })
     }
 }
 

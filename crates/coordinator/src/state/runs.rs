@@ -1,5 +1,6 @@
-//! Runs and their tasks: submission, the agents' task events, the DAG moving forward,
-//! retries, losses, cancellation, and the run's own status.
+//! Runs and their tasks: submission, what follows a stage's ended attempt (the DAG moving
+//! forward, retries, losses), cancellation, and the run's own status. The events themselves
+//! go through the one task lifecycle (`tasks.rs`, [`Task::step`]).
 //!
 //! A stage's status is its shards' ([`super::StageRun::status`]); the DAG moves on stage
 //! statuses, so a stage that needs a sharded one starts once every shard has succeeded.
@@ -10,11 +11,12 @@ use kiln_api::spec::{Pipeline, Shards, Stage};
 use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
-use super::command::{Cancelled, EventsApplied, Kill, Response, Submitted, TaskEvent};
+use super::command::{Cancelled, Response, Submitted};
 use super::model::{
     MAX_LOST_ATTEMPTS, Run, RunStatus, StageRef, StageRun, Task, TaskRef, TaskStatus,
 };
 use super::suite::Suite;
+use super::tasks::cancel_reason;
 
 /// The key of a stage's timing history: `pipeline/stage`.
 pub fn history_key(pipeline: &str, stage: &str) -> String {
@@ -112,138 +114,32 @@ impl ClusterState {
         .into()
     }
 
-    pub(super) fn task_events(
-        &mut self,
-        node: &str,
-        events: &[TaskEvent],
-        now_ms: i64,
-    ) -> Response {
-        let (mut applied, mut ignored, mut kills) = (0, 0, Vec::new());
-        for e in events {
-            if self.task_event(node, e, now_ms, &mut kills) {
-                applied += 1;
-            } else {
-                ignored += 1;
-            }
-        }
-        EventsApplied {
-            applied,
-            ignored,
-            kills,
-        }
-        .into()
-    }
-
-    /// Applies one event; false when it changes nothing (old attempt, other node, replay).
-    fn task_event(
-        &mut self,
-        node: &str,
-        e: &TaskEvent,
-        now_ms: i64,
-        kills: &mut Vec<Kill>,
-    ) -> bool {
-        let at = match e.task {
-            TaskRef::Stage(at) => at,
-            TaskRef::Replica(at) => return self.replica_event(node, at, e, now_ms, kills),
-        };
-        let Some(task) = self.task(e.task) else {
-            return false;
-        };
-        let current = task.current().filter(|a| a.node == node);
-        if task.attempt != e.attempt || !task.status.is_allocated() || current.is_none() {
-            return false;
-        }
-        match e.status {
-            TaskStatus::Running if task.status == TaskStatus::Placed => {
-                let cancel = task.cancel_requested;
-                let t = self.task_mut(at);
-                t.status = TaskStatus::Running;
-                if let Some(a) = t.current_mut() {
-                    a.status = TaskStatus::Running;
-                    if e.image.is_some() {
-                        a.image = e.image.clone();
-                    }
-                    a.transitions.push((TaskStatus::Running, e.at_ms));
-                }
-                if cancel {
-                    kills.push(Kill {
-                        task: e.task,
-                        attempt: e.attempt,
-                        node: node.to_string(),
-                        reason: "run cancelled".into(),
-                    });
-                }
-                true
-            }
-            TaskStatus::Succeeded => {
-                self.finish_attempt(at, e, TaskStatus::Succeeded);
-                self.task_mut(at).status = TaskStatus::Succeeded;
-                self.advance(at.run, now_ms);
-                true
-            }
-            TaskStatus::Failed => {
-                self.finish_attempt(at, e, TaskStatus::Failed);
-                let retries = self.stage(e.task).map(|s| s.retries).unwrap_or(0);
-                let t = self.task_mut(at);
-                if t.cancel_requested {
-                    t.status = TaskStatus::Cancelled;
-                } else {
-                    t.failures += 1;
-                    if t.failures <= retries {
-                        t.attempt += 1;
-                        t.status = TaskStatus::Pending;
-                        self.pending.insert(e.task);
-                        return true;
-                    }
-                    t.status = TaskStatus::Failed;
-                }
-                self.advance(at.run, now_ms);
-                true
-            }
-            TaskStatus::Lost => {
-                let message = if e.message.is_empty() {
-                    "lost"
-                } else {
-                    e.message.as_str()
-                };
-                self.lose_task(e.task, message, e.at_ms);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends the current attempt as lost (its node is gone), frees its reservation, and puts
-    /// the task back in line unless it was cancelled or lost too often. A lost replica is
-    /// always placed again.
-    pub(super) fn lose_task(&mut self, task: TaskRef, message: &str, at_ms: i64) {
-        self.release(task);
-        let task = match task {
-            TaskRef::Stage(at) => at,
-            TaskRef::Replica(at) => {
-                self.end_replica_attempt(at, TaskStatus::Lost, None, message, at_ms, at_ms, true);
-                return;
-            }
-        };
-        self.release_tests(task);
-        let t = self.task_mut(task);
-        if let Some(a) = t.current_mut() {
-            a.status = TaskStatus::Lost;
-            a.message = message.to_string();
-            a.transitions.push((TaskStatus::Lost, at_ms));
-        }
-        t.lost += 1;
-        if t.cancel_requested {
-            t.status = TaskStatus::Cancelled;
-        } else if t.lost < MAX_LOST_ATTEMPTS {
-            t.attempt += 1;
-            t.status = TaskStatus::Pending;
-            self.pending.insert(task.into());
+    /// A stage's attempt ended (see `tasks.rs`): its tests go back to the queue unless
+    /// reported, and the task succeeds, fails, is cancelled, or is tried again — failures
+    /// within the stage's `retries`, losses within [`MAX_LOST_ATTEMPTS`] — and the run's
+    /// DAG moves on.
+    pub(super) fn stage_attempt_ended(&mut self, at: StageRef, status: TaskStatus, now_ms: i64) {
+        self.release_tests(at);
+        let retries = self.stage(at.into()).map_or(0, |s| s.retries);
+        let Some(t) = self.task_mut(at.into()) else {
             return;
-        } else {
-            t.status = TaskStatus::Lost;
+        };
+        let again = match status {
+            _ if t.cancel_requested => false,
+            TaskStatus::Failed => t.failures <= retries,
+            TaskStatus::Lost => t.lost < MAX_LOST_ATTEMPTS,
+            _ => false,
+        };
+        if again {
+            t.retry();
+            self.pending.insert(at.into());
+            return;
         }
-        self.advance(task.run, at_ms);
+        t.status = match status {
+            TaskStatus::Failed | TaskStatus::Lost if t.cancel_requested => TaskStatus::Cancelled,
+            _ => status,
+        };
+        self.advance(at.run, now_ms);
     }
 
     pub(super) fn cancel_run(&mut self, number: u64, now_ms: i64) -> Response {
@@ -268,14 +164,7 @@ impl ClusterState {
                     }
                     TaskStatus::Placed | TaskStatus::Running => {
                         t.cancel_requested = true;
-                        if let Some(a) = t.current() {
-                            kills.push(Kill {
-                                task,
-                                attempt: t.attempt,
-                                node: a.node.clone(),
-                                reason: "run cancelled".into(),
-                            });
-                        }
+                        kills.extend(t.kill(task, cancel_reason(task)));
                     }
                     _ => {}
                 }
@@ -283,45 +172,6 @@ impl ClusterState {
         }
         self.advance(number, now_ms);
         Cancelled { kills }.into()
-    }
-
-    fn finish_attempt(&mut self, at: StageRef, e: &TaskEvent, status: TaskStatus) {
-        self.release(e.task);
-        self.release_tests(at);
-        let a = self
-            .task_mut(at)
-            .current_mut()
-            .expect("checked by the caller");
-        a.status = status;
-        a.exit_code = e.exit_code;
-        a.message = e.message.clone();
-        if e.image.is_some() {
-            a.image = e.image.clone();
-        }
-        a.transitions.push((status, e.at_ms));
-    }
-
-    /// Frees the task's reservation on its current node.
-    pub(super) fn release(&mut self, task: TaskRef) {
-        let ask = self.ask(task);
-        let Some(node) = self
-            .task(task)
-            .and_then(|t| t.current())
-            .map(|a| a.node.clone())
-        else {
-            return;
-        };
-        if let Some(n) = self.nodes.get_mut(&node)
-            && n.allocations.remove(&task)
-        {
-            n.reserved = n.reserved.saturating_sub(ask);
-            for gpu in &mut n.gpus {
-                if gpu.whole == Some(task) {
-                    gpu.whole = None;
-                }
-                gpu.shares.remove(&task);
-            }
-        }
     }
 
     /// After any task of the run ended: stages whose needs all succeeded start, stages
@@ -430,14 +280,6 @@ impl ClusterState {
                 RunStatus::Failed
             };
         }
-    }
-
-    pub(super) fn task_mut(&mut self, task: StageRef) -> &mut Task {
-        let run = self
-            .runs
-            .get_mut(&task.run)
-            .expect("task checked by the caller");
-        &mut run.stages[task.stage as usize].shards[task.shard as usize]
     }
 }
 

@@ -24,7 +24,7 @@ use kiln_api::spec::Stage;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
-use super::command::{Deployed, Kill, Response, ServiceChanged, TaskEvent};
+use super::command::{Deployed, Response, ServiceChanged, TaskEvent};
 use super::model::{ReplicaRef, Task, TaskRef, TaskStatus};
 
 /// How many events a service keeps for `kiln services` / `kiln history`.
@@ -129,7 +129,7 @@ impl Service {
         &self.revision(self.target).expect("target exists").spec
     }
 
-    fn note(&mut self, at_ms: i64, text: String) {
+    pub(super) fn note(&mut self, at_ms: i64, text: String) {
         self.events.push_back((at_ms, text));
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
@@ -285,246 +285,33 @@ impl ClusterState {
         ServiceChanged::default().into()
     }
 
-    /// Applies the controller's decisions, skipping any the state no longer allows.
-    pub(super) fn service_actions(
-        &mut self,
-        service: u64,
-        actions: &[ServiceAction],
-        now_ms: i64,
-    ) -> Response {
-        let mut kills = Vec::new();
-        for action in actions {
-            if let Err(reason) = self.service_action(service, action, now_ms, &mut kills) {
-                return Response::Rejected { reason };
-            }
+    /// A replica started (see `tasks.rs`): where it serves.
+    pub(super) fn replica_started(&mut self, at: ReplicaRef, endpoint: Option<String>) {
+        if let Some(r) = self.replica_mut(at) {
+            r.endpoint = endpoint;
         }
-        ServiceChanged {
-            kills,
-            skipped: Vec::new(),
-        }
-        .into()
     }
 
-    fn service_action(
-        &mut self,
-        number: u64,
-        action: &ServiceAction,
-        now_ms: i64,
-        kills: &mut Vec<Kill>,
-    ) -> Result<(), String> {
-        let s = self.services.get_mut(&number).ok_or("service not found")?;
-        match action {
-            ServiceAction::Start { revision } => {
-                if s.revision(*revision).is_none() {
-                    return Err(format!("no revision {revision}"));
-                }
-                let slot = s.next_slot;
-                s.next_slot += 1;
-                s.replicas
-                    .insert(slot, new_replica(*revision, TaskStatus::Pending));
-                self.pending.insert(TaskRef::replica(number, slot));
-            }
-            ServiceAction::Drain { slot } => {
-                if let Some(r) = s.replicas.get_mut(slot)
-                    && r.draining_since.is_none()
-                {
-                    r.draining_since = Some(now_ms);
-                    if !r.task.status.is_allocated() {
-                        // Never placed, or waiting to restart: nothing to drain or kill.
-                        s.replicas.remove(slot);
-                        self.pending.remove(&TaskRef::replica(number, *slot));
-                    }
-                }
-            }
-            ServiceAction::Stop { slot } => {
-                if let Some(r) = s.replicas.get_mut(slot)
-                    && r.draining_since.is_some()
-                    && !r.stopping
-                    && let Some(node) = r.task.current().map(|a| a.node.clone())
-                {
-                    r.stopping = true;
-                    // Also what reconciliation reads: an agent that reconnects is told to
-                    // stop it again, so a lost kill is not a replica that runs for ever.
-                    r.task.cancel_requested = true;
-                    kills.push(Kill {
-                        task: TaskRef::replica(number, *slot),
-                        attempt: r.task.attempt,
-                        node,
-                        reason: "replica stopped".into(),
-                    });
-                }
-            }
-            ServiceAction::Restart { slot } => {
-                if let Some(r) = s.replicas.get_mut(slot)
-                    && r.task.status == TaskStatus::Waiting
-                    && r.draining_since.is_none()
-                {
-                    r.task.status = TaskStatus::Pending;
-                    r.restart_after_ms = None;
-                    self.pending.insert(TaskRef::replica(number, *slot));
-                }
-            }
-            ServiceAction::Healthy { revision } => {
-                if s.rollout.as_ref().is_some_and(|r| r.to == *revision) {
-                    s.rollout = None;
-                    s.stable = Some(*revision);
-                    if let Some(r) = s.revisions.get_mut(*revision as usize - 1) {
-                        r.healthy_ms.get_or_insert(now_ms);
-                    }
-                    s.note(now_ms, format!("revision {revision} healthy"));
-                }
-            }
-            ServiceAction::Failed {
-                revision,
-                reason,
-                revert_to,
-            } => {
-                if s.rollout
-                    .as_ref()
-                    .is_none_or(|r| r.to != *revision || r.halted)
-                {
-                    return Ok(());
-                }
-                if let Some(r) = s.revisions.get_mut(*revision as usize - 1) {
-                    r.failed = Some(reason.clone());
-                }
-                s.note(now_ms, format!("revision {revision} failed: {reason}"));
-                match revert_to.filter(|to| s.revision(*to).is_some()) {
-                    Some(to) => {
-                        s.target = to;
-                        s.rollout = Some(Rollout {
-                            from: Some(*revision),
-                            to,
-                            kind: RolloutKind::Revert,
-                            started_ms: now_ms,
-                            promoted: true,
-                            halted: false,
-                        });
-                        s.note(now_ms, format!("reverted to revision {to}"));
-                    }
-                    None => {
-                        if let Some(r) = s.rollout.as_mut() {
-                            r.halted = true;
-                        }
-                    }
-                }
-            }
-            // A promotion that is no longer due (promoted meanwhile, rollout over) is
-            // skipped; `kiln promote` checks before proposing, to say so.
-            ServiceAction::Promote => {
-                if let Some(r) = s.rollout.as_mut()
-                    && !r.promoted
-                {
-                    r.promoted = true;
-                    // The rolling phase gets its own healthy_deadline: a person may have
-                    // taken their time to promote.
-                    r.started_ms = now_ms;
-                    let to = r.to;
-                    s.note(now_ms, format!("canaries of revision {to} promoted"));
-                }
-            }
-            ServiceAction::Scale {
-                replicas,
-                reason,
-                unless_rolling,
-            } => {
-                if *unless_rolling && s.rollout.is_some() {
-                    return Ok(());
-                }
-                if *replicas != s.desired {
-                    s.note(
-                        now_ms,
-                        format!("scaled {} → {replicas}: {reason}", s.desired),
-                    );
-                    s.desired = *replicas;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A task event about a replica.
-    pub(super) fn replica_event(
-        &mut self,
-        node: &str,
-        at: ReplicaRef,
-        e: &TaskEvent,
-        now_ms: i64,
-        kills: &mut Vec<Kill>,
-    ) -> bool {
-        let task = TaskRef::Replica(at);
-        let Some(r) = self
-            .services
-            .get(&at.service)
-            .and_then(|s| s.replicas.get(&at.slot))
-        else {
+    /// A running replica's health checks started or stopped passing.
+    pub(super) fn replica_health(&mut self, at: ReplicaRef, ok: bool, e: &TaskEvent) -> bool {
+        let Some(r) = self.replica_mut(at) else {
             return false;
         };
-        let on_node = r.task.current().is_some_and(|a| a.node == node);
-        if r.task.attempt != e.attempt || !r.task.status.is_allocated() || !on_node {
-            return false;
+        r.healthy_since = ok.then(|| r.healthy_since.unwrap_or(e.at_ms));
+        if e.endpoint.is_some() {
+            r.endpoint = e.endpoint.clone();
         }
-        match (e.status, r.task.status) {
-            (TaskStatus::Running, TaskStatus::Placed) => {
-                let r = self.replica_mut(at);
-                r.task.status = TaskStatus::Running;
-                r.endpoint = e.endpoint.clone();
-                if let Some(a) = r.task.current_mut() {
-                    a.status = TaskStatus::Running;
-                    a.transitions.push((TaskStatus::Running, e.at_ms));
-                }
-                // Stopped before it started: a kill that reached the agent first was lost.
-                if r.task.cancel_requested {
-                    kills.push(Kill {
-                        task,
-                        attempt: e.attempt,
-                        node: node.to_string(),
-                        reason: "replica stopped".into(),
-                    });
-                }
-                true
-            }
-            (TaskStatus::Running, TaskStatus::Running) => match e.health {
-                Some(healthy) => {
-                    let r = self.replica_mut(at);
-                    r.healthy_since = healthy.then(|| r.healthy_since.unwrap_or(e.at_ms));
-                    if e.endpoint.is_some() {
-                        r.endpoint = e.endpoint.clone();
-                    }
-                    true
-                }
-                None => false,
-            },
-            (TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Lost, _) => {
-                self.release(task);
-                let lost = e.status == TaskStatus::Lost;
-                self.end_replica_attempt(
-                    at,
-                    e.status,
-                    e.exit_code,
-                    &e.message,
-                    e.at_ms,
-                    now_ms,
-                    lost,
-                );
-                true
-            }
-            _ => false,
-        }
+        true
     }
 
-    /// A replica's attempt ended: a stopped replica goes; a lost one is placed again at
-    /// once; one that exited waits out its backoff.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn end_replica_attempt(
+    /// A replica's attempt ended (see `tasks.rs`): a stopped replica goes; a lost one is
+    /// placed again at once; one that exited, even cleanly, has failed as a service and
+    /// waits out its restart backoff.
+    pub(super) fn replica_attempt_ended(
         &mut self,
         at: ReplicaRef,
         status: TaskStatus,
-        exit_code: Option<i32>,
-        message: &str,
-        at_ms: i64,
         now_ms: i64,
-        lost: bool,
     ) {
         let Some(s) = self.services.get_mut(&at.service) else {
             return;
@@ -532,38 +319,40 @@ impl ClusterState {
         let Some(r) = s.replicas.get_mut(&at.slot) else {
             return;
         };
-        if let Some(a) = r.task.current_mut() {
-            a.status = status;
-            a.exit_code = exit_code;
-            a.message = message.to_string();
-            a.transitions.push((status, at_ms));
-        }
         r.healthy_since = None;
         r.endpoint = None;
         if r.draining_since.is_some() {
             s.replicas.remove(&at.slot);
             return;
         }
-        r.task.attempt += 1;
-        if lost {
-            r.task.lost += 1;
-            r.task.status = TaskStatus::Pending;
+        if status == TaskStatus::Lost {
+            r.task.retry();
             self.pending.insert(TaskRef::Replica(at));
-        } else {
-            r.task.failures += 1;
-            r.restarts += 1;
-            r.task.status = TaskStatus::Waiting;
-            r.restart_after_ms = Some(now_ms + restart_backoff_ms(r.restarts - 1));
-            let text = format!("replica {} exited ({message}); restarting", at.slot);
-            s.note(now_ms, text);
+            return;
         }
+        if status == TaskStatus::Succeeded {
+            r.task.failures += 1;
+        }
+        let message = r
+            .task
+            .current()
+            .map(|a| a.message.clone())
+            .unwrap_or_default();
+        r.task.attempt += 1;
+        r.task.status = TaskStatus::Waiting;
+        r.restarts += 1;
+        r.restart_after_ms = Some(now_ms + restart_backoff_ms(r.restarts - 1));
+        s.note(
+            now_ms,
+            format!("replica {} exited ({message}); restarting", at.slot),
+        );
     }
 
-    fn replica_mut(&mut self, at: ReplicaRef) -> &mut Replica {
+    fn replica_mut(&mut self, at: ReplicaRef) -> Option<&mut Replica> {
         self.services
-            .get_mut(&at.service)
-            .and_then(|s| s.replicas.get_mut(&at.slot))
-            .expect("replica checked by the caller")
+            .get_mut(&at.service)?
+            .replicas
+            .get_mut(&at.slot)
     }
 
     /// What a replica runs: its revision's replica spec.
@@ -574,7 +363,7 @@ impl ClusterState {
     }
 }
 
-fn new_replica(revision: u32, status: TaskStatus) -> Replica {
+pub(super) fn new_replica(revision: u32, status: TaskStatus) -> Replica {
     Replica {
         revision,
         task: Task::new(status),
