@@ -7,13 +7,14 @@
 //!   (a fully connected set when there is one), breaking as few links to other free GPUs as
 //!   possible; a single GPU goes where it breaks the fewest (isolated GPUs first).
 //!
-//! The answer carries a score in 0..=1 for ranking nodes against each other. The state
-//! machine checks the chosen grants again with `state::fit::gpus_fit`.
+//! Which GPUs can take a grant at all is `state::fit::grant_fits`, the rule the state
+//! machine applies again to the chosen grants (`state::fit::gpus_fit`). The answer carries
+//! a score in 0..=1 for ranking nodes against each other.
 
 use kiln_api::spec::GpuRequest;
 
-use crate::state::fit::Misfit;
-use crate::state::{GpuGrant, Node};
+use crate::state::fit::{GpuUse, Misfit, grant_fits};
+use crate::state::{Gpu, GpuGrant, Node};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
@@ -24,16 +25,23 @@ pub struct Choice {
 
 /// One GPU as the pass sees it: the node's reservations plus the pass's own.
 struct View<'a> {
-    index: u32,
-    memory: u64,
-    peers: &'a [u32],
-    whole_taken: bool,
-    shared: u64,
+    gpu: &'a Gpu,
+    used: GpuUse,
 }
 
 impl View<'_> {
+    fn index(&self) -> u32 {
+        self.gpu.index
+    }
+
+    /// A whole GPU could go here.
     fn free(&self) -> bool {
-        !self.whole_taken && self.shared == 0
+        grant_fits(self.gpu, self.used, true, self.gpu.memory_bytes).is_ok()
+    }
+
+    /// A share of `bytes` could go here.
+    fn fits_share(&self, bytes: u64) -> bool {
+        grant_fits(self.gpu, self.used, false, bytes).is_ok()
     }
 }
 
@@ -48,18 +56,9 @@ pub fn choose(node: &Node, planned: &[GpuGrant], request: &GpuRequest) -> Result
         .gpus
         .iter()
         .filter(|g| request.accepts(&g.model, g.memory_bytes))
-        .map(|g| {
-            let mine = planned.iter().filter(|p| p.index == g.index);
-            let (pw, ps) = mine.fold((false, 0), |(w, s), p| {
-                (w || p.whole, s + if p.whole { 0 } else { p.memory_bytes })
-            });
-            View {
-                index: g.index,
-                memory: g.memory_bytes,
-                peers: &g.nvlink_peers,
-                whole_taken: g.whole.is_some() || pw,
-                shared: g.shared_bytes() + ps,
-            }
+        .map(|gpu| View {
+            gpu,
+            used: GpuUse::of(gpu, planned),
         })
         .collect();
     if views.is_empty() {
@@ -75,20 +74,21 @@ pub fn choose(node: &Node, planned: &[GpuGrant], request: &GpuRequest) -> Result
     if request.is_share() {
         let fit = views
             .iter()
-            .filter(|v| !v.whole_taken && v.memory - v.shared.min(v.memory) >= request.share_bytes)
+            .filter(|v| v.fits_share(request.share_bytes))
             .min_by_key(|v| {
                 (
-                    v.shared == 0,
-                    v.memory - v.shared - request.share_bytes,
-                    v.index,
+                    v.used.shared_bytes == 0,
+                    v.gpu.memory_bytes - v.used.shared_bytes - request.share_bytes,
+                    v.index(),
                 )
             })
             .ok_or(Misfit::GpuMemory)?;
-        let keeps_whole = if fit.shared > 0 { 1.0 } else { 0.0 };
-        let busy_after = busy_before as f64 + if fit.shared > 0 { 0.0 } else { 1.0 };
+        let shared = fit.used.shared_bytes > 0;
+        let keeps_whole = if shared { 1.0 } else { 0.0 };
+        let busy_after = busy_before as f64 + if shared { 0.0 } else { 1.0 };
         return Ok(Choice {
             grants: vec![GpuGrant {
-                index: fit.index,
+                index: fit.index(),
                 whole: false,
                 memory_bytes: request.share_bytes,
             }],
@@ -115,9 +115,9 @@ pub fn choose(node: &Node, planned: &[GpuGrant], request: &GpuRequest) -> Result
     let grants = chosen
         .iter()
         .map(|v| GpuGrant {
-            index: v.index,
+            index: v.index(),
             whole: true,
-            memory_bytes: v.memory,
+            memory_bytes: v.gpu.memory_bytes,
         })
         .collect();
     Ok(Choice {
@@ -127,7 +127,7 @@ pub fn choose(node: &Node, planned: &[GpuGrant], request: &GpuRequest) -> Result
 }
 
 fn linked(a: &View, b: &View) -> bool {
-    a.peers.contains(&b.index) || b.peers.contains(&a.index)
+    a.gpu.nvlink_peers.contains(&b.index()) || b.gpu.nvlink_peers.contains(&a.index())
 }
 
 fn internal_links(set: &[&View]) -> usize {

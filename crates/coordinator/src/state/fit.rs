@@ -1,10 +1,15 @@
-//! The one fit function. The scheduler asks it while it plans, and the state machine asks it
+//! The fit rules. The scheduler asks them while it plans, and the state machine asks them
 //! again while it applies the plan, because the scheduler's view may be stale (Nomad's
 //! `AllocsFit`): whatever the scheduler believed, a node is never over-committed.
+//!
+//! - [`fits`]: CPU and memory, for the scheduler's `Capacity` check and for the apply.
+//! - [`grant_fits`]: one grant on one GPU, given its [`GpuUse`]. The scheduler's GPU choice
+//!   (`scheduler::gpus::choose`) considers only GPUs this rule admits, and the apply checks
+//!   the chosen grants with [`gpus_fit`], which applies it to each.
 
 use kiln_api::spec::{GpuRequest, Resources};
 
-use super::model::{GpuGrant, Node, NodeStatus};
+use super::model::{Gpu, GpuGrant, Node, NodeStatus};
 
 /// Why a request does not fit on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,51 @@ pub fn fits(node: &Node, extra: Resources, ask: Resources) -> Result<(), Misfit>
     Ok(())
 }
 
+/// What is taken on one GPU: the node's reservations plus the grants made earlier in the
+/// same pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuUse {
+    pub whole_taken: bool,
+    pub shared_bytes: u64,
+}
+
+impl GpuUse {
+    pub fn of(gpu: &Gpu, planned: &[GpuGrant]) -> GpuUse {
+        let mine = planned.iter().filter(|p| p.index == gpu.index);
+        mine.fold(
+            GpuUse {
+                whole_taken: gpu.whole.is_some(),
+                shared_bytes: gpu.shared_bytes(),
+            },
+            |u, p| GpuUse {
+                whole_taken: u.whole_taken || p.whole,
+                shared_bytes: u.shared_bytes + if p.whole { 0 } else { p.memory_bytes },
+            },
+        )
+    }
+
+    pub fn is_free(self) -> bool {
+        !self.whole_taken && self.shared_bytes == 0
+    }
+}
+
+/// The per-GPU rule, the one both the scheduler (choosing) and the state machine (checking
+/// what was chosen) apply: a whole GPU must be free; a share must find the GPU not held
+/// whole and enough of its memory unshared.
+pub fn grant_fits(gpu: &Gpu, used: GpuUse, whole: bool, memory_bytes: u64) -> Result<(), Misfit> {
+    if whole {
+        return if used.is_free() {
+            Ok(())
+        } else {
+            Err(Misfit::Gpus)
+        };
+    }
+    if used.whole_taken || used.shared_bytes.saturating_add(memory_bytes) > gpu.memory_bytes {
+        return Err(Misfit::GpuMemory);
+    }
+    Ok(())
+}
+
 /// Do these exact GPU grants fit on `node` on top of what it holds plus `planned` (grants
 /// made earlier in the same pass), and do they give `request` what it asked for?
 pub fn gpus_fit(
@@ -80,21 +130,57 @@ pub fn gpus_fit(
         if !request.accepts(&gpu.model, gpu.memory_bytes) {
             return Err(Misfit::GpuModel);
         }
-        let earlier = planned.iter().filter(|p| p.index == g.index);
-        let (planned_whole, planned_shared) = earlier.fold((false, 0u64), |(w, s), p| {
-            (w || p.whole, s + if p.whole { 0 } else { p.memory_bytes })
-        });
-        if g.whole {
-            if gpu.whole.is_some() || !gpu.shares.is_empty() || planned_whole || planned_shared > 0
-            {
-                return Err(Misfit::Gpus);
-            }
-        } else if gpu.whole.is_some()
-            || planned_whole
-            || gpu.shared_bytes() + planned_shared + g.memory_bytes > gpu.memory_bytes
-        {
-            return Err(Misfit::GpuMemory);
-        }
+        grant_fits(gpu, GpuUse::of(gpu, planned), g.whole, g.memory_bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(whole: bool, shares: &[u64]) -> Gpu {
+        Gpu {
+            index: 0,
+            uuid: "GPU-0".into(),
+            model: "H100".into(),
+            memory_bytes: 80,
+            nvlink_peers: Vec::new(),
+            simulated: true,
+            whole: whole.then(|| crate::state::TaskRef::stage(1, 0)),
+            shares: shares
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (crate::state::TaskRef::stage(2, i as u32), *b))
+                .collect(),
+        }
+    }
+
+    fn share(bytes: u64) -> GpuGrant {
+        GpuGrant {
+            index: 0,
+            whole: false,
+            memory_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn the_per_gpu_rule() {
+        let fits = |g: &Gpu, planned: &[GpuGrant], whole: bool, bytes: u64| {
+            grant_fits(g, GpuUse::of(g, planned), whole, bytes)
+        };
+        assert_eq!(fits(&gpu(false, &[]), &[], true, 80), Ok(()));
+        assert_eq!(fits(&gpu(true, &[]), &[], true, 80), Err(Misfit::Gpus));
+        assert_eq!(fits(&gpu(false, &[10]), &[], true, 80), Err(Misfit::Gpus));
+        assert_eq!(
+            fits(&gpu(false, &[]), &[share(1)], true, 80),
+            Err(Misfit::Gpus)
+        );
+        assert_eq!(fits(&gpu(false, &[40]), &[], false, 40), Ok(()));
+        assert_eq!(
+            fits(&gpu(false, &[40]), &[share(10)], false, 40),
+            Err(Misfit::GpuMemory)
+        );
+        assert_eq!(fits(&gpu(true, &[]), &[], false, 1), Err(Misfit::GpuMemory));
+    }
 }
