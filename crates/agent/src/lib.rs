@@ -2,6 +2,7 @@
 //! assigns, keeps each task's output on the node's own disk, and reports what happened.
 //!
 //! - [`fingerprint`]: CPU and memory from sysinfo, labels, drivers.
+//! - [`error`]: the agent's one error type, for itself and for tasks that cannot start.
 //! - [`drivers`]: which drivers the node offers (`process`; `docker` while a daemon
 //!   answers), re-checked while the agent runs.
 //! - [`docker`]: the Docker driver (bollard): containers with limits, GPUs, labels and
@@ -24,6 +25,7 @@
 
 pub mod docker;
 pub mod drivers;
+pub mod error;
 pub mod fingerprint;
 pub mod gpu;
 pub mod health;
@@ -63,16 +65,7 @@ pub struct Config {
     pub advertise: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
+pub use error::Error;
 
 /// Runs the agent until `shutdown` is cancelled. Tasks still running then are left running
 /// only if the process exits abruptly; on a clean shutdown they are killed.

@@ -91,7 +91,7 @@ mod tests {
         pb::TaskEvent {
             task_id: task.into(),
             attempt: 1,
-            status: "running".into(),
+            state: pb::TaskState::Running.into(),
             ..Default::default()
         }
     }

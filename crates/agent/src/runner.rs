@@ -22,7 +22,7 @@ use crate::logs::LogStore;
 use crate::outbox::Outbox;
 use crate::process::Outcome;
 use crate::shard;
-use crate::{health, now_ms, process};
+use crate::{Error, health, now_ms, process};
 
 type Key = (String, u32);
 
@@ -77,15 +77,21 @@ impl Runner {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn event(&self, a: &pb::Assignment, status: &str, exit_code: Option<i32>, message: String) {
-        self.emit(&a.task_id, a.attempt, status, exit_code, message, None);
+    fn event(
+        &self,
+        a: &pb::Assignment,
+        state: pb::TaskState,
+        exit_code: Option<i32>,
+        message: String,
+    ) {
+        self.emit(&a.task_id, a.attempt, state, exit_code, message, None);
     }
 
     fn emit(
         &self,
         task_id: &str,
         attempt: u32,
-        status: &str,
+        state: pb::TaskState,
         exit_code: Option<i32>,
         message: String,
         image: Option<String>,
@@ -94,7 +100,7 @@ impl Runner {
             seq: 0,
             task_id: task_id.to_string(),
             attempt,
-            status: status.into(),
+            state: state.into(),
             exit_code,
             message,
             at_ms: now_ms(),
@@ -109,7 +115,7 @@ impl Runner {
             seq: 0,
             task_id: a.task_id.clone(),
             attempt: a.attempt,
-            status: "running".into(),
+            state: pb::TaskState::Running.into(),
             at_ms: now_ms(),
             endpoint: endpoint.to_string(),
             healthy,
@@ -125,16 +131,16 @@ impl Runner {
         image: Option<String>,
         done: watch::Sender<bool>,
     ) {
-        let status = if outcome.succeeded {
-            "succeeded"
+        let state = if outcome.succeeded {
+            pb::TaskState::Succeeded
         } else {
-            "failed"
+            pb::TaskState::Failed
         };
-        tracing::info!(task = %key.0, attempt = key.1, status, message = %outcome.message, "task finished");
+        tracing::info!(task = %key.0, attempt = key.1, ?state, message = %outcome.message, "task finished");
         self.emit(
             &key.0,
             key.1,
-            status,
+            state,
             outcome.exit_code,
             outcome.message,
             image,
@@ -145,113 +151,119 @@ impl Runner {
         let _ = done.send(true);
     }
 
-    /// Starts an assigned task unless this attempt was already started.
+    /// Starts an assigned task unless this attempt was already started: claims it in the
+    /// table, prepares its directory, and hands it to its driver. Whatever stops it from
+    /// starting is reported once, as the attempt's end.
     pub fn assign(self: &Arc<Self>, a: pb::Assignment) {
         let key = (a.task_id.clone(), a.attempt);
-        let (done_tx, done_rx) = watch::channel(false);
-        {
-            let mut table = self.table();
-            if table.contains_key(&key) {
-                return;
-            }
-            table.insert(
-                key.clone(),
-                Entry {
-                    kill: None,
-                    gpus: a.gpu_indices.clone(),
-                    gpu_share: a.gpu_memory_bytes,
-                    pid: None,
-                    done: done_rx,
-                    container: false,
-                },
-            );
-        }
-        let _span = tracing::info_span!("task", task = %a.task_id, attempt = a.attempt).entered();
-        let Some(dir) = self.logs.attempt_dir(&a.task_id, a.attempt) else {
-            self.event(
-                &a,
-                "failed",
-                None,
-                format!("invalid task id {:?}", a.task_id),
-            );
-            let _ = done_tx.send(true);
+        let Some(done_tx) = self.claim(&a) else {
             return;
         };
+        let _span = tracing::info_span!("task", task = %a.task_id, attempt = a.attempt).entered();
+        let started = self
+            .prepare(&a)
+            .and_then(|dir| self.start(a.clone(), key, dir, &done_tx));
+        if let Err(e) = started {
+            tracing::info!(error = %e, "task did not start");
+            self.event(&a, e.task_state(), e.exit_code(), e.to_string());
+            let _ = done_tx.send(true);
+        }
+    }
+
+    /// Enters the attempt in the table; `None` if it is there already (a repeated
+    /// assignment).
+    fn claim(&self, a: &pb::Assignment) -> Option<watch::Sender<bool>> {
+        let (done_tx, done_rx) = watch::channel(false);
+        let mut table = self.table();
+        let key = (a.task_id.clone(), a.attempt);
+        if table.contains_key(&key) {
+            return None;
+        }
+        table.insert(
+            key,
+            Entry {
+                kill: None,
+                gpus: a.gpu_indices.clone(),
+                gpu_share: a.gpu_memory_bytes,
+                pid: None,
+                done: done_rx,
+                container: false,
+            },
+        );
+        Some(done_tx)
+    }
+
+    /// The attempt's directory, with an empty `work/`. An attempt whose log already exists
+    /// started under an earlier agent process: it is not run a second time.
+    fn prepare(&self, a: &pb::Assignment) -> Result<AttemptDir, Error> {
+        let dir = self
+            .logs
+            .attempt_dir(&a.task_id, a.attempt)
+            .ok_or_else(|| Error::TaskId(a.task_id.clone()))?;
         let log = dir.join("output.log");
         if log.exists() {
-            tracing::warn!(
-                "attempt already started before this agent restarted: reporting it lost"
-            );
-            self.event(
-                &a,
-                "lost",
-                None,
-                "the agent restarted while this attempt ran".into(),
-            );
-            let _ = done_tx.send(true);
-            return;
+            return Err(Error::Restarted);
         }
         let work = dir.join("work");
-        if let Err(e) = std::fs::create_dir_all(&work) {
-            self.event(
-                &a,
-                "failed",
-                None,
-                format!("creating {}: {e}", work.display()),
-            );
-            let _ = done_tx.send(true);
-            return;
-        }
+        std::fs::create_dir_all(&work).map_err(|source| Error::Io {
+            path: work.display().to_string(),
+            source,
+        })?;
+        Ok(AttemptDir { dir, work, log })
+    }
+
+    /// Hands the task to its driver: Docker for an image or a build, the shard loop for a
+    /// `tests:` shard, the process driver for the rest.
+    fn start(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+        key: Key,
+        dir: AttemptDir,
+        done_tx: &watch::Sender<bool>,
+    ) -> Result<(), Error> {
         if !a.image.is_empty() || a.build.is_some() {
-            self.assign_container(a, key, work, log, done_tx);
-            return;
+            let Some(d) = self.drivers.docker() else {
+                let _ = std::fs::write(&dir.log, "kiln: no Docker daemon answers on this node\n");
+                return Err(Error::NoDocker);
+            };
+            self.start_container(d, a, key, dir, done_tx.clone());
+        } else if let Some(spec) = a.tests.clone() {
+            self.start_tests(a, spec, key, dir, done_tx.clone());
+        } else {
+            self.start_process(a, key, dir, done_tx.clone())?;
         }
-        if let Some(spec) = a.tests.clone() {
-            self.assign_tests(a, spec, key, work, log, done_tx);
-            return;
-        }
-        let mut a = a;
-        // A service replica listens on a port the agent picks, in $PORT.
+        Ok(())
+    }
+
+    /// A command on the node, as a process group; for a service replica, with `$PORT`.
+    fn start_process(
+        self: &Arc<Self>,
+        mut a: pb::Assignment,
+        key: Key,
+        dir: AttemptDir,
+        done_tx: watch::Sender<bool>,
+    ) -> Result<(), Error> {
         let endpoint = match &a.replica {
-            Some(_) => match free_port() {
-                Ok(port) => {
-                    a.env.insert("PORT".into(), port.to_string());
-                    Some(format!("{}:{port}", self.advertise))
-                }
-                Err(e) => {
-                    self.event(
-                        &a,
-                        "failed",
-                        None,
-                        format!("no free port for the replica: {e}"),
-                    );
-                    let _ = done_tx.send(true);
-                    return;
-                }
-            },
+            Some(_) => {
+                let port = free_port().map_err(Error::NoPort)?;
+                a.env.insert("PORT".into(), port.to_string());
+                Some(format!("{}:{port}", self.advertise))
+            }
             None => None,
         };
         // Bazel's sharding protocol: a runner that shards touches this file to say so.
         let status_file = a
             .env
             .contains_key("TEST_TOTAL_SHARDS")
-            .then(|| dir.join("shard-status"));
+            .then(|| dir.dir.join("shard-status"));
         if let Some(path) = &status_file {
             a.env
                 .insert("TEST_SHARD_STATUS_FILE".into(), path.display().to_string());
         }
-        let child = match process::spawn(&a, &work, &log) {
-            Ok(c) => c,
-            Err(reason) => {
-                tracing::info!(%reason, "task failed to start");
-                self.event(&a, "failed", Some(127), reason);
-                let _ = done_tx.send(true);
-                return;
-            }
-        };
+        let child = process::spawn(&a, &dir.work, &dir.log).map_err(Error::Spawn)?;
         match &endpoint {
             Some(endpoint) => self.emit_replica(&a, endpoint, None),
-            None => self.event(&a, "running", None, String::new()),
+            None => self.event(&a, pb::TaskState::Running, None, String::new()),
         }
         let (kill_tx, kill_rx) = oneshot::channel();
         let done = {
@@ -268,7 +280,7 @@ impl Runner {
             a.replica.as_ref().and_then(|r| r.health.clone()),
             done,
         ) {
-            self.watch_health(&a, spec, endpoint, work.clone(), done);
+            self.watch_health(&a, spec, endpoint, dir.work.clone(), done);
         }
         let runner = self.clone();
         let timeout = Duration::from_millis(a.timeout_ms.max(1));
@@ -283,6 +295,7 @@ impl Runner {
             }
             runner.finish(&key, outcome, None, done_tx);
         });
+        Ok(())
     }
 
     /// Checks a replica's health until it ends, reporting changes; kills it when it misses
@@ -308,47 +321,36 @@ impl Runner {
     }
 
     /// Runs a `tests:` shard's test loop ([`crate::shard`]).
-    fn assign_tests(
+    fn start_tests(
         self: &Arc<Self>,
         a: pb::Assignment,
         spec: pb::TestsSpec,
         key: Key,
-        work: std::path::PathBuf,
-        log: std::path::PathBuf,
+        dir: AttemptDir,
         done_tx: watch::Sender<bool>,
     ) {
-        self.event(&a, "running", None, String::new());
+        self.event(&a, pb::TaskState::Running, None, String::new());
         let (kill_tx, mut kill_rx) = oneshot::channel();
         if let Some(entry) = self.table().get_mut(&key) {
             entry.kill = Some(kill_tx);
         }
         let runner = self.clone();
         tokio::spawn(async move {
-            let outcome = shard::run(&a, &spec, &work, &log, &mut kill_rx, &runner.leader).await;
+            let (work, log) = (&dir.work, &dir.log);
+            let outcome = shard::run(&a, &spec, work, log, &mut kill_rx, &runner.leader).await;
             runner.finish(&key, outcome, None, done_tx);
         });
     }
 
     /// Hands an `image:` or `build:` task to the Docker driver.
-    fn assign_container(
+    fn start_container(
         self: &Arc<Self>,
+        d: docker::DockerDriver,
         a: pb::Assignment,
         key: Key,
-        work: std::path::PathBuf,
-        log: std::path::PathBuf,
+        dir: AttemptDir,
         done_tx: watch::Sender<bool>,
     ) {
-        let Some(d) = self.drivers.docker() else {
-            let _ = std::fs::write(&log, "kiln: no Docker daemon answers on this node\n");
-            self.event(
-                &a,
-                "failed",
-                None,
-                "the docker driver is not available on this node".into(),
-            );
-            let _ = done_tx.send(true);
-            return;
-        };
         let (kill_tx, kill_rx) = oneshot::channel();
         if let Some(entry) = self.table().get_mut(&key) {
             entry.kill = Some(kill_tx);
@@ -359,22 +361,23 @@ impl Runner {
             let (outcome, image) = match &a.build {
                 Some(spec) => {
                     // Building counts as running from the start.
-                    runner.event(&a, "running", None, String::new());
-                    docker::build::run(&d, &a, spec, &work, &log, kill_rx, &runner.leader).await
+                    runner.event(&a, pb::TaskState::Running, None, String::new());
+                    let (work, log) = (&dir.work, &dir.log);
+                    docker::build::run(&d, &a, spec, work, log, kill_rx, &runner.leader).await
                 }
                 None => {
                     let started = || {
                         runner.emit(
                             &a.task_id,
                             a.attempt,
-                            "running",
+                            pb::TaskState::Running,
                             None,
                             String::new(),
                             Some(a.image.clone()),
                         );
                     };
                     let outcome =
-                        docker::container::run(&d, &a, &work, &log, kill_rx, started).await;
+                        docker::container::run(&d, &a, &dir.work, &dir.log, kill_rx, started).await;
                     (outcome, Some(a.image.clone()).filter(|i| !i.is_empty()))
                 }
             };
@@ -523,6 +526,13 @@ impl Runner {
     pub fn logs(&self) -> &LogStore {
         &self.logs
     }
+}
+
+/// Where an attempt keeps its output and works.
+struct AttemptDir {
+    dir: std::path::PathBuf,
+    work: std::path::PathBuf,
+    log: std::path::PathBuf,
 }
 
 /// A port no one listens on now, for a replica to bind.

@@ -134,7 +134,13 @@ async fn session(
         let msg = match msg {
             Ok(Some(pb::CoordinatorMessage { msg: Some(m) })) => m,
             Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break Ended::Broken,
+            Ok(None) => break Ended::Broken,
+            // A refusal (an event the leader did not understand) says why; the event stays
+            // in the outbox.
+            Err(status) => {
+                tracing::warn!(%addr, error = %status, "the leader ended the session");
+                break Ended::Broken;
+            }
         };
         match msg {
             In::Registered(r) => {

@@ -187,18 +187,19 @@ async fn simulated_node(channel: Channel, i: usize, task_ms: u64, placed: Arc<At
     };
     let mut inbound = response.into_inner();
     let seq = Arc::new(AtomicU64::new(0));
-    let event = |task_id: String, attempt: u32, status: &str, seq: &AtomicU64| pb::AgentMessage {
-        msg: Some(Out::TaskEvent(pb::TaskEvent {
-            seq: seq.fetch_add(1, Ordering::Relaxed) + 1,
-            task_id,
-            attempt,
-            status: status.into(),
-            exit_code: (status == "succeeded").then_some(0),
-            message: String::new(),
-            at_ms: now_ms(),
-            ..Default::default()
-        })),
-    };
+    let event =
+        |task_id: String, attempt: u32, state: pb::TaskState, seq: &AtomicU64| pb::AgentMessage {
+            msg: Some(Out::TaskEvent(pb::TaskEvent {
+                seq: seq.fetch_add(1, Ordering::Relaxed) + 1,
+                task_id,
+                attempt,
+                state: state.into(),
+                exit_code: (state == pb::TaskState::Succeeded).then_some(0),
+                message: String::new(),
+                at_ms: now_ms(),
+                ..Default::default()
+            })),
+        };
     while let Ok(Some(msg)) = inbound.message().await {
         match msg.msg {
             Some(In::Registered(r)) => {
@@ -225,11 +226,16 @@ async fn simulated_node(channel: Channel, i: usize, task_ms: u64, placed: Arc<At
             }
             Some(In::Assign(a)) => {
                 placed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(event(a.task_id.clone(), a.attempt, "running", &seq));
+                let _ = tx.send(event(
+                    a.task_id.clone(),
+                    a.attempt,
+                    pb::TaskState::Running,
+                    &seq,
+                ));
                 let (tx, seq) = (tx.clone(), seq.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(task_ms)).await;
-                    let _ = tx.send(event(a.task_id, a.attempt, "succeeded", &seq));
+                    let _ = tx.send(event(a.task_id, a.attempt, pb::TaskState::Succeeded, &seq));
                 });
             }
             _ => {}

@@ -24,8 +24,8 @@ use crate::controllers::sessions::{Session, assignment};
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::state::{
-    Command, EventsApplied, GpuDevice, NodeRegistered, NodeRegistration, Placement, TaskEvent,
-    TaskStatus,
+    ClusterState, Command, EventsApplied, GpuDevice, NodeRegistered, NodeRegistration, Placement,
+    TaskEvent, TaskStatus, is_task_id,
 };
 
 pub struct AgentApi {
@@ -195,8 +195,11 @@ async fn read_inbound(
                     l.memory_used_bytes = h.memory_used_bytes;
                     l.gpus = h.gpus;
                 }
+                // The event committer stopped: it refused an event and ended the session.
                 In::TaskEvent(e) => {
-                    let _ = events.send(e);
+                    if events.send(e).is_err() {
+                        break;
+                    }
                 }
                 In::LogData(d) => core.sessions.route_log(d),
                 In::Register(_) => tracing::warn!(%node, "ignoring a second Register"),
@@ -214,6 +217,12 @@ async fn read_inbound(
 
 /// Commits the agent's task events in batches (whatever arrived while the previous batch was
 /// being committed) and acknowledges them.
+///
+/// An event the leader cannot understand (a state it does not know, a task id that is not
+/// one) is refused, not acknowledged and dropped: the events before it are committed and
+/// acknowledged, and the session ends with `INVALID_ARGUMENT` naming it, so the agent keeps
+/// it and says so. An event about a task the cluster no longer has (a replica already
+/// removed) is understood: it changes nothing, and is acknowledged.
 async fn commit_events(
     core: Arc<Core>,
     node: String,
@@ -226,38 +235,35 @@ async fn commit_events(
             _ = session.closed.cancelled() => return,
             n = rx.recv_many(&mut batch, 4096) => if n == 0 { return },
         }
-        let up_to = batch.iter().map(|e| e.seq).max().unwrap_or(0);
-        let events: Vec<TaskEvent> = {
+        let mut up_to = 0;
+        let mut events = Vec::with_capacity(batch.len());
+        let mut refused = None;
+        {
             let state = core.state.read();
-            batch
-                .drain(..)
-                .filter_map(|e| {
-                    let task = state.parse_task_id(&e.task_id)?;
-                    let status = TaskStatus::parse(&e.status)?;
-                    Some(TaskEvent {
-                        task,
-                        attempt: e.attempt,
-                        status,
-                        exit_code: e.exit_code,
-                        message: e.message,
-                        at_ms: e.at_ms,
-                        image: (!e.image.is_empty()).then_some(e.image),
-                        endpoint: (!e.endpoint.is_empty()).then_some(e.endpoint),
-                        health: e.healthy,
-                    })
-                })
-                .collect()
-        };
+            for e in batch.drain(..) {
+                match understand(&state, &e) {
+                    Ok(event) => {
+                        up_to = up_to.max(e.seq);
+                        events.extend(event);
+                    }
+                    Err(reason) => {
+                        refused = Some(format!("task event {} ({}): {reason}", e.seq, e.task_id));
+                        break;
+                    }
+                }
+            }
+            batch.clear();
+        }
         let count = events.len() as u64;
         if !events.is_empty() {
-            match core
+            let written = core
                 .write(Command::TaskEvents {
                     node: node.clone(),
                     events,
                     now_ms: now_ms(),
                 })
-                .await
-            {
+                .await;
+            match written {
                 Ok(EventsApplied { kills, .. }) => {
                     let state = core.state.read();
                     core.sessions.kill(&state, &kills);
@@ -274,6 +280,48 @@ async fn commit_events(
             }
         }
         core.metrics.task_events.inc_by(count);
-        session.send(Out::Ack(pb::AckEvents { up_to_seq: up_to }));
+        if up_to > 0 {
+            session.send(Out::Ack(pb::AckEvents { up_to_seq: up_to }));
+        }
+        if let Some(reason) = refused {
+            // The error ends the agent's stream (it is the last item it gets); the session
+            // closes once the agent's side ends too (`read_inbound`).
+            tracing::warn!(%node, %reason, "refusing an agent's task event");
+            let _ = session.tx.send(Err(Status::invalid_argument(reason)));
+            return;
+        }
     }
+}
+
+/// An agent's event in the state's words; `None` for a task the cluster no longer has.
+fn understand(state: &ClusterState, e: &pb::TaskEvent) -> Result<Option<TaskEvent>, String> {
+    let status = match pb::TaskState::try_from(e.state) {
+        Ok(pb::TaskState::Running) => TaskStatus::Running,
+        Ok(pb::TaskState::Succeeded) => TaskStatus::Succeeded,
+        Ok(pb::TaskState::Failed) => TaskStatus::Failed,
+        Ok(pb::TaskState::Lost) => TaskStatus::Lost,
+        Ok(pb::TaskState::Unspecified) | Err(_) => {
+            return Err(format!(
+                "state {} is not one this coordinator knows",
+                e.state
+            ));
+        }
+    };
+    if !is_task_id(&e.task_id) {
+        return Err("not a task id".into());
+    }
+    let Some(task) = state.parse_task_id(&e.task_id) else {
+        return Ok(None);
+    };
+    Ok(Some(TaskEvent {
+        task,
+        attempt: e.attempt,
+        status,
+        exit_code: e.exit_code,
+        message: e.message.clone(),
+        at_ms: e.at_ms,
+        image: (!e.image.is_empty()).then(|| e.image.clone()),
+        endpoint: (!e.endpoint.is_empty()).then(|| e.endpoint.clone()),
+        health: e.healthy,
+    }))
 }

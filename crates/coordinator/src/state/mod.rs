@@ -51,7 +51,7 @@ pub use command::{
 };
 pub use model::{
     Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
-    StageRun, Task, TaskRef, TaskStatus, parse_run_id, run_id,
+    StageRun, Task, TaskRef, TaskStatus, is_task_id, parse_run_id, run_id,
 };
 pub use services::{Service, ServiceAction};
 

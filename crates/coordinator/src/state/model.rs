@@ -533,7 +533,45 @@ pub fn run_id(number: u64) -> String {
     format!("run-{number}")
 }
 
+/// Whether `id` has the shape of a task id (`run-7/build`, `run-7/test/2`, `svc/model/4`),
+/// whether or not the cluster has that task.
+pub fn is_task_id(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('/').collect();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        ["svc", name, slot] => !name.is_empty() && number(slot),
+        [run, stage] => run.strip_prefix("run-").is_some_and(number) && !stage.is_empty(),
+        [run, stage, shard] => {
+            run.strip_prefix("run-").is_some_and(number) && !stage.is_empty() && number(shard)
+        }
+        _ => false,
+    }
+}
+
 /// Parses `run-7` (or a bare `7`) into a run number.
 pub fn parse_run_id(id: &str) -> Option<u64> {
     id.strip_prefix("run-").unwrap_or(id).parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_shapes() {
+        for id in ["run-7/build", "run-7/test/2", "svc/model/4"] {
+            assert!(is_task_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "run-7",
+            "7/build",
+            "run-x/build",
+            "run-7/test/x",
+            "svc/model",
+            "a/b/c/d",
+        ] {
+            assert!(!is_task_id(id), "{id}");
+        }
+    }
 }
