@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 
-use crate::controllers::sessions::Sessions;
 use crate::error::{Error, Result};
+use crate::leader::Liveness;
+use crate::leader::sessions::Sessions;
+use crate::leader::traffic::Traffic;
 use crate::metrics::Metrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, Raft};
 use crate::scheduler::SchedulerConfig;
 use crate::state::{Command, Reply, Response, TaskRef};
-use crate::traffic::Traffic;
 
 /// Settings that shape a coordinator's behaviour (not where it listens).
 #[derive(Debug, Clone)]
@@ -38,16 +39,6 @@ impl Default for Tuning {
             scheduler: SchedulerConfig::default(),
         }
     }
-}
-
-/// Live figures an agent sends with each heartbeat; leader memory only, never replicated.
-#[derive(Debug, Clone, Default)]
-pub struct Liveness {
-    pub last_seen_ms: i64,
-    pub cpu_percent: f64,
-    pub memory_used_bytes: u64,
-    /// Per-GPU live figures (NVML or simulated), by GPU index.
-    pub gpus: Vec<kiln_api::pb::GpuStats>,
 }
 
 pub struct Core {

@@ -6,13 +6,13 @@
 //! - [`state`]: the replicated state and its commands. Pure: `apply(state, command)`.
 //! - [`scheduler`]: pure placement, feasibility checks then ranking, one pass at a time.
 //! - [`raft`]: openraft wired to sled (log, vote, snapshots) and to tonic (the network).
+//! - [`leader`]: the leader's memory, never replicated: agent sessions, gateway traffic,
+//!   node liveness.
 //! - [`core`]: what the running parts share, and `Core::write`, the one way to propose.
 //! - [`controllers`]: the leader's loops: scheduling passes, node liveness, leadership.
 //! - [`api`]: the edges: gRPC for clients, agents and peers; HTTP for `/healthz` and
 //!   `/metrics`.
 //! - [`blobs`]: the content-addressed store for build contexts (bytes outside Raft).
-//! - [`traffic`]: what the service gateways report (leader memory): in-flight requests per
-//!   replica for draining, concurrency and request rates for the autoscaler.
 //! - [`server`]: wiring it all together on bound listeners, with a shutdown signal.
 //!
 //! I/O lives only in `raft`, `blobs`, `controllers`, `api` and `server`; `state` and `scheduler`
@@ -23,12 +23,12 @@ pub mod blobs;
 pub mod controllers;
 pub mod core;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod state;
-pub mod traffic;
 
 pub use error::{Error, Result};
 pub use server::{Config, Coordinator, start};

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     agent::AgentApi, blobs::BlobService, client::ClientService, gateway::GatewayService, http,
-    raft_service::RaftService, tests::TestQueueService,
+    raft_service::RaftService, test_queue::TestQueueService,
 };
 use crate::blobs::BlobStore;
 use crate::controllers;

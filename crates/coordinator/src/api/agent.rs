@@ -20,9 +20,10 @@ use kiln_api::spec::Resources;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::controllers::sessions::{Session, assignment};
+use crate::controllers::assignment::assignment;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
+use crate::leader::sessions::Session;
 use crate::state::{
     ClusterState, Command, EventsApplied, GpuDevice, NodeRegistered, NodeRegistration, Placement,
     TaskEvent, TaskStatus, is_task_id,

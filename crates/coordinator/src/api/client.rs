@@ -266,7 +266,7 @@ impl Kiln for ClientService {
         let run = parse_run_id(&id)
             .and_then(|n| state.runs.get(&n))
             .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
-        Ok(Response::new(super::tests::report(run)))
+        Ok(Response::new(super::test_queue::report(run)))
     }
 
     #[tracing::instrument(skip_all, fields(run = %req.get_ref().run_id, failed_only = req.get_ref().failed_only))]
@@ -275,7 +275,7 @@ impl Kiln for ClientService {
         req: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         Ok(Response::new(
-            super::tests::rerun(&self.core, req.into_inner()).await?,
+            super::test_queue::rerun(&self.core, req.into_inner()).await?,
         ))
     }
 

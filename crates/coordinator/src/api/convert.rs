@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use kiln_api::pb;
 
-use crate::core::Liveness;
+use crate::leader::Liveness;
 use crate::state::{Attempt, Node, Run, StageRun, Task, TaskRef, TaskStatus};
 
 pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {

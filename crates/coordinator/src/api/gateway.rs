@@ -2,7 +2,7 @@
 //!
 //! Any coordinator streams the endpoint table from its applied state, anew after every
 //! applied change that alters it; traffic reports go to the leader, which keeps them in
-//! memory ([`crate::traffic`]).
+//! memory ([`crate::leader::traffic`]).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The coordinator's edges: gRPC for clients ([`client`]), agents ([`agent`]), peers
 //! ([`raft_service`]), build-context blobs for both ([`blobs`]), the test queue of sharded
-//! stages ([`tests`]), services ([`services`]) and their gateways ([`gateway`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
+//! stages ([`test_queue`]), services ([`services`]) and their gateways ([`gateway`]), HTTP for probes and Prometheus ([`http`]). Handlers translate between
 //! the wire and [`crate::core::Core`]; errors become gRPC statuses in `error.rs` only.
 
 pub mod agent;
@@ -11,4 +11,4 @@ pub mod gateway;
 pub mod http;
 pub mod raft_service;
 pub mod services;
-pub mod tests;
+pub mod test_queue;

@@ -10,11 +10,11 @@
 //!   stabilisation window, panic mode, scale to zero).
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
-//! - [`sessions`]: the agent sessions the loops push through.
+//! - [`assignment`]: what an agent is told to run for a placed task.
 
+pub mod assignment;
 pub mod autoscale;
 pub mod leadership;
 pub mod liveness;
 pub mod rollout;
 pub mod scheduling;
-pub mod sessions;

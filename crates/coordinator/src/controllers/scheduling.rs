@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::assignment::assignment;
 use crate::core::{Core, now_ms};
 use crate::scheduler;
 use crate::state::{Command, Placed};
@@ -70,6 +71,9 @@ async fn pass(core: &Core) -> crate::error::Result<()> {
         .placements_rejected
         .inc_by(rejected.len() as u64);
     let state = core.state.read();
-    core.sessions.dispatch(&state, &accepted);
+    let assignments = accepted
+        .iter()
+        .filter_map(|p| Some((p.node.clone(), assignment(&state, p)?)));
+    core.sessions.assign(assignments);
     Ok(())
 }

@@ -16,6 +16,18 @@
 //!   that does not move the attempt forward is ignored. Agents may therefore re-send freely.
 //! - A submission carrying a request id is stored once: re-submitting answers the first run.
 //!
+//! # Where things are
+//!
+//! - `command.rs`: the commands and their typed replies.
+//! - `model.rs`: the records (nodes, runs, tasks, attempts) and the one task lifecycle
+//!   (`Task::step`: which events count, placed → running, closing an attempt).
+//! - `tasks.rs`: task events and lost tasks applied to the cluster, for every kind of task.
+//! - `runs.rs`: submission, and what follows a stage's attempt (the DAG, retries).
+//! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
+//!   controllers' decisions about them.
+//! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
+//! - `placement.rs`, `fit.rs`, `nodes.rs`: placing a pass, the fit rules, nodes.
+//!
 //! # What it does not do
 //!
 //! It does not decide where work goes (that is `scheduler/`), does not talk to agents, and
@@ -30,8 +42,8 @@ mod runs;
 mod service_actions;
 pub mod services;
 pub mod suite;
+mod suite_apply;
 mod tasks;
-mod testing;
 
 #[cfg(test)]
 mod sharding_tests;
