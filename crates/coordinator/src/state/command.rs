@@ -158,11 +158,46 @@ pub struct TaskEvent {
     pub health: Option<bool>,
 }
 
-/// What applying a command answered: one typed answer per command, or a rejection.
-/// Rejections are ordinary, replicated outcomes (the state did not allow the command); the
-/// proposer turns them into a conflict in one place (`Core::write`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
+/// A command's typed answer, taken out of a [`Response`] (which is handed back when it is
+/// another answer).
+pub trait Reply: Sized {
+    fn from_response(r: Response) -> Result<Self, Response>;
+}
+
+/// Declares [`Response`] with one variant per typed answer, and each answer's [`Reply`].
+macro_rules! responses {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty)),* $(,)?) => {
+        /// What applying a command answered: one typed answer per command, or a rejection.
+        /// Rejections are ordinary, replicated outcomes (the state did not allow the
+        /// command); the proposer turns them into a conflict in one place (`Core::write`).
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Response {
+            $($(#[$doc])* $variant($ty),)*
+            Rejected { reason: String },
+            /// For Raft's own entries (blank, membership).
+            Empty,
+        }
+
+        $(
+            impl Reply for $ty {
+                fn from_response(r: Response) -> Result<Self, Response> {
+                    match r {
+                        Response::$variant(v) => Ok(v),
+                        other => Err(other),
+                    }
+                }
+            }
+
+            impl From<$ty> for Response {
+                fn from(v: $ty) -> Response {
+                    Response::$variant(v)
+                }
+            }
+        )*
+    };
+}
+
+responses!(
     NodeRegistered(NodeRegistered),
     NodeDown(NodeDown),
     Submitted(Submitted),
@@ -174,12 +209,7 @@ pub enum Response {
     TestsReported(TestsReported),
     Deployed(Deployed),
     ServiceChanged(ServiceChanged),
-    Rejected {
-        reason: String,
-    },
-    /// For Raft's own entries (blank, membership).
-    Empty,
-}
+);
 
 impl Response {
     pub fn rejected(reason: impl Into<String>) -> Response {
@@ -188,45 +218,6 @@ impl Response {
         }
     }
 }
-
-/// A command's typed answer, taken out of a [`Response`] (which is handed back when it is
-/// another answer).
-pub trait Reply: Sized {
-    fn from_response(r: Response) -> Result<Self, Response>;
-}
-
-macro_rules! replies {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
-        $(
-            impl Reply for $ty {
-                fn from_response(r: Response) -> Result<Self, Response> {
-                    match r {
-                        Response::$variant(v) => Ok(v),
-                        other => Err(other),
-                    }
-                }
-            }
-            impl From<$ty> for Response {
-                fn from(v: $ty) -> Response {
-                    Response::$variant(v)
-                }
-            }
-        )*
-    };
-}
-
-replies!(
-    NodeRegistered(NodeRegistered),
-    NodeDown(NodeDown),
-    Submitted(Submitted),
-    Placed(Placed),
-    EventsApplied(EventsApplied),
-    Cancelled(Cancelled),
-    Tests(Take),
-    TestsReported(TestsReported),
-    Deployed(Deployed),
-    ServiceChanged(ServiceChanged),
-);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistered;
