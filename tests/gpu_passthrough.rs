@@ -34,6 +34,7 @@ fn gpu_indices_become_a_device_request_and_visible_devices() {
             &a,
             work.path(),
             0,
+            None,
         ))
         .expect("created");
     let info = inspect(&id);

@@ -109,8 +109,9 @@ impl Runner {
         });
     }
 
-    /// A replica's running event with its endpoint, or a change of its health.
-    fn emit_replica(&self, a: &pb::Assignment, endpoint: &str, healthy: Option<bool>) {
+    /// A replica's running event with its endpoint (and, in a container, the image it runs,
+    /// pinned), or a change of its health.
+    fn emit_replica(&self, a: &pb::Assignment, endpoint: &str, healthy: Option<bool>, image: &str) {
         self.outbox.emit(pb::TaskEvent {
             seq: 0,
             task_id: a.task_id.clone(),
@@ -119,6 +120,7 @@ impl Runner {
             at_ms: now_ms(),
             endpoint: endpoint.to_string(),
             healthy,
+            image: image.to_string(),
             ..Default::default()
         });
     }
@@ -226,7 +228,11 @@ impl Runner {
                 let _ = std::fs::write(&dir.log, "kiln: no Docker daemon answers on this node\n");
                 return Err(Error::NoDocker);
             };
-            self.start_container(d, a, key, dir, done_tx.clone());
+            let publish = match &a.replica {
+                Some(r) => Some(self.publish(r)?),
+                None => None,
+            };
+            self.start_container(d, a, key, dir, publish, done_tx.clone());
         } else if let Some(spec) = a.tests.clone() {
             self.start_tests(a, spec, key, dir, done_tx.clone());
         } else {
@@ -262,7 +268,7 @@ impl Runner {
         }
         let child = process::spawn(&a, &dir.work, &dir.log).map_err(Error::Spawn)?;
         match &endpoint {
-            Some(endpoint) => self.emit_replica(&a, endpoint, None),
+            Some(endpoint) => self.emit_replica(&a, endpoint, None, ""),
             None => self.event(&a, pb::TaskState::Running, None, String::new()),
         }
         let (kill_tx, kill_rx) = oneshot::channel();
@@ -313,7 +319,7 @@ impl Runner {
         tokio::spawn(async move {
             let addr = endpoint.clone();
             health::watch(spec, addr, work, done, |verdict| match verdict {
-                health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, Some(ok)),
+                health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, Some(ok), ""),
                 health::Verdict::Failed(reason) => runner.kill(&a.task_id, a.attempt, &reason),
             })
             .await;
@@ -342,20 +348,42 @@ impl Runner {
         });
     }
 
-    /// Hands an `image:` or `build:` task to the Docker driver.
+    /// Where a container replica's port is published: a free port of the node, bound to
+    /// the address the gateways reach it at.
+    fn publish(&self, r: &pb::ReplicaSpec) -> Result<docker::container::Publish, Error> {
+        let host_port = free_port().map_err(Error::NoPort)?;
+        let host_ip = match self.advertise.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => "0.0.0.0".to_string(),
+        };
+        Ok(docker::container::Publish {
+            container_port: r.container_port as u16,
+            host_ip,
+            host_port,
+            endpoint: format!("{}:{host_port}", self.advertise),
+        })
+    }
+
+    /// Hands an `image:` or `build:` task to the Docker driver; a replica's container with
+    /// its port published, reported running at that endpoint and health-checked there.
     fn start_container(
         self: &Arc<Self>,
         d: docker::DockerDriver,
         a: pb::Assignment,
         key: Key,
         dir: AttemptDir,
+        publish: Option<docker::container::Publish>,
         done_tx: watch::Sender<bool>,
     ) {
         let (kill_tx, kill_rx) = oneshot::channel();
-        if let Some(entry) = self.table().get_mut(&key) {
-            entry.kill = Some(kill_tx);
-            entry.container = true;
-        }
+        let done = {
+            let mut table = self.table();
+            table.get_mut(&key).map(|entry| {
+                entry.kill = Some(kill_tx);
+                entry.container = true;
+                entry.done.clone()
+            })
+        };
         let runner = self.clone();
         tokio::spawn(async move {
             let (outcome, image) = match &a.build {
@@ -366,18 +394,28 @@ impl Runner {
                     docker::build::run(&d, &a, spec, work, log, kill_rx, &runner.leader).await
                 }
                 None => {
-                    let started = || {
-                        runner.emit(
+                    let started = |pinned: &str| match (&publish, done) {
+                        (Some(p), Some(done)) => {
+                            runner.emit_replica(&a, &p.endpoint, None, pinned);
+                            if let Some(spec) = a.replica.as_ref().and_then(|r| r.health.clone()) {
+                                let (endpoint, work) = (p.endpoint.clone(), dir.work.clone());
+                                runner.watch_health(&a, spec, endpoint, work, done);
+                            }
+                        }
+                        _ => runner.emit(
                             &a.task_id,
                             a.attempt,
                             pb::TaskState::Running,
                             None,
                             String::new(),
                             Some(a.image.clone()),
-                        );
+                        ),
                     };
+                    let (work, log) = (&dir.work, &dir.log);
+                    let publish_ref = publish.as_ref();
                     let outcome =
-                        docker::container::run(&d, &a, &dir.work, &dir.log, kill_rx, started).await;
+                        docker::container::run(&d, &a, work, log, publish_ref, kill_rx, started)
+                            .await;
                     (outcome, Some(a.image.clone()).filter(|i| !i.is_empty()))
                 }
             };
@@ -418,7 +456,7 @@ impl Runner {
                     key.clone(),
                     Entry {
                         kill: Some(kill_tx),
-                        done: done_rx,
+                        done: done_rx.clone(),
                         container: true,
                         // Not in the container's labels: an adopted task's GPU figures
                         // come from NVML alone.
@@ -429,6 +467,19 @@ impl Runner {
                 );
             }
             tracing::info!(task = %c.task_id, attempt = c.attempt, container = %c.id, "adopting a running container");
+            // A replica's checks go on where they were: the leader already knows its endpoint.
+            if let (Some(endpoint), Some(replica)) = (&c.endpoint, &c.replica)
+                && let Some(spec) = replica.health.clone()
+            {
+                let a = pb::Assignment {
+                    task_id: c.task_id.clone(),
+                    attempt: c.attempt,
+                    replica: Some(replica.clone()),
+                    ..Default::default()
+                };
+                let work = log.with_file_name("work");
+                self.watch_health(&a, spec, endpoint.clone(), work, done_rx.clone());
+            }
             let runner = self.clone();
             let d = d.clone();
             tokio::spawn(async move {

@@ -9,17 +9,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
     StopContainerOptions,
 };
 use futures::StreamExt;
 use kiln_api::pb;
+use prost::Message;
 use tokio::sync::oneshot;
 
 use super::{
-    DockerDriver, LABEL_AGENT, LABEL_ATTEMPT, LABEL_DEADLINE, LABEL_TASK, Log, STOP_GRACE, message,
+    DockerDriver, LABEL_AGENT, LABEL_ATTEMPT, LABEL_DEADLINE, LABEL_ENDPOINT, LABEL_REPLICA,
+    LABEL_TASK, Log, STOP_GRACE, message,
 };
 use crate::process::Outcome;
 
@@ -28,13 +30,27 @@ pub const WORK_MOUNT: &str = "/kiln/work";
 /// The CFS period the CPU quota is a share of (Docker's default).
 const CPU_PERIOD_US: i64 = 100_000;
 
+/// Where a service replica's container port is published on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub container_port: u16,
+    /// The node address it is bound to (the agent's advertised address, or every address
+    /// when that is a name).
+    pub host_ip: String,
+    pub host_port: u16,
+    /// `host:port`, as the gateways reach it.
+    pub endpoint: String,
+}
+
 /// The container an assignment asks for. `deadline_ms` goes into a label so that an agent
-/// that adopts the container after a restart still enforces the timeout.
+/// that adopts the container after a restart still enforces the timeout; a replica's
+/// endpoint and spec likewise, so its health is checked again.
 pub fn config(
     d: &DockerDriver,
     a: &pb::Assignment,
     work: &Path,
     deadline_ms: i64,
+    publish: Option<&Publish>,
 ) -> ContainerCreateBody {
     let (entrypoint, cmd, working_dir) = if !a.shell.is_empty() {
         let sh = vec!["/bin/sh".to_string(), "-c".to_string()];
@@ -71,12 +87,28 @@ pub fn config(
         }])
     };
     env.sort();
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_AGENT.to_string(), d.instance.clone()),
         (LABEL_TASK.to_string(), a.task_id.clone()),
         (LABEL_ATTEMPT.to_string(), a.attempt.to_string()),
         (LABEL_DEADLINE.to_string(), deadline_ms.to_string()),
     ]);
+    if let Some(p) = publish {
+        labels.insert(LABEL_ENDPOINT.to_string(), p.endpoint.clone());
+    }
+    if let Some(r) = &a.replica {
+        labels.insert(LABEL_REPLICA.to_string(), encode_replica(r));
+    }
+    let port = publish.map(|p| format!("{}/tcp", p.container_port));
+    let port_bindings = publish.zip(port.clone()).map(|(p, port)| {
+        HashMap::from([(
+            port,
+            Some(vec![PortBinding {
+                host_ip: Some(p.host_ip.clone()),
+                host_port: Some(p.host_port.to_string()),
+            }]),
+        )])
+    });
     let memory = (a.memory_bytes > 0).then_some(a.memory_bytes as i64);
     ContainerCreateBody {
         image: Some(a.image.clone()),
@@ -85,7 +117,9 @@ pub fn config(
         working_dir,
         env: Some(env),
         labels: Some(labels),
+        exposed_ports: port.map(|p| vec![p]),
         host_config: Some(HostConfig {
+            port_bindings,
             memory,
             // No swap beyond the limit, so the limit is the limit.
             memory_swap: memory,
@@ -121,6 +155,7 @@ pub async fn create(
     a: &pb::Assignment,
     work: &Path,
     deadline_ms: i64,
+    publish: Option<&Publish>,
 ) -> Result<String, String> {
     let name = name(d, a);
     // A container left by an earlier try of this very attempt (the agent died between
@@ -141,7 +176,7 @@ pub async fn create(
                 name: Some(name),
                 ..Default::default()
             }),
-            config(d, a, work, deadline_ms),
+            config(d, a, work, deadline_ms, publish),
         )
         .await
         .map(|r| r.id)
@@ -149,14 +184,15 @@ pub async fn create(
 }
 
 /// Runs an `image:` task to its end: image, create, start, then [`supervise`]. `started` is
-/// called once the container runs.
+/// called once the container runs, with the image pinned by digest.
 pub async fn run(
     d: &DockerDriver,
     a: &pb::Assignment,
     work: &Path,
     log_path: &Path,
+    publish: Option<&Publish>,
     mut kill: oneshot::Receiver<String>,
-    started: impl FnOnce(),
+    started: impl FnOnce(&str),
 ) -> Outcome {
     let mut log = match Log::create(log_path) {
         Ok(l) => l,
@@ -172,12 +208,15 @@ pub async fn run(
         r = d.ensure_image(&a.image, &mut log) => r,
         reason = &mut kill => return failed(None, reason.unwrap_or_else(|_| "killed".into())),
     };
-    if let Err(e) = ready {
-        log.line(&format!("kiln: {e}"));
-        return failed(None, e);
-    }
+    let pinned = match ready {
+        Ok(pinned) => pinned,
+        Err(e) => {
+            log.line(&format!("kiln: {e}"));
+            return failed(None, e);
+        }
+    };
     let deadline_ms = crate::now_ms().saturating_add(a.timeout_ms as i64);
-    let id = match create(d, a, work, deadline_ms).await {
+    let id = match create(d, a, work, deadline_ms, publish).await {
         Ok(id) => id,
         Err(e) => return failed(None, e),
     };
@@ -185,7 +224,7 @@ pub async fn run(
         remove(d, &id).await;
         return failed(None, format!("cannot start the container: {}", message(&e)));
     }
-    started();
+    started(&pinned);
     supervise(d, &id, log_path, false, Some(deadline_ms), kill).await
 }
 
@@ -302,6 +341,26 @@ pub async fn remove(d: &DockerDriver, id: &str) {
     {
         tracing::warn!(container = id, error = %message(&e), "container not removed");
     }
+}
+
+/// A replica spec as a label value: its protobuf encoding, in hex.
+fn encode_replica(r: &pb::ReplicaSpec) -> String {
+    r.encode_to_vec()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The replica spec a label holds, if it holds one.
+pub fn decode_replica(hex: &str) -> Option<pb::ReplicaSpec> {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect();
+    pb::ReplicaSpec::decode(bytes?.as_slice()).ok()
 }
 
 fn failed(exit_code: Option<i32>, message: String) -> Outcome {

@@ -41,6 +41,11 @@ pub const LABEL_TASK: &str = "kiln.task";
 pub const LABEL_ATTEMPT: &str = "kiln.attempt";
 /// The task's deadline, in ms since the Unix epoch, so an adopted container still times out.
 pub const LABEL_DEADLINE: &str = "kiln.deadline-ms";
+/// A service replica's `host:port`, where its container port is published.
+pub const LABEL_ENDPOINT: &str = "kiln.endpoint";
+/// A service replica's `pb::ReplicaSpec` (protobuf, hex), so an adopted replica's health is
+/// checked again.
+pub const LABEL_REPLICA: &str = "kiln.replica";
 
 /// How long a stopped container gets between SIGTERM and SIGKILL, as for processes.
 pub const STOP_GRACE: Duration = crate::process::STOP_GRACE;
@@ -62,6 +67,9 @@ pub struct Owned {
     pub task_id: String,
     pub attempt: u32,
     pub deadline_ms: Option<i64>,
+    /// For a service replica: where it serves, and its spec.
+    pub endpoint: Option<String>,
+    pub replica: Option<kiln_api::pb::ReplicaSpec>,
 }
 
 impl DockerDriver {
@@ -109,6 +117,10 @@ impl DockerDriver {
                         .and_then(|a| a.parse().ok())
                         .unwrap_or(0),
                     deadline_ms: labels.get(LABEL_DEADLINE).and_then(|d| d.parse().ok()),
+                    endpoint: labels.get(LABEL_ENDPOINT).cloned(),
+                    replica: labels
+                        .get(LABEL_REPLICA)
+                        .and_then(|h| container::decode_replica(h)),
                 })
             })
             .collect())
@@ -117,9 +129,11 @@ impl DockerDriver {
     /// Makes `image` available locally: a local image is used as it is, anything else is
     /// pulled (from the cluster registry when the reference names it). Progress goes to
     /// `log`.
-    pub async fn ensure_image(&self, image: &str, log: &mut Log) -> Result<(), String> {
-        if self.client.inspect_image(image).await.is_ok() {
-            return Ok(());
+    /// Makes sure the image is here (pulling it if not) and answers it pinned: a reference by
+    /// digest as the registry knows it, or for a local image its id (`sha256:…`).
+    pub async fn ensure_image(&self, image: &str, log: &mut Log) -> Result<String, String> {
+        if let Ok(info) = self.client.inspect_image(image).await {
+            return Ok(pinned(image, &info));
         }
         log.line(&format!("kiln: pulling {image}"));
         let (name, tag) = split_reference(image);
@@ -145,8 +159,26 @@ impl DockerDriver {
         self.client
             .inspect_image(image)
             .await
-            .map(|_| ())
+            .map(|info| pinned(image, &info))
             .map_err(|e| format!("image {image:?} is missing after its pull: {}", message(&e)))
+    }
+}
+
+/// `image` pinned by digest: as given when it names one; else the registry digest of its
+/// repository, if the image came from (or went to) a registry; else its local id.
+fn pinned(image: &str, info: &bollard::models::ImageInspect) -> String {
+    if image.contains('@') {
+        return image.to_string();
+    }
+    let (repo, _) = split_reference(image);
+    let from_registry = info
+        .repo_digests
+        .iter()
+        .flatten()
+        .find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo));
+    match from_registry {
+        Some(d) => d.clone(),
+        None => info.id.clone().unwrap_or_else(|| image.to_string()),
     }
 }
 

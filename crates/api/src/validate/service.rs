@@ -26,9 +26,9 @@ impl Checker<'_> {
         if let Err(reason) = check_name(&s.name) {
             self.push(line("name"), "name", reason);
         }
-        if s.image.is_some() {
-            let reason = "container services are not built yet: run the service's binary with command: (process replicas)".into();
-            self.push(line("image"), "image", reason);
+        if s.image.is_some() && s.health.as_ref().is_some_and(|h| h.exec.is_some()) {
+            let reason = "an exec check runs on the node, not in an image replica's container: use http or tcp".into();
+            self.push(line("exec"), "health.exec", reason);
         }
         if s.command.is_none() && s.image.is_none() {
             let reason = "missing: a service runs a command or an image".into();

@@ -483,9 +483,14 @@ fn bad_services_name_the_field_and_line() {
             "svc.yaml:1: command: missing: a service runs a command or an image",
         ),
         (
-            "image services",
-            "name: m\nimage: busybox\nport: 80\n",
-            "svc.yaml:2: image: container services are not built yet",
+            "an image service without its port",
+            "name: m\nimage: busybox\n",
+            "svc.yaml:2: port: an image replica needs the port it listens on",
+        ),
+        (
+            "an exec check of an image service",
+            "name: m\nimage: busybox\nport: 80\nhealth:\n  exec: ./check\n",
+            "svc.yaml:5: health.exec: an exec check runs on the node",
         ),
         (
             "a rollout that cannot move",

@@ -35,7 +35,8 @@ pub struct Revision {
     /// From 1.
     pub number: u32,
     pub spec: ServiceSpec,
-    /// `sha256:...` of the image, for an image service, once a replica pulled it.
+    /// For an image service, the image its replicas run, pinned by digest
+    /// (`registry/app@sha256:…`, or a local image's `sha256:…` id), from its first replica.
     pub image_digest: Option<String>,
     /// `sha256:...` of the model artifact, as the CLI read it.
     pub model_digest: Option<String>,
@@ -285,10 +286,25 @@ impl ClusterState {
         ServiceChanged::default().into()
     }
 
-    /// A replica started (see `tasks.rs`): where it serves.
-    pub(super) fn replica_started(&mut self, at: ReplicaRef, endpoint: Option<String>) {
-        if let Some(r) = self.replica_mut(at) {
-            r.endpoint = endpoint;
+    /// A replica started (see `tasks.rs`): where it serves, and, for an image replica, the
+    /// image it runs pinned by digest, which its revision keeps from the first replica on
+    /// (a rollback or promotion then names those exact bytes).
+    pub(super) fn replica_started(
+        &mut self,
+        at: ReplicaRef,
+        endpoint: Option<String>,
+        image: Option<&str>,
+    ) {
+        let Some(s) = self.services.get_mut(&at.service) else {
+            return;
+        };
+        let Some(r) = s.replicas.get_mut(&at.slot) else {
+            return;
+        };
+        r.endpoint = endpoint;
+        let revision = r.revision;
+        if let (Some(image), Some(rev)) = (image, s.revisions.get_mut(revision as usize - 1)) {
+            rev.image_digest.get_or_insert_with(|| image.to_string());
         }
     }
 

@@ -52,7 +52,7 @@ impl ClusterState {
                     kills.extend(task.kill(e.task, cancel_reason(e.task)));
                 }
                 if let TaskRef::Replica(at) = e.task {
-                    self.replica_started(at, e.endpoint.clone());
+                    self.replica_started(at, e.endpoint.clone(), e.image.as_deref());
                 }
                 true
             }
