@@ -529,6 +529,10 @@ impl Drop for Cluster {
         for c in &mut self.coordinators {
             c.proc.kill();
         }
+        // Process tasks outlive a killed agent (they run in their own process groups, so a
+        // restarted agent finds them): end every process still working in this cluster's
+        // directories, so that no test leaves a replica or a stage behind.
+        kill_processes_in(self.dir.path());
         // Containers outlive a killed agent (by design): remove the ones this cluster made.
         for a in &self.agents {
             if let Some(instance) = docker::agent_instance(&self.agent_dir(&a.name))
@@ -541,6 +545,30 @@ impl Drop for Cluster {
             let kept =
                 std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
             eprintln!("kiln e2e: logs and data kept in {}", kept.display());
+        }
+    }
+}
+
+/// SIGKILL to every process whose working directory is inside `dir`.
+pub fn kill_processes_in(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else {
+        return;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
