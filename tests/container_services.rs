@@ -5,38 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_e2e::docker::{self, base_image, containers_with, docker_or_skip, inspect};
-use kiln_e2e::http::{Answer, Load, request};
+use kiln_e2e::docker::{self, containers_with, docker_or_skip, inspect};
+use kiln_e2e::http::{Load, request};
+use kiln_e2e::services::{self, assert_no_failures, busybox_service, version};
 use kiln_e2e::{Cluster, Options};
 use serde_json::Value;
-
-/// A service of two busybox containers whose CGI answers `{"model_version": VERSION}`.
-fn service(version: &str) -> String {
-    let image = base_image();
-    format!(
-        r#"name: web
-image: {image}
-port: 8080
-command: |
-  mkdir -p /www/cgi-bin
-  echo '{{"model_version":"{version}"}}' > /www/answer
-  printf '#!/bin/sh\necho Content-Type: application/json\necho\ncat /www/answer\n' > /www/cgi-bin/predict
-  chmod +x /www/cgi-bin/predict
-  echo ok > /www/ready
-  exec httpd -f -p 8080 -h /www
-replicas: 2
-resources: {{ cpu: 100m, memory: 64Mi }}
-health:
-  http: /ready
-  interval: 100ms
-update:
-  max_surge: 1
-  max_unavailable: 0
-  min_healthy_time: 300ms
-  healthy_deadline: 20s
-"#
-    )
-}
 
 fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
     let file = cluster.write(name, yaml);
@@ -49,31 +22,15 @@ fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
 }
 
 fn history(cluster: &Cluster) -> Value {
-    cluster.kiln_json(&["history", "web"])
+    services::history(cluster, "web", None)
 }
 
 fn wait_settled(cluster: &mut Cluster, revision: u64, what: &str) {
-    cluster.wait_for(what, Duration::from_secs(60), |c| {
-        let s = history(c);
-        let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
-        s["rollout"] == "none"
-            && s["revision"] == revision
-            && s["serving"] == s["desired"]
-            && replicas.len() as u64 == s["desired"].as_u64().unwrap_or(0)
-            && replicas.iter().all(|r| r["revision"] == revision)
-    });
+    services::wait_settled(cluster, "web", None, revision, what);
 }
 
-/// The answer's `model_version` (the gateway streams a CGI's answer in chunks).
-fn version(a: &Answer) -> String {
-    let json = match (a.body.find('{'), a.body.rfind('}')) {
-        (Some(i), Some(j)) if i < j => &a.body[i..=j],
-        _ => "",
-    };
-    serde_json::from_str::<Value>(json)
-        .ok()
-        .and_then(|v| v["model_version"].as_str().map(String::from))
-        .unwrap_or_default()
+fn service(version: &str) -> String {
+    busybox_service("web", version)
 }
 
 /// The ids of the service's replica containers.
@@ -138,15 +95,7 @@ fn an_image_service_serves_through_the_gateway_rolls_without_a_failed_request_an
     let done = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
-    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed, e.g. {:?}",
-        failed.len(),
-        answers.len(),
-        failed.first()
-    );
-    assert!(answers.len() > 50, "too little load: {}", answers.len());
+    assert_no_failures(&answers);
     assert!(
         answers
             .iter()

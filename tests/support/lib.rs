@@ -11,6 +11,7 @@
 
 pub mod docker;
 pub mod http;
+pub mod services;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -249,6 +249,14 @@ impl Stage {
             None => drivers::PROCESS,
         }
     }
+
+    /// Runs `image` (a reference pinned by digest) instead of the image it names; a stage
+    /// that runs no image is left as it is.
+    pub fn pin_image(&mut self, image: &str) {
+        if let Some(Container::Image(ImageRef::Named(named))) = &mut self.container {
+            *named = image.to_string();
+        }
+    }
 }
 
 /// The names of the drivers an agent can offer.

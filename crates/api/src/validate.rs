@@ -411,7 +411,7 @@ impl<'a> Checker<'a> {
 }
 
 /// A stage or pipeline name: 1 to 63 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     if name.is_empty() {
         Err("must not be empty".into())

@@ -128,7 +128,10 @@ fn deploy(rt: &tokio::runtime::Runtime, client: &mut KilnClient<Channel>, yaml: 
 
 async fn get(client: &mut KilnClient<Channel>, name: &str) -> pb::ServiceView {
     client
-        .get_service(pb::GetServiceRequest { name: name.into() })
+        .get_service(pb::GetServiceRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .expect("get service")
         .into_inner()
@@ -309,6 +312,7 @@ fn rollbacks(
         rt.block_on(client.rollback(pb::RollbackRequest {
             service: "model".into(),
             to,
+            ..Default::default()
         }))
         .expect("rollback");
         settle(rt, client, "model", to);

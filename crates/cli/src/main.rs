@@ -98,31 +98,74 @@ enum Commands {
     /// Coordinator membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Deploy a service file: a new revision, rolled out by its update strategy.
+    /// Deploy a service file: a new revision, rolled out by its update strategy (held until
+    /// `kiln approve` in an environment that requires approval).
     Deploy {
         file: PathBuf,
         /// The git commit to record (default: HEAD where the file is, if a checkout).
         #[arg(long)]
         commit: Option<String>,
+        /// The environment (default: the default environment).
+        #[arg(long)]
+        env: Option<String>,
+        /// Deploy even the same image and model as a revision rolled back from.
+        #[arg(long)]
+        force: bool,
     },
-    /// List services: revision, serving replicas, rollout, autoscaler.
+    /// List services: environment, revision, serving replicas, rollout, autoscaler.
     Services,
     /// A service's revisions and events, or `--diff A B` between two revisions' specs.
     History {
         service: String,
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         diff: Option<Vec<u32>>,
+        #[arg(long)]
+        env: Option<String>,
     },
-    /// Put an earlier revision back at once (default: the last healthy one before now).
+    /// Put an earlier revision back at once (default: the last known good one); the
+    /// revision rolled back from is marked bad.
     Rollback {
         service: String,
         #[arg(long)]
         to: Option<u32>,
+        #[arg(long)]
+        env: Option<String>,
+        /// Why, recorded on the revision rolled back from.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Set a service's replica count.
-    Scale { service: String, replicas: u32 },
-    /// Promote a rollout's canaries.
-    Promote { service: String },
+    Scale {
+        service: String,
+        replicas: u32,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Promote a rollout's canaries; with `--to`, deploy the revision healthy in `--from`
+    /// into another environment (same image digest, same model digest).
+    Promote {
+        service: String,
+        /// The environment of the canaries, or (with --to) the one promoted from.
+        #[arg(long, alias = "env")]
+        from: Option<String>,
+        /// The environment to promote into.
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even the same image and model as a revision rolled back from there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Release a deploy held for approval.
+    Approve {
+        service: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Environments: `kiln env` lists them; `kiln env create NAME` makes one.
+    Env {
+        #[command(subcommand)]
+        command: Option<EnvCommand>,
+    },
     /// Run the service gateway: an HTTP reverse proxy to every service's healthy replicas.
     Gateway {
         /// Where to listen for HTTP.
@@ -132,6 +175,22 @@ enum Commands {
         #[arg(long, default_value_t = 30)]
         hold_secs: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum EnvCommand {
+    /// Make an environment.
+    Create {
+        name: String,
+        /// `required`: every deploy into it waits for `kiln approve`.
+        #[arg(long, value_parser = ["required", "none"], default_value = "none")]
+        approval: String,
+        /// The gateway routes bare service names to it from now on.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List environments (the same as `kiln env`).
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,22 +255,63 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         } => commands::tests::rerun(&mut client, run, failed, follow, json).await,
         Commands::Nodes => commands::read::nodes(&mut client, json).await,
         Commands::Cancel { run } => commands::read::cancel(&mut client, run, json).await,
-        Commands::Deploy { file, commit } => {
-            commands::services::deploy(&mut client, &file, commit, json).await
+        Commands::Deploy {
+            file,
+            commit,
+            env,
+            force,
+        } => {
+            let to = commands::services::Target { env, force };
+            commands::services::deploy(&mut client, &file, commit, to, json).await
         }
         Commands::Services => commands::services::list(&mut client, json).await,
-        Commands::History { service, diff } => {
-            commands::services::history(&mut client, &service, diff, json).await
+        Commands::History { service, diff, env } => {
+            commands::services::history(&mut client, &service, env, diff, json).await
         }
-        Commands::Rollback { service, to } => {
-            commands::services::rollback(&mut client, service, to, json).await
+        Commands::Rollback {
+            service,
+            to,
+            env,
+            reason,
+        } => commands::services::rollback(&mut client, service, env, to, reason, json).await,
+        Commands::Scale {
+            service,
+            replicas,
+            env,
+        } => commands::services::scale(&mut client, service, env, replicas, json).await,
+        Commands::Promote {
+            service,
+            from,
+            to: Some(to),
+            force,
+        } => {
+            let from = from.ok_or_else(|| {
+                CliError::Invalid(
+                    "--from: the environment to promote from is needed with --to".into(),
+                )
+            })?;
+            commands::environments::promote(&mut client, service, from, to, force, json).await
         }
-        Commands::Scale { service, replicas } => {
-            commands::services::scale(&mut client, service, replicas, json).await
+        Commands::Promote {
+            service,
+            from,
+            to: None,
+            force: _,
+        } => commands::services::promote(&mut client, service, from, json).await,
+        Commands::Approve { service, env } => {
+            commands::environments::approve(&mut client, service, env, json).await
         }
-        Commands::Promote { service } => {
-            commands::services::promote(&mut client, service, json).await
-        }
+        Commands::Env { command } => match command {
+            Some(EnvCommand::Create {
+                name,
+                approval,
+                default,
+            }) => {
+                let approval = approval == "required";
+                commands::environments::create(&mut client, name, approval, default, json).await
+            }
+            Some(EnvCommand::List) | None => commands::environments::list(&mut client, json).await,
+        },
         Commands::Gateway { listen, hold_secs } => {
             commands::services::gateway(cli.addr.clone(), &listen, Duration::from_secs(hold_secs))
                 .await

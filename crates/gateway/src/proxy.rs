@@ -217,7 +217,9 @@ fn reply(status: StatusCode, text: String) -> Response<Body> {
     r
 }
 
-/// The service a request names (its counters and name), and the path to send on.
+/// The service a request names (its counters and key), and the path to send on:
+/// `/ENV/SERVICE/path`, `/SERVICE/path` (the default environment), or by `Host:` —
+/// `SERVICE.ENV`, or `SERVICE` in the default environment — with the path as it is.
 fn route<B>(table: &Table, req: &Request<B>) -> Option<(Arc<ServiceCounters>, String, String)> {
     let path = req.uri().path();
     let query = req.uri().query();
@@ -225,19 +227,30 @@ fn route<B>(table: &Table, req: &Request<B>) -> Option<(Arc<ServiceCounters>, St
         Some(q) => format!("{p}?{q}"),
         None => p.to_string(),
     };
-    let trimmed = path.trim_start_matches('/');
-    let (first, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-    if !first.is_empty()
-        && let Some(counters) = table.counters(first)
+    // The path after its first `n` segments, always starting with '/'.
+    let after = |n: usize| {
+        let mut rest = path.trim_start_matches('/');
+        for _ in 0..n {
+            rest = rest.split_once('/').map_or("", |(_, r)| r);
+        }
+        with_query(&format!("/{rest}"))
+    };
+    let mut segments = path.trim_start_matches('/').split('/');
+    let (first, second) = (segments.next().unwrap_or(""), segments.next());
+    if let Some(second) = second.filter(|s| !s.is_empty())
+        && let Some((key, counters)) = table.resolve(&format!("{first}/{second}"))
     {
-        let rest = &path[path.len() - rest.len() - 1..];
-        let rest = if rest.starts_with('/') { rest } else { "/" };
-        return Some((counters, first.to_string(), with_query(rest)));
+        return Some((counters, key, after(2)));
+    }
+    if !first.is_empty()
+        && let Some((key, counters)) = table.resolve(first)
+    {
+        return Some((counters, key, after(1)));
     }
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
     let host = host.split(':').next().unwrap_or(host);
-    let counters = table.counters(host)?;
-    Some((counters, host.to_string(), with_query(path)))
+    let (key, counters) = table.resolve(host)?;
+    Some((counters, key, with_query(path)))
 }
 
 async fn handle(
@@ -374,10 +387,20 @@ mod tests {
         let table = Table::default();
         table.update(&pb::EndpointTable {
             version: 1,
-            services: vec![pb::ServiceEndpoints {
-                service: "model".into(),
-                endpoints: vec![],
-            }],
+            services: vec![
+                pb::ServiceEndpoints {
+                    service: "model".into(),
+                    endpoints: vec![],
+                    environment: "production".into(),
+                    default_environment: true,
+                },
+                pb::ServiceEndpoints {
+                    service: "model".into(),
+                    endpoints: vec![],
+                    environment: "staging".into(),
+                    default_environment: false,
+                },
+            ],
         });
         let at = |uri: &str, host: &str| {
             let req = Request::builder()
@@ -388,13 +411,26 @@ mod tests {
             route(&table, &req).map(|(_, s, p)| (s, p))
         };
         let want = |s: &str, p: &str| Some((s.to_string(), p.to_string()));
+        let (prod, staging) = ("model.production", "model.staging");
+        // The default environment by the bare name, as before environments.
         assert_eq!(
             at("/model/predict?x=1", "gw:80"),
-            want("model", "/predict?x=1")
+            want(prod, "/predict?x=1")
         );
-        assert_eq!(at("/model", "gw"), want("model", "/"));
-        assert_eq!(at("//model/a/b", "gw"), want("model", "/a/b"));
-        assert_eq!(at("/predict", "model:7480"), want("model", "/predict"));
+        assert_eq!(at("/model", "gw"), want(prod, "/"));
+        assert_eq!(at("//model/a/b", "gw"), want(prod, "/a/b"));
+        assert_eq!(at("/predict", "model:7480"), want(prod, "/predict"));
+        // Any environment by /ENV/SERVICE/ or Host: SERVICE.ENV.
+        assert_eq!(
+            at("/staging/model/predict", "gw"),
+            want(staging, "/predict")
+        );
+        assert_eq!(at("/production/model", "gw"), want(prod, "/"));
+        assert_eq!(
+            at("/predict", "model.staging:7480"),
+            want(staging, "/predict")
+        );
         assert_eq!(at("/other/x", "gw"), None);
+        assert_eq!(at("/staging/other", "gw"), None);
     }
 }

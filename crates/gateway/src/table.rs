@@ -37,8 +37,11 @@ pub struct ServiceCounters {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Routable backends by service.
+    /// Routable backends by service key (`SERVICE.ENV`).
     routes: HashMap<String, Vec<Arc<Backend>>>,
+    /// What a request may call a service (`SERVICE.ENV`, `ENV/SERVICE`, and in the default
+    /// environment `SERVICE`) → its key.
+    aliases: HashMap<String, String>,
     /// Backends that left the table with requests still in flight.
     leaving: Vec<Arc<Backend>>,
     counters: HashMap<String, Arc<ServiceCounters>>,
@@ -77,14 +80,28 @@ impl Table {
             .flat_map(|(_, backends)| backends)
             .map(|b| ((b.service.clone(), b.slot), b))
             .collect();
+        inner.aliases.clear();
         for s in &table.services {
+            let env = if s.environment.is_empty() {
+                "default"
+            } else {
+                s.environment.as_str()
+            };
+            let key = format!("{}.{env}", s.service);
+            inner.aliases.insert(key.clone(), key.clone());
+            inner
+                .aliases
+                .insert(format!("{env}/{}", s.service), key.clone());
+            if s.default_environment {
+                inner.aliases.insert(s.service.clone(), key.clone());
+            }
             let backends: Vec<Arc<Backend>> = s
                 .endpoints
                 .iter()
-                .map(|e| match old.remove(&(s.service.clone(), e.slot)) {
+                .map(|e| match old.remove(&(key.clone(), e.slot)) {
                     Some(b) if b.address == e.address => b,
                     _ => Arc::new(Backend {
-                        service: s.service.clone(),
+                        service: key.clone(),
                         slot: e.slot,
                         revision: e.revision,
                         address: e.address.clone(),
@@ -97,8 +114,8 @@ impl Table {
                     }),
                 })
                 .collect();
-            inner.counters.entry(s.service.clone()).or_default();
-            inner.routes.insert(s.service.clone(), backends);
+            inner.counters.entry(key.clone()).or_default();
+            inner.routes.insert(key, backends);
         }
         let leaving: Vec<Arc<Backend>> = old.into_values().collect();
         inner.leaving.extend(leaving);
@@ -109,9 +126,12 @@ impl Table {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// The counters of a service the table knows (with or without replicas serving).
-    pub fn counters(&self, service: &str) -> Option<Arc<ServiceCounters>> {
-        self.lock().counters.get(service).cloned()
+    /// The key and counters of the service a request calls `name` (see `aliases`), if the
+    /// table knows it (with or without replicas serving).
+    pub fn resolve(&self, name: &str) -> Option<(String, Arc<ServiceCounters>)> {
+        let inner = self.lock();
+        let key = inner.aliases.get(name)?;
+        Some((key.clone(), inner.counters.get(key)?.clone()))
     }
 
     /// The serving backend with the fewest requests in flight, skipping `tried`; ties go
@@ -210,6 +230,8 @@ mod tests {
             version: 1,
             services: vec![pb::ServiceEndpoints {
                 service: "m".into(),
+                environment: "default".into(),
+                default_environment: true,
                 endpoints: endpoints
                     .iter()
                     .map(|(slot, addr)| pb::Endpoint {
@@ -226,16 +248,16 @@ mod tests {
     fn least_in_flight_wins_and_counters_survive_a_new_table() {
         let t = Table::default();
         t.update(&table(&[(1, "a:1"), (2, "b:1")]));
-        let first = t.pick("m", &[]).unwrap();
+        let first = t.pick("m.default", &[]).unwrap();
         first.in_flight.fetch_add(3, Ordering::Relaxed);
-        let other = t.pick("m", &[]).unwrap();
+        let other = t.pick("m.default", &[]).unwrap();
         assert_ne!(other.slot, first.slot, "the idle one");
         assert_eq!(
             other.in_flight.load(Ordering::Relaxed),
             1,
             "a pick counts its request"
         );
-        assert_eq!(t.pick("m", &[other.slot]).unwrap().slot, first.slot);
+        assert_eq!(t.pick("m.default", &[other.slot]).unwrap().slot, first.slot);
 
         // The busy one leaves the table: never picked again, still counted until done.
         t.update(&table(&[(
@@ -243,7 +265,7 @@ mod tests {
             if other.slot == 1 { "a:1" } else { "b:1" },
         )]));
         for _ in 0..4 {
-            assert_eq!(t.pick("m", &[]).unwrap().slot, other.slot);
+            assert_eq!(t.pick("m.default", &[]).unwrap().slot, other.slot);
         }
         let backends = t.snapshot().backends;
         let leaving = backends.iter().find(|(b, _)| b.slot == first.slot).unwrap();

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod context;
 pub mod dev;
+pub mod environments;
 pub mod read;
 pub mod registry;
 pub mod run;

@@ -1,5 +1,6 @@
 //! `kiln deploy`, `kiln services`, `kiln history`, `kiln rollback`, `kiln scale`,
-//! `kiln promote`, and `kiln gateway` (the service gateway as its own process).
+//! `kiln promote` (of canaries), and `kiln gateway` (the service gateway as its own
+//! process). Environments, promotion between them and approval: `environments.rs`.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -13,12 +14,19 @@ use crate::client::Client;
 use crate::error::CliError;
 use crate::render::duration_ms;
 
+/// Where a deploy goes, and whether to deploy again what was rolled back from.
+pub struct Target {
+    pub env: Option<String>,
+    pub force: bool,
+}
+
 /// Checks the file locally, records the model artifact's digest and the git commit, and
 /// deploys: a new revision.
 pub async fn deploy(
     client: &mut Client,
     file: &Path,
     commit: Option<String>,
+    target: Target,
     json: bool,
 ) -> Result<(), CliError> {
     let name = file.display().to_string();
@@ -43,6 +51,8 @@ pub async fn deploy(
         model_digest,
         commit,
         source_dir: dir.display().to_string(),
+        environment: target.env.unwrap_or_default(),
+        force: target.force,
     };
     let reply = client
         .call(|mut c| {
@@ -50,12 +60,25 @@ pub async fn deploy(
             async move { c.deploy(req).await }
         })
         .await?;
-    if json {
-        print_json(&reply);
-    } else {
-        println!("{} revision {}", reply.service, reply.revision);
-    }
+    print_deployed(&reply, json);
     Ok(())
+}
+
+/// What a deploy, a promotion or an approval made.
+pub fn print_deployed(reply: &pb::DeployResponse, json: bool) {
+    if json {
+        print_json(reply);
+    } else if reply.awaiting_approval {
+        println!(
+            "{} in {}: awaiting approval (kiln approve {} --env {})",
+            reply.service, reply.environment, reply.service, reply.environment
+        );
+    } else {
+        println!(
+            "{} in {}: revision {}",
+            reply.service, reply.environment, reply.revision
+        );
+    }
 }
 
 /// `sha256:<hex>` of a model artifact.
@@ -90,8 +113,8 @@ pub async fn list(client: &mut Client, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     let mut out = format!(
-        "{:<20} {:>8} {:>7} {:>9} {:<9} {}\n",
-        "SERVICE", "REVISION", "STABLE", "SERVING", "ROLLOUT", "AUTOSCALE"
+        "{:<20} {:<12} {:>8} {:>7} {:>9} {:<9} {}\n",
+        "SERVICE", "ENVIRONMENT", "REVISION", "STABLE", "SERVING", "ROLLOUT", "AUTOSCALE"
     );
     for s in &reply.services {
         let autoscale = s
@@ -110,8 +133,9 @@ pub async fn list(client: &mut Client, json: bool) -> Result<(), CliError> {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<20} {:>8} {:>7} {:>9} {:<9} {}",
+            "{:<20} {:<12} {:>8} {:>7} {:>9} {:<9} {}",
             s.name,
+            s.environment,
             s.revision,
             if s.stable == 0 {
                 "-".into()
@@ -127,8 +151,15 @@ pub async fn list(client: &mut Client, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn get(client: &mut Client, name: &str) -> Result<pb::ServiceView, CliError> {
-    let req = pb::GetServiceRequest { name: name.into() };
+async fn get(
+    client: &mut Client,
+    name: &str,
+    env: Option<String>,
+) -> Result<pb::ServiceView, CliError> {
+    let req = pb::GetServiceRequest {
+        name: name.into(),
+        environment: env.unwrap_or_default(),
+    };
     client
         .call(|mut c| {
             let req = req.clone();
@@ -141,10 +172,11 @@ async fn get(client: &mut Client, name: &str) -> Result<pb::ServiceView, CliErro
 pub async fn history(
     client: &mut Client,
     name: &str,
+    env: Option<String>,
     diff: Option<Vec<u32>>,
     json: bool,
 ) -> Result<(), CliError> {
-    let s = get(client, name).await?;
+    let s = get(client, name, env).await?;
     if let Some(pair) = diff {
         let spec = |n: u32| {
             s.revisions
@@ -238,8 +270,8 @@ fn show(s: &pb::ServiceView, json: bool) {
         print_json(s);
     } else {
         println!(
-            "{} revision {} ({} of {} serving, rollout {})",
-            s.name, s.revision, s.serving, s.desired, s.rollout
+            "{} in {}: revision {} ({} of {} serving, rollout {})",
+            s.name, s.environment, s.revision, s.serving, s.desired, s.rollout
         );
     }
 }
@@ -247,12 +279,16 @@ fn show(s: &pb::ServiceView, json: bool) {
 pub async fn rollback(
     client: &mut Client,
     service: String,
+    env: Option<String>,
     to: Option<u32>,
+    reason: Option<String>,
     json: bool,
 ) -> Result<(), CliError> {
     let req = pb::RollbackRequest {
         service,
         to: to.unwrap_or(0),
+        environment: env.unwrap_or_default(),
+        reason: reason.unwrap_or_default(),
     };
     let s = client
         .call(|mut c| {
@@ -267,10 +303,15 @@ pub async fn rollback(
 pub async fn scale(
     client: &mut Client,
     service: String,
+    env: Option<String>,
     replicas: u32,
     json: bool,
 ) -> Result<(), CliError> {
-    let req = pb::ScaleRequest { service, replicas };
+    let req = pb::ScaleRequest {
+        service,
+        replicas,
+        environment: env.unwrap_or_default(),
+    };
     let s = client
         .call(|mut c| {
             let req = req.clone();
@@ -281,8 +322,17 @@ pub async fn scale(
     Ok(())
 }
 
-pub async fn promote(client: &mut Client, service: String, json: bool) -> Result<(), CliError> {
-    let req = pb::PromoteRequest { service };
+/// Promotes a rollout's canaries.
+pub async fn promote(
+    client: &mut Client,
+    service: String,
+    env: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let req = pb::PromoteRequest {
+        service,
+        environment: env.unwrap_or_default(),
+    };
     let s = client
         .call(|mut c| {
             let req = req.clone();

@@ -302,7 +302,7 @@ impl Kiln for ClientService {
     ) -> Result<Response<pb::ServiceView>, Status> {
         Ok(Response::new(super::services::get(
             &self.core,
-            &req.into_inner().name,
+            req.get_ref(),
         )?))
     }
 
@@ -333,6 +333,45 @@ impl Kiln for ClientService {
     ) -> Result<Response<pb::ServiceView>, Status> {
         Ok(Response::new(
             super::services::promote(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn create_environment(
+        &self,
+        req: Request<pb::CreateEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentView>, Status> {
+        Ok(Response::new(
+            super::services::create_environment(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_environments(
+        &self,
+        _: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        Ok(Response::new(super::services::list_environments(
+            &self.core,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(service = %req.get_ref().service, from = %req.get_ref().from, to = %req.get_ref().to))]
+    async fn promote_revision(
+        &self,
+        req: Request<pb::PromoteRevisionRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        Ok(Response::new(
+            super::services::promote_revision(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(service = %req.get_ref().service, environment = %req.get_ref().environment))]
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        Ok(Response::new(
+            super::services::approve(&self.core, req.into_inner()).await?,
         ))
     }
 

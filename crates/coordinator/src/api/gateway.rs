@@ -72,11 +72,14 @@ impl Gateway for GatewayService {
 
 /// Every service with the replicas that serve: running, healthy, not draining.
 pub fn table(state: &ClusterState) -> Vec<pb::ServiceEndpoints> {
+    let default = state.default_environment();
     state
         .services
         .values()
         .map(|s| pb::ServiceEndpoints {
             service: s.name.clone(),
+            environment: s.environment.clone(),
+            default_environment: s.environment == default,
             endpoints: s
                 .replicas
                 .iter()

@@ -1,14 +1,19 @@
 //! The service half of the client API: deploy, list and inspect, roll back, scale,
-//! promote. Each handler checks what it can against the applied state (so errors name the
-//! service and revision), then proposes one command; the state machine checks again.
+//! promote canaries; environments, promotion between them, approval. Each handler checks
+//! what it can against the applied state (so errors name the service, environment and
+//! revision), then proposes one command; the state machine checks again. An empty
+//! environment in a request is the default environment.
 
 use kiln_api::pb;
 use kiln_api::validate::parse_service;
 
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
+use crate::state::environments::Environment;
 use crate::state::services::{Deploy, RolloutKind, Service};
-use crate::state::{Command, Deployed, ServiceAction, ServiceChanged};
+use crate::state::{
+    ClusterState, Command, Deployed, EnvironmentCreated, ServiceAction, ServiceChanged,
+};
 
 pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployResponse> {
     let file = if req.file_name.is_empty() {
@@ -31,28 +36,166 @@ pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployRes
             .entry("KILN_SERVICE_DIR".into())
             .or_insert(req.source_dir);
     }
+    let environment = {
+        let state = core.state.read();
+        let env = environment(&state, &req.environment)?;
+        env.to_string()
+    };
     let deploy = Deploy {
-        spec,
         model_digest: (!req.model_digest.is_empty()).then_some(req.model_digest),
         commit: (!req.commit.is_empty()).then_some(req.commit),
+        force: req.force,
+        ..Deploy::new(spec, &environment)
     };
+    let name = deploy.spec.name.clone();
     let command = Command::Deploy {
         deploy: Box::new(deploy),
         now_ms: now_ms(),
     };
-    let Deployed { service, revision } = core.write(command).await?;
-    let name = core
-        .state
-        .read()
-        .services
-        .get(&service)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    tracing::info!(service = %name, revision, "deployed");
-    Ok(pb::DeployResponse {
-        service: name,
+    deployed(core, command, &name, &environment).await
+}
+
+/// Proposes a deploy, a promotion or an approval, and says what came of it.
+async fn deployed(
+    core: &Core,
+    command: Command,
+    name: &str,
+    environment: &str,
+) -> Result<pb::DeployResponse> {
+    let Deployed {
         revision,
+        awaiting_approval,
+        ..
+    } = core.write(command).await?;
+    tracing::info!(service = %name, %environment, revision, awaiting_approval, "deployed");
+    Ok(pb::DeployResponse {
+        service: name.to_string(),
+        revision,
+        awaiting_approval,
+        environment: environment.to_string(),
     })
+}
+
+pub async fn promote_revision(
+    core: &Core,
+    req: pb::PromoteRevisionRequest,
+) -> Result<pb::DeployResponse> {
+    {
+        let state = core.state.read();
+        environment(&state, &req.to)?;
+        find(&state, &req.from, &req.service)?;
+    }
+    let command = Command::PromoteRevision {
+        service: req.service.clone(),
+        from: req.from,
+        to: req.to.clone(),
+        force: req.force,
+        now_ms: now_ms(),
+    };
+    deployed(core, command, &req.service, &req.to).await
+}
+
+pub async fn approve(core: &Core, req: pb::ApproveRequest) -> Result<pb::DeployResponse> {
+    let env = {
+        let state = core.state.read();
+        let env = environment(&state, &req.environment)?.to_string();
+        let awaits = state
+            .environment(&env)
+            .is_some_and(|e| e.awaiting.contains_key(&req.service));
+        if !awaits {
+            return Err(Error::Conflict(format!(
+                "nothing awaits approval for {} in {env}",
+                req.service
+            )));
+        }
+        env
+    };
+    let command = Command::Approve {
+        environment: env.clone(),
+        service: req.service.clone(),
+        now_ms: now_ms(),
+    };
+    deployed(core, command, &req.service, &env).await
+}
+
+pub async fn create_environment(
+    core: &Core,
+    req: pb::CreateEnvironmentRequest,
+) -> Result<pb::EnvironmentView> {
+    if let Err(reason) = kiln_api::validate::check_name(&req.name) {
+        return Err(Error::InvalidInput(format!("name: {reason}")));
+    }
+    // `Host: SERVICE.ENV` must read one way only.
+    if req.name.contains('.') {
+        let reason = format!(
+            "name: {:?} may not hold '.' (gateways route SERVICE.ENV)",
+            req.name
+        );
+        return Err(Error::InvalidInput(reason));
+    }
+    let command = Command::CreateEnvironment {
+        name: req.name.clone(),
+        approval: req.approval,
+        default: req.default,
+        now_ms: now_ms(),
+    };
+    let EnvironmentCreated = core.write(command).await?;
+    let state = core.state.read();
+    let env = state
+        .environment(&req.name)
+        .ok_or_else(|| Error::Internal("the environment vanished".into()))?;
+    Ok(environment_view(&state, &env))
+}
+
+pub fn list_environments(core: &Core) -> pb::ListEnvironmentsResponse {
+    let state = core.state.read();
+    pb::ListEnvironmentsResponse {
+        environments: state
+            .environments()
+            .iter()
+            .map(|e| environment_view(&state, e))
+            .collect(),
+    }
+}
+
+fn environment_view(state: &ClusterState, e: &Environment) -> pb::EnvironmentView {
+    pb::EnvironmentView {
+        name: e.name.clone(),
+        approval: e.approval,
+        default: state.default_environment() == e.name,
+        services: state
+            .services
+            .values()
+            .filter(|s| s.environment == e.name)
+            .map(|s| s.name.clone())
+            .collect(),
+        awaiting: e
+            .awaiting
+            .iter()
+            .map(|(service, held)| pb::AwaitingApproval {
+                service: service.clone(),
+                requested_ms: held.requested_ms,
+                promoted_from: held.deploy.promoted_from.clone().unwrap_or_default(),
+                image: held.deploy.image_digest.clone().unwrap_or_default(),
+                model_digest: held.deploy.model_digest.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// The environment a request names (empty: the default one), which must exist.
+fn environment<'s>(state: &'s ClusterState, name: &'s str) -> Result<&'s str> {
+    let name = if name.is_empty() {
+        state.default_environment()
+    } else {
+        name
+    };
+    match state.environment(name) {
+        Some(_) => Ok(name),
+        None => Err(Error::NotFound(format!(
+            "environment {name:?} does not exist (kiln env create {name})"
+        ))),
+    }
 }
 
 pub fn list(core: &Core) -> pb::ListServicesResponse {
@@ -62,15 +205,15 @@ pub fn list(core: &Core) -> pb::ListServicesResponse {
     }
 }
 
-pub fn get(core: &Core, name: &str) -> Result<pb::ServiceView> {
+pub fn get(core: &Core, req: &pb::GetServiceRequest) -> Result<pb::ServiceView> {
     let state = core.state.read();
-    Ok(view(core, find(&state, name)?))
+    Ok(view(core, find(&state, &req.environment, &req.name)?))
 }
 
 pub async fn rollback(core: &Core, req: pb::RollbackRequest) -> Result<pb::ServiceView> {
-    let number = {
+    let (number, env) = {
         let state = core.state.read();
-        let s = find(&state, &req.service)?;
+        let s = find(&state, &req.environment, &req.service)?;
         if req.to > 0 && s.revision(req.to).is_none() {
             return Err(Error::NotFound(format!(
                 "{} has no revision {} (revisions 1 to {})",
@@ -79,20 +222,21 @@ pub async fn rollback(core: &Core, req: pb::RollbackRequest) -> Result<pb::Servi
                 s.revisions.len()
             )));
         }
-        s.number
+        (s.number, s.environment.clone())
     };
     let command = Command::Rollback {
         service: number,
         to: (req.to > 0).then_some(req.to),
+        reason: (!req.reason.is_empty()).then_some(req.reason),
         now_ms: now_ms(),
     };
-    changed(core, command, &req.service).await
+    changed(core, command, &env, &req.service).await
 }
 
 pub async fn scale(core: &Core, req: pb::ScaleRequest) -> Result<pb::ServiceView> {
-    let number = {
+    let (number, env) = {
         let state = core.state.read();
-        let s = find(&state, &req.service)?;
+        let s = find(&state, &req.environment, &req.service)?;
         let max = kiln_api::service::limits::MAX_REPLICAS as u32;
         match &s.spec().autoscale {
             Some(a) if req.replicas < a.min || req.replicas > a.max => {
@@ -107,7 +251,7 @@ pub async fn scale(core: &Core, req: pb::ScaleRequest) -> Result<pb::ServiceView
                     req.replicas
                 )));
             }
-            _ => s.number,
+            _ => (s.number, s.environment.clone()),
         }
     };
     let action = ServiceAction::Scale {
@@ -120,41 +264,48 @@ pub async fn scale(core: &Core, req: pb::ScaleRequest) -> Result<pb::ServiceView
         actions: vec![action],
         now_ms: now_ms(),
     };
-    changed(core, command, &req.service).await
+    changed(core, command, &env, &req.service).await
 }
 
 pub async fn promote(core: &Core, req: pb::PromoteRequest) -> Result<pb::ServiceView> {
-    let number = {
+    let (number, env) = {
         let state = core.state.read();
-        let s = find(&state, &req.service)?;
+        let s = find(&state, &req.environment, &req.service)?;
         if s.rollout.as_ref().is_none_or(|r| r.promoted) {
             return Err(Error::Conflict(format!(
                 "{} has no canaries waiting for promotion",
                 s.name
             )));
         }
-        s.number
+        (s.number, s.environment.clone())
     };
     let command = Command::ServiceActions {
         service: number,
         actions: vec![ServiceAction::Promote],
         now_ms: now_ms(),
     };
-    changed(core, command, &req.service).await
+    changed(core, command, &env, &req.service).await
 }
 
 /// Proposes a command about a service and answers its view afterwards.
-async fn changed(core: &Core, command: Command, name: &str) -> Result<pb::ServiceView> {
+async fn changed(
+    core: &Core,
+    command: Command,
+    environment: &str,
+    name: &str,
+) -> Result<pb::ServiceView> {
     let ServiceChanged { kills, .. } = core.write(command).await?;
     let state = core.state.read();
     core.sessions.kill(&state, &kills);
-    Ok(view(core, find(&state, name)?))
+    Ok(view(core, find(&state, environment, name)?))
 }
 
-fn find<'s>(state: &'s crate::state::ClusterState, name: &str) -> Result<&'s Service> {
+/// The service `name` in `environment` (empty: the default one).
+fn find<'s>(state: &'s ClusterState, environment: &str, name: &str) -> Result<&'s Service> {
+    let env = self::environment(state, environment)?;
     state
-        .service_by_name(name)
-        .ok_or_else(|| Error::NotFound(format!("service {name} not found")))
+        .service_in(env, name)
+        .ok_or_else(|| Error::NotFound(format!("service {name} not found in {env}")))
 }
 
 /// A service as the API shows it.
@@ -169,8 +320,10 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
             RolloutKind::Revert => "revert",
         },
     };
+    let key = s.key();
     pb::ServiceView {
         name: s.name.clone(),
+        environment: s.environment.clone(),
         revision: s.target,
         stable: s.stable.unwrap_or(0),
         desired: s.desired,
@@ -189,7 +342,7 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 draining: r.draining_since.is_some(),
                 restarts: r.restarts,
                 attempt: r.task.attempt,
-                in_flight: traffic.in_flight(&s.name, slot, crate::core::now_ms()),
+                in_flight: traffic.in_flight(&key, slot, crate::core::now_ms()),
             })
             .collect(),
         revisions: s
@@ -211,6 +364,8 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 model_digest: r.model_digest.clone().unwrap_or_default(),
                 commit: r.commit.clone().unwrap_or_default(),
                 spec_json: serde_json::to_string_pretty(&r.spec).unwrap_or_default(),
+                bad: r.bad.clone().unwrap_or_default(),
+                promoted_from: r.promoted_from.clone().unwrap_or_default(),
             })
             .collect(),
         events: s
@@ -221,6 +376,6 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 text: text.clone(),
             })
             .collect(),
-        autoscale: traffic.autoscale_view(&s.name),
+        autoscale: traffic.autoscale_view(&key),
     }
 }

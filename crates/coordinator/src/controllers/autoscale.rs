@@ -171,7 +171,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                     let endpoints = serving_endpoints(s);
                     Some(Scaled {
                         number: s.number,
-                        name: s.name.clone(),
+                        name: s.key(),
                         policy: s.spec().autoscale.clone()?,
                         current: s.desired,
                         serving: endpoints.len() as u32,

@@ -190,7 +190,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
                         .iter()
                         .filter_map(|(&slot, r)| {
                             let since = r.draining_since?;
-                            traffic.drained(&s.name, slot, since, now).then_some(slot)
+                            traffic.drained(&s.key(), slot, since, now).then_some(slot)
                         })
                         .collect();
                     (s.number, plan(s, now, &drained))

@@ -584,11 +584,7 @@ fn replicas_of_a_service_spread_over_nodes_while_pipeline_work_packs() {
         "name: m\ncommand: ./serve\nreplicas: 3\nresources: { cpu: 100m }\n",
     )
     .unwrap();
-    let deploy = crate::state::services::Deploy {
-        spec,
-        model_digest: None,
-        commit: None,
-    };
+    let deploy = crate::state::services::Deploy::new(spec, "default");
     c.state.apply(&Command::Deploy {
         deploy: Box::new(deploy),
         now_ms: 0,

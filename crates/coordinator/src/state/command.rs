@@ -73,16 +73,41 @@ pub enum Command {
         deploy: Box<Deploy>,
         now_ms: i64,
     },
-    /// Back to an earlier revision (`None`: the last healthy one before the running one).
+    /// Back to an earlier revision (`None`: the last known good one); the revision rolled
+    /// back from is marked bad, with `reason`.
     Rollback {
         service: u64,
         to: Option<u32>,
+        #[serde(default)]
+        reason: Option<String>,
         now_ms: i64,
     },
     /// Decisions of the rollout controller or the autoscaler about one service.
     ServiceActions {
         service: u64,
         actions: Vec<ServiceAction>,
+        now_ms: i64,
+    },
+    /// A new environment (`default` exists without one).
+    CreateEnvironment {
+        name: String,
+        approval: bool,
+        /// The gateway routes bare service names to this environment from now on.
+        default: bool,
+        now_ms: i64,
+    },
+    /// Deploys into `to` the revision of `service` that is healthy in `from`.
+    PromoteRevision {
+        service: String,
+        from: String,
+        to: String,
+        force: bool,
+        now_ms: i64,
+    },
+    /// Releases the deploy of `service` held for approval in `environment`.
+    Approve {
+        environment: String,
+        service: String,
         now_ms: i64,
     },
 }
@@ -102,6 +127,9 @@ impl Command {
             Command::Deploy { .. } => "deploy",
             Command::Rollback { .. } => "rollback",
             Command::ServiceActions { .. } => "service_actions",
+            Command::CreateEnvironment { .. } => "create_environment",
+            Command::PromoteRevision { .. } => "promote_revision",
+            Command::Approve { .. } => "approve",
         }
     }
 }
@@ -209,6 +237,7 @@ responses!(
     TestsReported(TestsReported),
     Deployed(Deployed),
     ServiceChanged(ServiceChanged),
+    EnvironmentCreated(EnvironmentCreated),
 );
 
 impl Response {
@@ -260,11 +289,17 @@ pub struct TestsReported {
     pub accepted: u32,
 }
 
+/// A deploy (or promotion, or approval) applied: the service and its new revision; or held
+/// for approval, with neither made yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     pub service: u64,
     pub revision: u32,
+    pub awaiting_approval: bool,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentCreated;
 
 /// A rollback or controller decisions applied: replicas to kill, and the actions skipped
 /// because the state no longer called for them, with why.

@@ -34,6 +34,7 @@
 //! does not know about Raft. Heartbeats and live usage never come here.
 
 pub mod command;
+pub mod environments;
 pub mod fit;
 pub mod model;
 mod nodes;
@@ -57,9 +58,9 @@ use kiln_sharding::history::StageHistory;
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Cancelled, Command, Deployed, EventsApplied, GpuDevice, Kill, NodeDown, NodeRegistered,
-    NodeRegistration, Placed, Placement, Reply, Response, ServiceChanged, Submitted, TaskEvent,
-    TestsReported,
+    Cancelled, Command, Deployed, EnvironmentCreated, EventsApplied, GpuDevice, Kill, NodeDown,
+    NodeRegistered, NodeRegistration, Placed, Placement, Reply, Response, ServiceChanged,
+    Submitted, TaskEvent, TestsReported,
 };
 pub use model::{
     Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
@@ -84,6 +85,12 @@ pub struct ClusterState {
     pub services: BTreeMap<u64, Service>,
     #[serde(default)]
     pub next_service: u64,
+    /// Environments made with `kiln env create` (`default` exists without).
+    #[serde(default)]
+    pub environments: BTreeMap<String, environments::Environment>,
+    /// The environment bare service names route to, when not `default`.
+    #[serde(default)]
+    pub default_environment: Option<String>,
 }
 
 impl ClusterState {
@@ -126,13 +133,32 @@ impl ClusterState {
             Command::Rollback {
                 service,
                 to,
+                reason,
                 now_ms,
-            } => self.rollback(*service, *to, *now_ms),
+            } => self.rollback(*service, *to, reason.as_deref(), *now_ms),
             Command::ServiceActions {
                 service,
                 actions,
                 now_ms,
             } => self.service_actions(*service, actions, *now_ms),
+            Command::CreateEnvironment {
+                name,
+                approval,
+                default,
+                now_ms,
+            } => self.create_environment(name, *approval, *default, *now_ms),
+            Command::PromoteRevision {
+                service,
+                from,
+                to,
+                force,
+                now_ms,
+            } => self.promote(service, from, to, *force, *now_ms),
+            Command::Approve {
+                environment,
+                service,
+                now_ms,
+            } => self.approve(environment, service, *now_ms),
         }
     }
 
@@ -174,7 +200,8 @@ impl ClusterState {
     }
 
     /// The task's id as users and agents see it: `run-7/build`, `run-7/test/2` for shard 2
-    /// of a sharded stage, `svc/model/4` for replica slot 4 of service `model`.
+    /// of a sharded stage, `svc/model/4` for replica slot 4 of service `model` in the
+    /// `default` environment, `svc/staging/model/4` in `staging`.
     pub fn task_id(&self, task: TaskRef) -> String {
         match task {
             TaskRef::Stage(at) => {
@@ -189,22 +216,31 @@ impl ClusterState {
                 }
             }
             TaskRef::Replica(at) => match self.services.get(&at.service) {
-                Some(s) => format!("svc/{}/{}", s.name, at.slot),
+                Some(s) if s.environment == services::DEFAULT_ENVIRONMENT => {
+                    format!("svc/{}/{}", s.name, at.slot)
+                }
+                Some(s) => format!("svc/{}/{}/{}", s.environment, s.name, at.slot),
                 None => format!("svc/#{}/{}", at.service, at.slot),
             },
         }
     }
 
-    /// Parses `run-7/build`, `run-7/test/2` or `svc/model/4` back into a [`TaskRef`].
+    /// Parses a task id (see [`ClusterState::task_id`]) back into a [`TaskRef`].
     pub fn parse_task_id(&self, id: &str) -> Option<TaskRef> {
-        let mut parts = id.splitn(3, '/');
-        let first = parts.next()?;
-        if first == "svc" {
-            let service = self.service_by_name(parts.next()?)?;
-            let slot: u32 = parts.next()?.parse().ok()?;
+        if let Some(rest) = id.strip_prefix("svc/") {
+            let parts: Vec<&str> = rest.split('/').collect();
+            let (env, name, slot) = match parts.as_slice() {
+                [name, slot] => (services::DEFAULT_ENVIRONMENT, *name, *slot),
+                [env, name, slot] => (*env, *name, *slot),
+                _ => return None,
+            };
+            let service = self.service_in(env, name)?;
+            let slot: u32 = slot.parse().ok()?;
             service.replicas.contains_key(&slot).then_some(())?;
             return Some(TaskRef::replica(service.number, slot));
         }
+        let mut parts = id.splitn(3, '/');
+        let first = parts.next()?;
         let run = parse_run_id(first)?;
         let stage = parts.next()?;
         let shard = match parts.next() {

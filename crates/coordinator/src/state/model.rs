@@ -540,6 +540,7 @@ pub fn is_task_id(id: &str) -> bool {
     let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
         ["svc", name, slot] => !name.is_empty() && number(slot),
+        ["svc", env, name, slot] => !env.is_empty() && !name.is_empty() && number(slot),
         [run, stage] => run.strip_prefix("run-").is_some_and(number) && !stage.is_empty(),
         [run, stage, shard] => {
             run.strip_prefix("run-").is_some_and(number) && !stage.is_empty() && number(shard)
@@ -559,7 +560,12 @@ mod tests {
 
     #[test]
     fn task_id_shapes() {
-        for id in ["run-7/build", "run-7/test/2", "svc/model/4"] {
+        for id in [
+            "run-7/build",
+            "run-7/test/2",
+            "svc/model/4",
+            "svc/staging/model/4",
+        ] {
             assert!(is_task_id(id), "{id}");
         }
         for id in [

@@ -266,11 +266,7 @@ mod tests {
         let spec =
             parse_service("svc.yaml", "name: m\ncommand: ./serve\nreplicas: 2\n").expect("valid");
         s.apply(&Command::Deploy {
-            deploy: Box::new(Deploy {
-                spec,
-                model_digest: None,
-                commit: None,
-            }),
+            deploy: Box::new(Deploy::new(spec, "default")),
             now_ms: 0,
         });
         let number = s.services.keys().next().copied().expect("a service");

@@ -46,6 +46,25 @@ pub struct Revision {
     pub healthy_ms: Option<i64>,
     /// Why a rollout to it failed.
     pub failed: Option<String>,
+    /// It was rolled back from, and why: deploying or promoting the same bytes again needs
+    /// `force`.
+    #[serde(default)]
+    pub bad: Option<String>,
+    /// Where it was promoted from (`staging revision 3`), for a promotion.
+    #[serde(default)]
+    pub promoted_from: Option<String>,
+}
+
+impl Revision {
+    /// Whether `d` would run the same bytes: the same image (by digest, when both are
+    /// pinned) or the same spec, and the same model.
+    fn same_bytes(&self, d: &Deploy) -> bool {
+        let image = match (&self.image_digest, &d.image_digest) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.spec == d.spec,
+        };
+        image && self.model_digest == d.model_digest
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +126,9 @@ pub struct Rollout {
 pub struct Service {
     pub number: u64,
     pub name: String,
+    /// The environment it lives in; a name is unique within one.
+    #[serde(default = "default_environment")]
+    pub environment: String,
     /// Revision `n` is `revisions[n - 1]`.
     pub revisions: Vec<Revision>,
     pub target: u32,
@@ -124,6 +146,11 @@ impl Service {
     pub fn revision(&self, n: u32) -> Option<&Revision> {
         n.checked_sub(1)
             .and_then(|i| self.revisions.get(i as usize))
+    }
+
+    /// How gateways and traffic reports name it: `NAME.ENVIRONMENT`.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.name, self.environment)
     }
 
     pub fn spec(&self) -> &ServiceSpec {
@@ -176,13 +203,42 @@ pub fn restart_backoff_ms(restarts: u32) -> i64 {
 }
 
 impl ClusterState {
-    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
-        self.services.values().find(|s| s.name == name)
+    /// The service `name` in `environment`.
+    pub fn service_in(&self, environment: &str, name: &str) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.name == name && s.environment == environment)
     }
 
-    /// A new revision of a service (created on its first deploy), and a rollout to it.
+    /// A new revision of a service (created on its first deploy) in its environment, and a
+    /// rollout to it. Into an environment that requires approval it is held until approved
+    /// (`approve`); the same bytes as a revision rolled back from are refused without
+    /// `force`.
     pub(super) fn deploy(&mut self, d: &Deploy, now_ms: i64) -> Response {
-        let number = match self.service_by_name(&d.spec.name) {
+        let Some(env) = self.environment(&d.environment) else {
+            return rejected(&format!("environment {:?} does not exist", d.environment));
+        };
+        let existing = self.service_in(&d.environment, &d.spec.name);
+        if !d.force
+            && let Some(bad) = existing.and_then(|s| {
+                s.revisions
+                    .iter()
+                    .rev()
+                    .find(|r| r.bad.is_some() && r.same_bytes(d))
+            })
+        {
+            return rejected(&format!(
+                "{} revision {} in {} was rolled back ({}): deploy the same image and model again with --force",
+                d.spec.name,
+                bad.number,
+                d.environment,
+                bad.bad.as_deref().unwrap_or("")
+            ));
+        }
+        if env.approval && !d.approved {
+            return self.hold(d, now_ms);
+        }
+        let number = match existing {
             Some(s) => s.number,
             None => {
                 let number = self.next_service.max(1);
@@ -192,6 +248,7 @@ impl ClusterState {
                     Service {
                         number,
                         name: d.spec.name.clone(),
+                        environment: d.environment.clone(),
                         revisions: Vec::new(),
                         target: 0,
                         stable: None,
@@ -210,12 +267,14 @@ impl ClusterState {
         service.revisions.push(Revision {
             number: revision,
             spec: d.spec.clone(),
-            image_digest: None,
+            image_digest: d.image_digest.clone(),
             model_digest: d.model_digest.clone(),
             commit: d.commit.clone(),
             created_ms: now_ms,
             healthy_ms: None,
             failed: None,
+            bad: None,
+            promoted_from: d.promoted_from.clone(),
         });
         service.desired = match &d.spec.autoscale {
             Some(a) if revision > 1 => service.desired.clamp(a.min, a.max),
@@ -231,16 +290,29 @@ impl ClusterState {
             promoted: d.spec.update.canary == 0 || from.is_none(),
             halted: false,
         });
-        service.note(now_ms, format!("revision {revision} deployed"));
+        let how = match &d.promoted_from {
+            Some(from) => format!("promoted from {from}"),
+            None => "deployed".to_string(),
+        };
+        service.note(now_ms, format!("revision {revision} {how}"));
         Deployed {
             service: number,
             revision,
+            awaiting_approval: false,
         }
         .into()
     }
 
-    /// Puts an earlier revision back at once.
-    pub(super) fn rollback(&mut self, service: u64, to: Option<u32>, now_ms: i64) -> Response {
+    /// Puts an earlier revision back at once: `to`, or the last known good one (the newest
+    /// that proved healthy, other than the one running, and not itself rolled back from).
+    /// The revision rolled back from is marked bad, with `reason`.
+    pub(super) fn rollback(
+        &mut self,
+        service: u64,
+        to: Option<u32>,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Response {
         let Some(s) = self.services.get_mut(&service) else {
             return rejected("service not found");
         };
@@ -253,12 +325,11 @@ impl ClusterState {
                 ));
             }
             Some(n) => n,
-            // The last healthy revision before the one running.
             None => match s
                 .revisions
                 .iter()
                 .rev()
-                .find(|r| r.number != s.target && r.healthy_ms.is_some())
+                .find(|r| r.number != s.target && r.healthy_ms.is_some() && r.bad.is_none())
             {
                 Some(r) => r.number,
                 None => {
@@ -272,17 +343,23 @@ impl ClusterState {
         if to == s.target && s.rollout.is_none() {
             return rejected(&format!("{} already runs revision {to}", s.name));
         }
-        let from = Some(s.target);
+        let from = s.target;
+        if from != to
+            && let Some(r) = s.revisions.get_mut(from as usize - 1)
+        {
+            r.bad = Some(reason.unwrap_or("rolled back").to_string());
+        }
         s.target = to;
         s.rollout = Some(Rollout {
-            from,
+            from: Some(from),
             to,
             kind: RolloutKind::Rollback,
             started_ms: now_ms,
             promoted: true,
             halted: false,
         });
-        s.note(now_ms, format!("rolled back to revision {to}"));
+        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+        s.note(now_ms, format!("rolled back to revision {to}{why}"));
         ServiceChanged::default().into()
     }
 
@@ -404,4 +481,41 @@ pub struct Deploy {
     pub spec: ServiceSpec,
     pub model_digest: Option<String>,
     pub commit: Option<String>,
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// The image pinned by digest, when known before any replica runs (a promotion).
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// Deploy even the same bytes as a revision that was rolled back from.
+    #[serde(default)]
+    pub force: bool,
+    /// For a promotion: from where (`staging revision 3`).
+    #[serde(default)]
+    pub promoted_from: Option<String>,
+    /// Approved already (an approval releasing a held deploy).
+    #[serde(default)]
+    pub approved: bool,
+}
+
+impl Deploy {
+    /// A deploy of `spec` into `environment`, with nothing else known.
+    pub fn new(spec: ServiceSpec, environment: &str) -> Deploy {
+        Deploy {
+            spec,
+            model_digest: None,
+            commit: None,
+            environment: environment.to_string(),
+            image_digest: None,
+            force: false,
+            promoted_from: None,
+            approved: false,
+        }
+    }
+}
+
+/// The environment a service lives in when none is named.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
+
+fn default_environment() -> String {
+    DEFAULT_ENVIRONMENT.to_string()
 }

@@ -47,11 +47,7 @@ impl World {
 
     fn deploy(&mut self, yaml: &str) {
         let spec = parse_service("svc.yaml", yaml).expect("valid");
-        let d = Deploy {
-            spec,
-            model_digest: None,
-            commit: None,
-        };
+        let d = Deploy::new(spec, "default");
         self.s.apply(&Command::Deploy {
             deploy: Box::new(d),
             now_ms: self.now,
@@ -307,6 +303,7 @@ fn a_rollback_starts_everything_at_once_and_a_lost_replica_is_replaced() {
     w.s.apply(&Command::Rollback {
         service: number,
         to: Some(1),
+        reason: None,
         now_ms: w.now,
     });
     w.step();
