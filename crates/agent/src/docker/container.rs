@@ -266,7 +266,7 @@ pub async fn supervise(
     }
     // The log stream ends with the container; do not wait on it forever.
     let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
-    let outcome = match (stop_reason, d.client.inspect_container(id, None).await) {
+    let outcome = match (stop_reason, inspect_after_exit(d, id).await) {
         (Some(reason), _) => failed(None, reason),
         (None, Ok(info)) => {
             let state = info.state.unwrap_or_default();
@@ -294,6 +294,27 @@ pub async fn supervise(
     };
     remove(d, id).await;
     outcome
+}
+
+/// The container as it ended. The daemon learns of an OOM kill from an event that can land
+/// after the container's exit: a SIGKILLed container under a memory limit is asked again,
+/// for up to a second, before its OOM kill is ruled out.
+async fn inspect_after_exit(
+    d: &DockerDriver,
+    id: &str,
+) -> Result<bollard::models::ContainerInspectResponse, bollard::errors::Error> {
+    let mut info = d.client.inspect_container(id, None).await;
+    for _ in 0..10 {
+        let Ok(i) = &info else { break };
+        let state = i.state.clone().unwrap_or_default();
+        let limited = i.host_config.as_ref().and_then(|h| h.memory).unwrap_or(0) > 0;
+        if state.exit_code != Some(137) || state.oom_killed == Some(true) || !limited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = d.client.inspect_container(id, None).await;
+    }
+    info
 }
 
 /// Waits until the container is not running. A wait that ends while the container still
