@@ -71,6 +71,28 @@ pub struct StageFile {
     pub shards: Option<ShardsFile>,
     /// The stage runs a test suite that kiln splits over its shards.
     pub tests: Option<TestsFile>,
+    /// The stage deploys a service (or promotes one) and succeeds once it is healthy.
+    pub deploy: Option<DeployFile>,
+}
+
+/// `deploy:` as written: a service file deployed into an environment (optionally with the
+/// image an earlier stage built), or a service promoted from another environment.
+///
+/// ```yaml
+/// deploy: { service: service.yaml, environment: staging, image: ${{ stages.image.image }} }
+/// deploy: { promote: model, from: staging, environment: production }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployFile {
+    /// The service file, beside the pipeline file.
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    /// Replaces the service file's `image:`.
+    pub image: Option<String>,
+    /// A service to promote, by name, from the environment `from`.
+    pub promote: Option<String>,
+    pub from: Option<String>,
 }
 
 /// `shards: 4` or `shards: { max: 8, target: 2m }` as written.
@@ -188,6 +210,31 @@ pub struct Stage {
     /// The test suite the stage runs and splits over its shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<Tests>,
+    /// A deploy stage: no command runs; the coordinator deploys, and the stage ends with
+    /// the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployStage>,
+}
+
+/// A checked `deploy:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployStage {
+    /// Deploys a service file into `environment` (`None`: the default environment).
+    Service {
+        /// As the pipeline names it, beside the pipeline file.
+        file: String,
+        /// Its text, sent with the submission (the coordinator fills it in and checks it).
+        yaml: String,
+        environment: Option<String>,
+        /// Replaces the service's image.
+        image: Option<ImageRef>,
+    },
+    /// Deploys into `environment` the revision of `service` healthy in `from`.
+    Promote {
+        service: String,
+        from: String,
+        environment: String,
+    },
 }
 
 /// How many shards a stage runs as.

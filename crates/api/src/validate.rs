@@ -18,9 +18,11 @@ use crate::spec::{
 use crate::units;
 
 mod container;
+mod deploy;
 mod service;
 mod sharding;
 
+pub use deploy::check_environment;
 pub use service::parse_service;
 
 /// One problem with a spec.
@@ -164,17 +166,23 @@ impl<'a> Checker<'a> {
         let line = |key: &str| at.and_then(|l| find_key_line(&lines, l - 1, key)).or(at);
 
         let container = self.check_container(s, &path, &line);
+        let deploy = self.check_deploy(s, &path, &line);
         let shards = self.check_shards(s, &path, &line);
         let tests = self.check_tests(s, &path, &line);
         let command = match &s.command {
-            None if s.image.is_some() || s.build.is_some() || s.tests.is_some() => {
+            None if s.image.is_some()
+                || s.build.is_some()
+                || s.tests.is_some()
+                || s.deploy.is_some() =>
+            {
                 Some(Command::None)
             }
             None => {
                 self.push(
                     at,
                     &format!("{path}.command"),
-                    "missing: a stage without image:, build: or tests: needs a command".into(),
+                    "missing: a stage without image:, build:, tests: or deploy: needs a command"
+                        .into(),
                 );
                 None
             }
@@ -266,6 +274,7 @@ impl<'a> Checker<'a> {
             container: container?,
             shards: shards?,
             tests: tests?,
+            deploy: deploy?,
         })
     }
 

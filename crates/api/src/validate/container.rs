@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::Checker;
-use crate::spec::{Build, Container, ImageRef, Stage, StageFile};
+use crate::spec::{Build, Container, DeployStage, ImageRef, Stage, StageFile};
 
 impl Checker<'_> {
     /// `Some(None)` for a process stage, `Some(Some(_))` for a Docker stage, `None` when an
@@ -68,8 +68,9 @@ impl Checker<'_> {
         }
     }
 
-    /// `image: ${{ stages.b.image }}` must name a stage that builds an image and that this
-    /// stage needs, directly or not, so the image exists before this stage starts.
+    /// `image: ${{ stages.b.image }}` (a stage's, or its `deploy:`'s) must name a stage that
+    /// builds an image and that this stage needs, directly or not, so the image exists
+    /// before this stage starts.
     pub(super) fn check_image_refs(
         &mut self,
         raw: &[StageFile],
@@ -77,14 +78,22 @@ impl Checker<'_> {
         index: &BTreeMap<String, usize>,
     ) {
         for stage in stages {
-            let Some(Container::Image(ImageRef::Built { stage: built })) = &stage.container else {
-                continue;
+            let (built, key) = match (&stage.container, &stage.deploy) {
+                (Some(Container::Image(ImageRef::Built { stage: built })), _) => (built, "image"),
+                (
+                    _,
+                    Some(DeployStage::Service {
+                        image: Some(ImageRef::Built { stage: built }),
+                        ..
+                    }),
+                ) => (built, "deploy.image"),
+                _ => continue,
             };
             let at = self.stage_line(&stage.name, 0);
             let line = at
                 .and_then(|l| super::find_key_line(&self.lines, l - 1, "image"))
                 .or(at);
-            let field = format!("stages.{}.image", stage.name);
+            let field = format!("stages.{}.{key}", stage.name);
             let Some(&b) = index.get(built) else {
                 self.push(line, &field, format!("unknown stage {built:?}"));
                 continue;

@@ -47,6 +47,7 @@ impl Checker<'_> {
             build: None,
             shards: None,
             tests: None,
+            deploy: None,
         };
         let before = self.errors.len();
         let replica = if self.errors.is_empty() {

@@ -304,7 +304,7 @@ fn container_fields_are_checked() {
         (
             "no command, no image",
             "name: x\nstages:\n  - name: r\n",
-            "stages.r.command: missing: a stage without image:, build: or tests: needs a command",
+            "stages.r.command: missing: a stage without image:, build:, tests: or deploy: needs a command",
         ),
     ];
     for (name, src, want) in rows {
@@ -514,5 +514,90 @@ fn bad_services_name_the_field_and_line() {
             Err(e) => e.to_string(),
         };
         assert!(e.starts_with(want), "{what}: got {e:?}, want {want:?}");
+    }
+}
+
+const DELIVERY: &str = "\
+name: ship
+stages:
+  - name: image
+    build: { context: app, name: e2e/web }
+  - name: staging
+    needs: [image]
+    deploy:
+      service: deploy/service.yaml
+      environment: staging
+      image: ${{ stages.image.image }}
+  - name: production
+    needs: [staging]
+    deploy: { promote: web, from: staging, environment: production }
+";
+
+#[test]
+fn deploy_stages_parse() {
+    use crate::spec::{DeployStage, ImageRef};
+    let p = parse_pipeline("p.yaml", DELIVERY).expect("valid");
+    assert_eq!(
+        p.stages[1].deploy,
+        Some(DeployStage::Service {
+            file: "deploy/service.yaml".into(),
+            yaml: String::new(),
+            environment: Some("staging".into()),
+            image: Some(ImageRef::Built {
+                stage: "image".into()
+            }),
+        })
+    );
+    assert_eq!(
+        p.stages[2].deploy,
+        Some(DeployStage::Promote {
+            service: "web".into(),
+            from: "staging".into(),
+            environment: "production".into(),
+        })
+    );
+    assert_eq!(p.stages[1].command, Command::None);
+}
+
+#[test]
+fn bad_deploy_stages_name_the_field_and_line() {
+    let stage = |deploy: &str| format!("name: p\nstages:\n  - name: d\n{deploy}");
+    let cases = [
+        (
+            stage("    command: make\n    deploy: { service: s.yaml }\n"),
+            "p.yaml:4: stages.d.command: a deploy stage runs no command of its own",
+        ),
+        (
+            stage("    deploy: { service: s.yaml, promote: web }\n"),
+            "p.yaml:4: stages.d.deploy.promote: service: and promote: cannot both be set",
+        ),
+        (
+            stage("    deploy: { environment: staging }\n"),
+            "stages.d.deploy.service: missing: a service file to deploy, or promote: a service's name",
+        ),
+        (
+            stage("    deploy: { promote: web, environment: production }\n"),
+            "stages.d.deploy.from: missing: the environment to promote from",
+        ),
+        (
+            stage("    deploy: { promote: web, from: a, environment: a }\n"),
+            "stages.d.deploy.from: promoting from an environment to itself",
+        ),
+        (
+            stage("    deploy: { service: ../s.yaml }\n"),
+            "stages.d.deploy.service: \"../s.yaml\" is outside the pipeline's directory",
+        ),
+        (
+            stage("    deploy: { service: s.yaml, environment: a.b }\n"),
+            "stages.d.deploy.environment: \"a.b\" may not hold '.'",
+        ),
+        (
+            "name: p\nstages:\n  - name: b\n    build: { context: ., name: x }\n  - name: d\n    deploy:\n      service: s.yaml\n      image: ${{ stages.b.image }}\n".to_string(),
+            "p.yaml:8: stages.d.deploy.image: stage \"b\" must be among the stages \"d\" needs",
+        ),
+    ];
+    for (src, want) in cases {
+        let e = err(&src);
+        assert!(e.contains(want), "{src}\nwant {want:?}\ngot  {e}");
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use kiln_api::spec::{Container, Pipeline, limits::MAX_CONTEXT_BYTES};
+use kiln_api::spec::{Container, DeployStage, Pipeline, limits::MAX_CONTEXT_BYTES};
 
 use crate::error::CliError;
 
@@ -91,4 +91,35 @@ impl Write for Bounded {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The text of every service file a `deploy:` stage names, by the path the pipeline gives,
+/// each checked here first (inside the pipeline's directory on disk, and a valid service).
+pub fn service_files(
+    file: &str,
+    dir: &Path,
+    pipeline: &Pipeline,
+) -> Result<HashMap<String, String>, CliError> {
+    let mut out = HashMap::new();
+    for stage in &pipeline.stages {
+        let Some(DeployStage::Service { file: path, .. }) = &stage.deploy else {
+            continue;
+        };
+        let field = format!("{file}: stages.{}.deploy.service", stage.name);
+        let full = dir
+            .join(path)
+            .canonicalize()
+            .map_err(|e| CliError::Invalid(format!("{field}: {path:?}: {e}")))?;
+        if !full.starts_with(dir) {
+            return Err(CliError::Invalid(format!(
+                "{field}: {path:?} is outside the pipeline's directory (through a symlink)"
+            )));
+        }
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| CliError::Invalid(format!("{field}: {path:?}: {e}")))?;
+        kiln_api::validate::parse_service(path, &text)
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
+        out.insert(path.clone(), text);
+    }
+    Ok(out)
 }

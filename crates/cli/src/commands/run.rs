@@ -28,6 +28,7 @@ pub async fn run(
     let pipeline = parse_pipeline(&name, &yaml).map_err(|e| CliError::Invalid(e.to_string()))?;
     let dir = pipeline_dir(file)?;
     let build_contexts = super::context::pack_all(&name, &dir, &pipeline)?;
+    let service_files = super::context::service_files(&name, &dir, &pipeline)?;
     let request_id = request_id.unwrap_or_else(new_request_id);
     let req = pb::SubmitRunRequest {
         pipeline_yaml: yaml,
@@ -36,6 +37,7 @@ pub async fn run(
         trigger: "manual".into(),
         source_dir: dir.display().to_string(),
         build_contexts,
+        service_files,
     };
     let reply = client
         .call(|mut c| {

@@ -46,6 +46,7 @@ impl Kiln for ClientService {
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         check_gpu_shares(&self.core, &pipeline, file)?;
+        super::service_files::attach(&mut pipeline, file, req.service_files)?;
         if !req.build_contexts.is_empty() {
             // Only the leader takes contexts, so that they are replicated before the proposal.
             self.core.ensure_leader()?;

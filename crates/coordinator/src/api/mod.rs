@@ -10,5 +10,6 @@ mod convert;
 pub mod gateway;
 pub mod http;
 pub mod raft_service;
+pub mod service_files;
 pub mod services;
 pub mod test_queue;

@@ -366,6 +366,7 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 spec_json: serde_json::to_string_pretty(&r.spec).unwrap_or_default(),
                 bad: r.bad.clone().unwrap_or_default(),
                 promoted_from: r.promoted_from.clone().unwrap_or_default(),
+                run: r.run.clone().unwrap_or_default(),
             })
             .collect(),
         events: s

@@ -25,17 +25,7 @@ fn stage_assignment(state: &ClusterState, p: &Placement, at: StageRef) -> Option
     let stage = run.pipeline.stages.get(at.stage as usize)?;
     // The stage that built an image is among this one's needs, so it has succeeded and its
     // attempt recorded the pushed image; an empty image fails on the agent, clearly.
-    let built = |name: &str| {
-        run.pipeline
-            .stages
-            .iter()
-            .position(|s| s.name == name)
-            .and_then(|i| run.stages.get(i))
-            .and_then(|s| s.shards.first())
-            .and_then(|t| t.attempts.last())
-            .and_then(|a| a.image.clone())
-            .unwrap_or_default()
-    };
+    let built = |name: &str| state.built_image(at.run, name).unwrap_or_default();
     let mut a = base(state, p, stage, &built);
     a.run_id = run.id();
     a.env.insert("KILN_RUN_ID".into(), run.id());

@@ -132,6 +132,7 @@ impl Cluster {
                 container: None,
                 shards: None,
                 tests: None,
+                deploy: None,
                 retries: 0,
                 timeout_ms: 1000,
                 constraints: Default::default(),

@@ -140,7 +140,16 @@ impl ClusterState {
         };
         let mut d = held.deploy;
         d.approved = true;
-        self.deploy(&d, now_ms)
+        let answer = self.deploy(&d, now_ms);
+        if let Response::Deployed(Deployed {
+            service: number,
+            revision,
+            ..
+        }) = &answer
+        {
+            self.deploy_approved(environment, service, *number, *revision);
+        }
+        answer
     }
 
     /// Deploys into `to` the revision of `service` that is healthy in `from`.
@@ -178,6 +187,7 @@ impl ClusterState {
             force,
             promoted_from: Some(format!("{from} revision {}", r.number)),
             approved: false,
+            run: None,
         };
         self.deploy(&d, now_ms)
     }

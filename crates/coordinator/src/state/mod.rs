@@ -34,6 +34,7 @@
 //! does not know about Raft. Heartbeats and live usage never come here.
 
 pub mod command;
+pub mod deploy_stages;
 pub mod environments;
 pub mod fit;
 pub mod model;
@@ -91,6 +92,9 @@ pub struct ClusterState {
     /// The environment bare service names route to, when not `default`.
     #[serde(default)]
     pub default_environment: Option<String>,
+    /// What each running deploy stage waits for.
+    #[serde(default, with = "model::pairs")]
+    pub deploy_waits: BTreeMap<StageRef, deploy_stages::DeployWait>,
 }
 
 impl ClusterState {

@@ -96,7 +96,7 @@ pub struct Gpu {
 
 /// A map with struct keys, stored as a list of pairs: JSON (the snapshot and log encoding)
 /// only has string keys.
-mod pairs {
+pub(super) mod pairs {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -98,12 +98,21 @@ impl ClusterState {
             finished_ms: None,
             stages,
         };
+        let mut deploys = Vec::new();
         for (at, t) in run.tasks() {
-            if t.status == TaskStatus::Pending {
+            if t.status != TaskStatus::Pending {
+                continue;
+            }
+            if run.pipeline.stages[at.stage as usize].deploy.is_some() {
+                deploys.push(at);
+            } else {
                 self.pending.insert(at.into());
             }
         }
         self.runs.insert(number, run);
+        for at in deploys {
+            self.start_deploy_stage(at, now_ms);
+        }
         if !request_id.is_empty() {
             self.requests.insert(request_id.to_string(), number);
         }
@@ -153,7 +162,7 @@ impl ClusterState {
             return Response::Rejected { reason };
         }
         run.status = RunStatus::Cancelled;
-        let mut kills = Vec::new();
+        let (mut kills, mut deploys) = (Vec::new(), Vec::new());
         for (s, stage) in run.stages.iter_mut().enumerate() {
             for (k, t) in stage.shards.iter_mut().enumerate() {
                 let task = TaskRef::shard(number, s as u32, k as u32);
@@ -161,6 +170,13 @@ impl ClusterState {
                     TaskStatus::Waiting | TaskStatus::Pending => {
                         t.status = TaskStatus::Cancelled;
                         self.pending.remove(&task);
+                    }
+                    TaskStatus::Placed | TaskStatus::Running if deploy_stage(&run.pipeline, s) => {
+                        deploys.push(StageRef {
+                            run: number,
+                            stage: s as u32,
+                            shard: k as u32,
+                        });
                     }
                     TaskStatus::Placed | TaskStatus::Running => {
                         t.cancel_requested = true;
@@ -170,6 +186,9 @@ impl ClusterState {
                 }
             }
         }
+        for at in deploys {
+            self.cancel_deploy_stage(at, now_ms);
+        }
         self.advance(number, now_ms);
         Cancelled { kills }.into()
     }
@@ -178,14 +197,30 @@ impl ClusterState {
     /// behind one that did not succeed are skipped, suites that ended fold their timings
     /// into the history, and the run ends once every stage has.
     pub(super) fn advance(&mut self, number: u64, now_ms: i64) {
-        self.unblock_dependents(number);
+        self.unblock_dependents(number, now_ms);
         self.skip_dependents(number);
         self.record_suites(number);
         self.settle_run(number, now_ms);
     }
 
-    /// Waiting stages whose needs have all succeeded become pending, every shard of them.
-    fn unblock_dependents(&mut self, number: u64) {
+    /// The image stage `name` of run `number` pushed, pinned by digest, once it succeeded.
+    pub fn built_image(&self, number: u64, name: &str) -> Option<String> {
+        let run = self.runs.get(&number)?;
+        let i = stage_index(run, name)?;
+        run.stages
+            .get(i)?
+            .shards
+            .first()?
+            .attempts
+            .last()?
+            .image
+            .clone()
+    }
+
+    /// Waiting stages whose needs have all succeeded become pending, every shard of them;
+    /// a deploy stage is started (no node runs it).
+    fn unblock_dependents(&mut self, number: u64, now_ms: i64) {
+        let mut deploys = Vec::new();
         let Some(run) = self.runs.get_mut(&number) else {
             return;
         };
@@ -198,12 +233,24 @@ impl ClusterState {
                     .is_some_and(|j| run.stages[j].status() == TaskStatus::Succeeded)
             });
             if ready {
+                let deploy = run.pipeline.stages[i].deploy.is_some();
                 for (k, t) in run.stages[i].shards.iter_mut().enumerate() {
                     t.status = TaskStatus::Pending;
-                    self.pending
-                        .insert(TaskRef::shard(number, i as u32, k as u32));
+                    let at = StageRef {
+                        run: number,
+                        stage: i as u32,
+                        shard: k as u32,
+                    };
+                    if deploy {
+                        deploys.push(at);
+                    } else {
+                        self.pending.insert(at.into());
+                    }
                 }
             }
+        }
+        for at in deploys {
+            self.start_deploy_stage(at, now_ms);
         }
     }
 
@@ -281,6 +328,11 @@ impl ClusterState {
             };
         }
     }
+}
+
+/// Whether stage `s` of the pipeline deploys (and so runs on no node).
+fn deploy_stage(pipeline: &Pipeline, s: usize) -> bool {
+    pipeline.stages.get(s).is_some_and(|st| st.deploy.is_some())
 }
 
 fn stage_index(run: &Run, name: &str) -> Option<usize> {

@@ -21,6 +21,8 @@ enum Effect {
     /// The replica in this slot no longer does.
     Unqueue(u32),
     Kill(Kill),
+    /// The rollout to this revision ended: healthy, or failed with why.
+    RolloutEnded(u32, Result<(), String>),
 }
 
 /// Applied, or skipped because the state no longer calls for it (with why).
@@ -40,6 +42,7 @@ impl ClusterState {
             return Response::rejected(reason);
         }
         let mut changed = ServiceChanged::default();
+        let mut ended = Vec::new();
         for action in actions {
             let effect = match s.act(number, action, now_ms) {
                 Ok(effect) => effect,
@@ -57,7 +60,11 @@ impl ClusterState {
                     self.pending.remove(&TaskRef::replica(number, slot));
                 }
                 Effect::Kill(kill) => changed.kills.push(kill),
+                Effect::RolloutEnded(revision, outcome) => ended.push((revision, outcome)),
             }
+        }
+        for (revision, outcome) in ended {
+            self.rollout_ended(number, revision, outcome, now_ms);
         }
         changed.into()
     }
@@ -177,7 +184,7 @@ impl Service {
             r.healthy_ms.get_or_insert(now_ms);
         }
         self.note(now_ms, format!("revision {revision} healthy"));
-        Ok(Effect::None)
+        Ok(Effect::RolloutEnded(revision, Ok(())))
     }
 
     /// The rollout to `revision` failed: back to `revert_to` at once, or halt there.
@@ -199,6 +206,7 @@ impl Service {
             r.failed = Some(reason.to_string());
         }
         self.note(now_ms, format!("revision {revision} failed: {reason}"));
+        let mut outcome = format!("revision {revision} failed: {reason}");
         match revert_to {
             Some(to) => {
                 self.target = to;
@@ -211,6 +219,7 @@ impl Service {
                     halted: false,
                 });
                 self.note(now_ms, format!("reverted to revision {to}"));
+                outcome.push_str(&format!("; reverted to revision {to}"));
             }
             None => {
                 if let Some(r) = self.rollout.as_mut() {
@@ -218,7 +227,7 @@ impl Service {
                 }
             }
         }
-        Ok(Effect::None)
+        Ok(Effect::RolloutEnded(revision, Err(outcome)))
     }
 
     /// The canaries proved healthy: the rolling update may go on. The rolling phase gets

@@ -53,6 +53,9 @@ pub struct Revision {
     /// Where it was promoted from (`staging revision 3`), for a promotion.
     #[serde(default)]
     pub promoted_from: Option<String>,
+    /// The run whose deploy stage made it.
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 impl Revision {
@@ -275,6 +278,7 @@ impl ClusterState {
             failed: None,
             bad: None,
             promoted_from: d.promoted_from.clone(),
+            run: d.run.clone(),
         });
         service.desired = match &d.spec.autoscale {
             Some(a) if revision > 1 => service.desired.clamp(a.min, a.max),
@@ -295,6 +299,8 @@ impl ClusterState {
             None => "deployed".to_string(),
         };
         service.note(now_ms, format!("revision {revision} {how}"));
+        let why = format!("superseded by revision {revision}");
+        self.rollouts_overtaken(number, revision, &why, now_ms);
         Deployed {
             service: number,
             revision,
@@ -360,6 +366,8 @@ impl ClusterState {
         });
         let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
         s.note(now_ms, format!("rolled back to revision {to}{why}"));
+        let why = format!("rolled back to revision {to}{why}");
+        self.rollouts_overtaken(service, to, &why, now_ms);
         ServiceChanged::default().into()
     }
 
@@ -495,6 +503,9 @@ pub struct Deploy {
     /// Approved already (an approval releasing a held deploy).
     #[serde(default)]
     pub approved: bool,
+    /// The run whose deploy stage deploys it.
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 impl Deploy {
@@ -509,6 +520,7 @@ impl Deploy {
             force: false,
             promoted_from: None,
             approved: false,
+            run: None,
         }
     }
 }

@@ -29,6 +29,7 @@ fn suite_stage(name: &str, shards: u32, split: Split, retries: u32) -> Stage {
             report: "*.xml".into(),
             split,
         }),
+        deploy: None,
     }
 }
 

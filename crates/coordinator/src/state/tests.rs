@@ -22,6 +22,7 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         container: None,
         shards: None,
         tests: None,
+        deploy: None,
     }
 }
 

@@ -1,0 +1,361 @@
+//! Deploy stages: a pipeline stage with `deploy:` runs on no node. When its needs have
+//! succeeded, the state machine itself deploys (or promotes) the service, in the same apply:
+//! the revision records the run and the image a stage it needs built. The stage then waits
+//! for what the rollout controller decides about that revision:
+//!
+//! - the rollout completes healthy: the stage succeeds;
+//! - it fails (and with `auto_revert` goes back to the last healthy revision): the stage
+//!   fails with the reason;
+//! - a later deploy supersedes it, or someone rolls the service back: the stage fails,
+//!   saying so;
+//! - in an environment that requires approval it waits, "awaiting approval", until
+//!   `kiln approve`, and then for the rollout;
+//! - the run is cancelled: a rollout still going is reverted to the revision it started
+//!   from, a held deploy is dropped, and the stage ends cancelled.
+//!
+//! What a stage waits for is [`DeployWait`], in `ClusterState::deploy_waits`.
+
+use kiln_api::spec::{DeployStage, ImageRef};
+use kiln_api::validate::parse_service;
+use serde::{Deserialize, Serialize};
+
+use super::ClusterState;
+use super::command::{Deployed, Response};
+use super::model::{Attempt, AttemptEnd, RunStatus, StageRef, TaskStatus};
+use super::services::Deploy;
+
+/// The node name a deploy stage's attempt records: the coordinators ran it.
+pub const COORDINATOR: &str = "(coordinator)";
+
+/// What a running deploy stage waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployWait {
+    /// `kiln approve` of the deploy held for `service` in `environment`.
+    Approval {
+        environment: String,
+        service: String,
+    },
+    /// The rollout of `service` to `revision`.
+    Rollout { service: u64, revision: u32 },
+}
+
+impl ClusterState {
+    /// Deploys for a deploy stage whose needs have all succeeded.
+    pub(super) fn start_deploy_stage(&mut self, at: StageRef, now_ms: i64) {
+        let Some(run) = self.runs.get_mut(&at.run) else {
+            return;
+        };
+        if run.status == RunStatus::Pending {
+            run.status = RunStatus::Running;
+        }
+        let run_id = run.id();
+        let stage = &run.pipeline.stages[at.stage as usize];
+        let Some(deploy) = stage.deploy.clone() else {
+            return;
+        };
+        let task = &mut run.stages[at.stage as usize].shards[at.shard as usize];
+        task.status = TaskStatus::Running;
+        task.attempts.push(Attempt {
+            attempt: task.attempt,
+            node: COORDINATOR.to_string(),
+            status: TaskStatus::Running,
+            exit_code: None,
+            message: String::new(),
+            transitions: vec![(TaskStatus::Placed, now_ms), (TaskStatus::Running, now_ms)],
+            gpus: Vec::new(),
+            image: None,
+        });
+        let (answer, environment, name) = match deploy {
+            DeployStage::Service {
+                file,
+                yaml,
+                environment,
+                image,
+            } => {
+                let mut spec = match parse_service(&file, &yaml) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        return self.end_deploy_stage(
+                            at,
+                            TaskStatus::Failed,
+                            &e.to_string(),
+                            now_ms,
+                        );
+                    }
+                };
+                let pinned = match image {
+                    Some(ImageRef::Built { stage }) => self.built_image(at.run, &stage),
+                    Some(ImageRef::Named(image)) => Some(image),
+                    None => None,
+                };
+                if let Some(image) = &pinned {
+                    spec.replica.pin_image(image);
+                }
+                let environment =
+                    environment.unwrap_or_else(|| self.default_environment().to_string());
+                let name = spec.name.clone();
+                let d = Deploy {
+                    image_digest: pinned.filter(|i| i.contains("@sha256:")),
+                    run: Some(run_id),
+                    ..Deploy::new(spec, &environment)
+                };
+                (self.deploy(&d, now_ms), environment, name)
+            }
+            DeployStage::Promote {
+                service,
+                from,
+                environment,
+            } => {
+                let answer = self.promote(&service, &from, &environment, false, now_ms);
+                (answer, environment, service)
+            }
+        };
+        match answer {
+            Response::Deployed(Deployed {
+                awaiting_approval: true,
+                ..
+            }) => {
+                let message = format!("awaiting approval in {environment}");
+                self.note_deploy_stage(at, &message);
+                self.deploy_waits.insert(
+                    at,
+                    DeployWait::Approval {
+                        environment,
+                        service: name,
+                    },
+                );
+            }
+            Response::Deployed(Deployed {
+                service, revision, ..
+            }) => self.wait_for_rollout(at, &name, &environment, service, revision),
+            Response::Rejected { reason } => {
+                self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms)
+            }
+            other => {
+                let reason = format!("unexpected answer to a deploy: {other:?}");
+                self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms);
+            }
+        }
+    }
+
+    fn wait_for_rollout(
+        &mut self,
+        at: StageRef,
+        name: &str,
+        env: &str,
+        service: u64,
+        revision: u32,
+    ) {
+        let message = format!("rolling out {name} revision {revision} in {env}");
+        self.note_deploy_stage(at, &message);
+        self.deploy_waits
+            .insert(at, DeployWait::Rollout { service, revision });
+    }
+
+    /// A deploy held for approval was approved: its stage waits for the rollout now.
+    pub(super) fn deploy_approved(
+        &mut self,
+        environment: &str,
+        name: &str,
+        service: u64,
+        revision: u32,
+    ) {
+        let waiting = self.deploy_waits.iter().find_map(|(at, w)| match w {
+            DeployWait::Approval {
+                environment: e,
+                service: s,
+            } if e == environment && s == name => Some(*at),
+            _ => None,
+        });
+        if let Some(at) = waiting {
+            self.wait_for_rollout(at, name, environment, service, revision);
+        }
+    }
+
+    /// The rollout of `service` to `revision` ended (`Ok`: healthy; `Err`: why not), or
+    /// the revision will not be rolled out any more: the stages waiting for it end.
+    pub(super) fn rollout_ended(
+        &mut self,
+        service: u64,
+        revision: u32,
+        outcome: Result<(), String>,
+        now_ms: i64,
+    ) {
+        let ended: Vec<StageRef> = self
+            .deploy_waits
+            .iter()
+            .filter(|(_, w)| matches!(w, DeployWait::Rollout { service: s, revision: r } if *s == service && *r == revision))
+            .map(|(at, _)| *at)
+            .collect();
+        for at in ended {
+            match &outcome {
+                Ok(()) => {
+                    let message = format!("revision {revision} healthy");
+                    self.end_deploy_stage(at, TaskStatus::Succeeded, &message, now_ms);
+                }
+                Err(reason) => self.end_deploy_stage(at, TaskStatus::Failed, reason, now_ms),
+            }
+        }
+    }
+
+    /// The stages waiting for other revisions of `service` than `revision` fail: `why`.
+    pub(super) fn rollouts_overtaken(
+        &mut self,
+        service: u64,
+        revision: u32,
+        why: &str,
+        now_ms: i64,
+    ) {
+        let overtaken: Vec<(u32, StageRef)> = self
+            .deploy_waits
+            .iter()
+            .filter_map(|(at, w)| match w {
+                DeployWait::Rollout {
+                    service: s,
+                    revision: r,
+                } if *s == service && *r != revision => Some((*r, *at)),
+                _ => None,
+            })
+            .collect();
+        for (r, at) in overtaken {
+            let reason = format!("revision {r}: {why}");
+            self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms);
+        }
+    }
+
+    /// Cancels a running deploy stage: a rollout it started that is still going goes back
+    /// to where it started from; a deploy it holds for approval is dropped.
+    pub(super) fn cancel_deploy_stage(&mut self, at: StageRef, now_ms: i64) {
+        match self.deploy_waits.get(&at).cloned() {
+            Some(DeployWait::Rollout { service, revision }) => {
+                let from = self
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.rollout.as_ref())
+                    .filter(|r| r.to == revision)
+                    .and_then(|r| r.from);
+                if let Some(from) = from {
+                    let reason = format!("{} cancelled", super::run_id(at.run));
+                    self.deploy_waits.remove(&at);
+                    self.rollback(service, Some(from), Some(&reason), now_ms);
+                }
+            }
+            Some(DeployWait::Approval {
+                environment,
+                service,
+            }) => {
+                if let Some(env) = self.environments.get_mut(&environment) {
+                    env.awaiting.remove(&service);
+                }
+            }
+            None => {}
+        }
+        self.end_deploy_stage(at, TaskStatus::Cancelled, "run cancelled", now_ms);
+    }
+
+    fn note_deploy_stage(&mut self, at: StageRef, message: &str) {
+        if let Some(a) = self.task_mut(at.into()).and_then(|t| t.current_mut()) {
+            a.message = message.to_string();
+        }
+    }
+
+    /// Ends a deploy stage's attempt; a deploy is not retried.
+    fn end_deploy_stage(&mut self, at: StageRef, status: TaskStatus, message: &str, now_ms: i64) {
+        self.deploy_waits.remove(&at);
+        let Some(t) = self.task_mut(at.into()) else {
+            return;
+        };
+        if t.status.is_terminal() {
+            return;
+        }
+        t.end_attempt(&AttemptEnd {
+            status,
+            exit_code: None,
+            message,
+            image: None,
+            at_ms: now_ms,
+        });
+        t.status = status;
+        self.advance(at.run, now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_api::validate::parse_pipeline;
+
+    use super::*;
+    use crate::state::services::ServiceAction;
+    use crate::state::{Command, RunStatus};
+
+    const SERVICE: &str = "name: web\ncommand: ./serve\nreplicas: 1\n";
+
+    /// A run of `yaml` whose deploy stages name `service.yaml`, submitted.
+    fn submitted(yaml: &str) -> ClusterState {
+        let mut pipeline = parse_pipeline("p.yaml", yaml).expect("valid");
+        for stage in &mut pipeline.stages {
+            if let Some(DeployStage::Service { yaml, .. }) = &mut stage.deploy {
+                *yaml = SERVICE.to_string();
+            }
+        }
+        let mut s = ClusterState::default();
+        s.apply(&Command::SubmitRun {
+            request_id: String::new(),
+            trigger: "manual".into(),
+            pipeline,
+            only_tests: Default::default(),
+            now_ms: 1,
+        });
+        s
+    }
+
+    fn stage_status(s: &ClusterState, stage: u32) -> TaskStatus {
+        s.runs[&1].stages[stage as usize].status()
+    }
+
+    fn healthy(s: &mut ClusterState, revision: u32) {
+        s.apply(&Command::ServiceActions {
+            service: 1,
+            actions: vec![ServiceAction::Healthy { revision }],
+            now_ms: 5,
+        });
+    }
+
+    #[test]
+    fn a_deploy_stage_deploys_at_once_and_ends_with_its_rollout() {
+        let mut s =
+            submitted("name: p\nstages:\n  - name: ship\n    deploy: { service: service.yaml }\n");
+        assert_eq!(stage_status(&s, 0), TaskStatus::Running);
+        let web = s.service_in("default", "web").expect("deployed");
+        assert_eq!(web.revisions[0].run.as_deref(), Some("run-1"));
+        assert!(s.pending.is_empty(), "no node runs a deploy stage");
+        healthy(&mut s, 1);
+        assert_eq!(stage_status(&s, 0), TaskStatus::Succeeded);
+        assert_eq!(s.runs[&1].status, RunStatus::Succeeded);
+        assert!(s.deploy_waits.is_empty());
+    }
+
+    #[test]
+    fn a_later_deploy_overtakes_one_still_rolling_out() {
+        let mut s = submitted(
+            "name: p\nstages:\n  - name: one\n    deploy: { service: service.yaml }\n  - name: two\n    deploy: { service: service.yaml }\n",
+        );
+        assert_eq!(stage_status(&s, 0), TaskStatus::Failed, "superseded");
+        let why = &s.runs[&1].stages[0].shards[0].attempts[0].message;
+        assert_eq!(why, "revision 1: superseded by revision 2");
+        healthy(&mut s, 2);
+        assert_eq!(stage_status(&s, 1), TaskStatus::Succeeded);
+        assert_eq!(s.runs[&1].status, RunStatus::Failed);
+    }
+
+    #[test]
+    fn a_deploy_into_an_unknown_environment_fails_its_stage_with_the_reason() {
+        let s = submitted(
+            "name: p\nstages:\n  - name: ship\n    deploy: { service: service.yaml, environment: nope }\n",
+        );
+        assert_eq!(stage_status(&s, 0), TaskStatus::Failed);
+        let why = &s.runs[&1].stages[0].shards[0].attempts[0].message;
+        assert_eq!(why, "environment \"nope\" does not exist");
+        assert!(s.services.is_empty(), "nothing deployed");
+    }
+}
