@@ -60,8 +60,15 @@ fn answers_from(gateway: &str, path: &str, host: Option<&str>) -> Answer {
             s.read_to_string(&mut raw).expect("read");
             Answer {
                 at: Instant::now(),
-                status: raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0),
-                body: raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default(),
+                status: raw
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0),
+                body: raw
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b.to_string())
+                    .unwrap_or_default(),
             }
         }
     }
@@ -83,7 +90,14 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     ok(&cluster, &["env", "create", "staging"]);
     ok(
         &cluster,
-        &["env", "create", "production", "--approval", "required", "--default"],
+        &[
+            "env",
+            "create",
+            "production",
+            "--approval",
+            "required",
+            "--default",
+        ],
     );
     let v1 = cluster.write("v1.yaml", &busybox_service("web", "v1"));
     let v2 = cluster.write("v2.yaml", &busybox_service("web", "v2"));
@@ -93,7 +107,10 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     wait_settled(&mut cluster, "web", Some("staging"), 1, "v1 in staging");
 
     // Promotion into production waits for its approval, and changes nothing before.
-    let said = ok(&cluster, &["promote", "web", "--from", "staging", "--to", "production"]);
+    let said = ok(
+        &cluster,
+        &["promote", "web", "--from", "staging", "--to", "production"],
+    );
     assert!(said.contains("awaiting approval"), "{said}");
     let held = awaiting(&cluster, "production");
     assert_eq!(held.len(), 1, "{held:?}");
@@ -105,15 +122,27 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
         "not found in production",
     );
     ok(&cluster, &["approve", "web", "--env", "production"]);
-    wait_settled(&mut cluster, "web", Some("production"), 1, "v1 in production");
+    wait_settled(
+        &mut cluster,
+        "web",
+        Some("production"),
+        1,
+        "v1 in production",
+    );
 
     // The same image, by digest, in production as in staging.
     let staging = history(&cluster, "web", Some("staging"));
     let production = history(&cluster, "web", Some("production"));
-    let digest = staging["revisions"][0]["image_digest"].as_str().unwrap().to_string();
+    let digest = staging["revisions"][0]["image_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!digest.is_empty());
     assert_eq!(production["revisions"][0]["image_digest"], digest.as_str());
-    assert_eq!(production["revisions"][0]["promoted_from"], "staging revision 1");
+    assert_eq!(
+        production["revisions"][0]["promoted_from"],
+        "staging revision 1"
+    );
     for slot in production["replicas"].as_array().unwrap() {
         let task = format!("svc/production/web/{}", slot["slot"]);
         for id in containers_with("kiln.task", &task) {
@@ -123,7 +152,11 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
 
     // Routes: production is the default environment; staging by its name.
     let bare = answers_from(&gateway, "/web/cgi-bin/predict", None);
-    assert_eq!((bare.status, version(&bare)), (200, "v1".into()), "{bare:?}");
+    assert_eq!(
+        (bare.status, version(&bare)),
+        (200, "v1".into()),
+        "{bare:?}"
+    );
     let by_path = answers_from(&gateway, "/staging/web/cgi-bin/predict", None);
     assert_eq!(version(&by_path), "v1", "{by_path:?}");
     let by_host = answers_from(&gateway, "/cgi-bin/predict", Some("web.staging"));
@@ -134,29 +167,61 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     wait_settled(&mut cluster, "web", Some("staging"), 2, "v2 in staging");
     let load = Load::start(&gateway, "/production/web/cgi-bin/predict", "{}", 4);
     let promoted = Instant::now();
-    ok(&cluster, &["promote", "web", "--from", "staging", "--to", "production"]);
+    ok(
+        &cluster,
+        &["promote", "web", "--from", "staging", "--to", "production"],
+    );
     ok(&cluster, &["approve", "web", "--env", "production"]);
-    wait_settled(&mut cluster, "web", Some("production"), 2, "v2 in production");
+    wait_settled(
+        &mut cluster,
+        "web",
+        Some("production"),
+        2,
+        "v2 in production",
+    );
     let done = Instant::now();
     eprintln!("promote + approve → all on v2: {:?}", done - promoted);
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
     assert_no_failures(&answers);
-    assert!(answers.iter().filter(|a| a.at > done).all(|a| version(a) == "v2"));
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.at > done)
+            .all(|a| version(a) == "v2")
+    );
 
     // Back to the last known good revision, under load.
     let load = Load::start(&gateway, "/production/web/cgi-bin/predict", "{}", 4);
     std::thread::sleep(Duration::from_millis(300));
     ok(
         &cluster,
-        &["rollback", "web", "--env", "production", "--reason", "answers drifted"],
+        &[
+            "rollback",
+            "web",
+            "--env",
+            "production",
+            "--reason",
+            "answers drifted",
+        ],
     );
-    wait_settled(&mut cluster, "web", Some("production"), 1, "v1 back in production");
+    wait_settled(
+        &mut cluster,
+        "web",
+        Some("production"),
+        1,
+        "v1 back in production",
+    );
     let done = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
     assert_no_failures(&answers);
-    assert!(answers.iter().filter(|a| a.at > done).all(|a| version(a) == "v1"));
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.at > done)
+            .all(|a| version(a) == "v1")
+    );
     let production = history(&cluster, "web", Some("production"));
     assert_eq!(production["revisions"][1]["bad"], "answers drifted");
     assert_eq!(
@@ -175,7 +240,15 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     assert!(awaiting(&cluster, "production").is_empty(), "nothing held");
     let said = ok(
         &cluster,
-        &["promote", "web", "--from", "staging", "--to", "production", "--force"],
+        &[
+            "promote",
+            "web",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+            "--force",
+        ],
     );
     assert!(said.contains("awaiting approval"), "{said}");
 }
@@ -211,7 +284,12 @@ fn bad_environment_input_is_refused_and_changes_nothing() {
         4,
         "environment \"nope\" does not exist",
     );
-    refused(&cluster, &["approve", "m", "--env", "staging"], 5, "nothing awaits approval");
+    refused(
+        &cluster,
+        &["approve", "m", "--env", "staging"],
+        5,
+        "nothing awaits approval",
+    );
     refused(&cluster, &["env", "create", "staging"], 5, "exists already");
     refused(&cluster, &["env", "create", "a.b"], 2, "may not hold '.'");
     refused(&cluster, &["promote", "m", "--to", "staging"], 2, "--from");
