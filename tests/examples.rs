@@ -1,6 +1,7 @@
 //! The examples run through `kiln dev` as the README says, in a temp data dir: the model
 //! server's pipeline (unit tests, a static FROM-scratch image built and pushed to the
-//! registry kiln dev starts, a smoke test that pulls it and runs the model) and hello. And
+//! registry kiln dev starts, a smoke test that pulls it and runs the model, a deploy to
+//! staging, a smoke test through the gateway, a promotion to production) and hello. And
 //! `kiln dev --run` says clearly what is missing when Docker or a registry is.
 
 use std::path::{Path, PathBuf};
@@ -87,6 +88,28 @@ fn the_model_server_pipeline_runs_green_through_kiln_dev() {
     assert!(
         log.ends_with("model v1 loaded from /model/weights.json; p(0) = 0.6225\n"),
         "{log}"
+    );
+    // Deployed to staging as a container service, answered through the gateway there, and
+    // promoted to production.
+    for deploy in ["staging", "production"] {
+        let s = stage(&run, deploy);
+        assert_eq!(
+            (s["status"].as_str(), s["node"].as_str()),
+            (Some("succeeded"), Some("(coordinator)")),
+            "{s}"
+        );
+    }
+    let answer = std::fs::read_to_string(
+        data.path()
+            .join("agent/tasks/run-1/staging-smoke/1/output.log"),
+    )
+    .unwrap();
+    assert!(answer.contains("\"model_version\":\"v1\""), "{answer}");
+    // kiln dev removed the containers it started when it stopped.
+    let instance = kiln_e2e::docker::agent_instance(&data.path().join("agent")).unwrap();
+    assert!(
+        kiln_e2e::docker::containers_with("kiln.agent", &instance).is_empty(),
+        "no container of kiln dev's outlives it"
     );
     let _ = Command::new("docker").args(["rmi", &image]).output();
 }

@@ -63,6 +63,8 @@ pub struct Config {
     pub registry: Option<String>,
     /// The host this node's service replicas are reached at by the gateways.
     pub advertise: String,
+    /// The service gateway's URL, given to every task as `KILN_GATEWAY`.
+    pub gateway: Option<String>,
 }
 
 pub use error::Error;
@@ -98,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         drivers.clone(),
         leader.clone(),
         config.advertise.clone(),
+        config.gateway.clone(),
     ));
     // Docker first, then the containers this agent still owns: both must be known before
     // the first Register.
@@ -113,6 +116,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     session::run(config, node, leader, runner.clone(), outbox, logs, shutdown).await;
     runner.kill_all("agent shutting down");
     Ok(())
+}
+
+/// Removes every container this agent (its data dir) owns: for `kiln dev`, whose agent's
+/// work ends with it. A cluster agent leaves them for its next start to adopt.
+pub async fn remove_containers(config: &Config) -> Result<usize, Error> {
+    let instance = docker::instance_id(&config.data_dir)?;
+    let Ok(d) = docker::DockerDriver::connect(&instance, None).await else {
+        return Ok(0);
+    };
+    let owned = d.owned().await.map_err(Error::Config)?;
+    for c in &owned {
+        docker::container::remove(&d, &c.id).await;
+    }
+    Ok(owned.len())
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -42,6 +42,10 @@ struct Args {
     /// The host or IP gateways reach this node's service replicas at.
     #[arg(long, env = "KILN_ADVERTISE", default_value = "127.0.0.1")]
     advertise: String,
+    /// The service gateway's URL, given to every task as KILN_GATEWAY (a smoke test calls
+    /// `$KILN_GATEWAY/ENV/SERVICE/...`).
+    #[arg(long, env = "KILN_GATEWAY")]
+    gateway: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -81,6 +85,7 @@ async fn main() {
             simulate_gpus: args.simulate_gpus,
             registry: args.registry,
             advertise: args.advertise,
+            gateway: args.gateway,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

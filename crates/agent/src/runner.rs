@@ -49,6 +49,8 @@ pub struct Runner {
     leader: Arc<LeaderClient>,
     /// The host gateways reach this node's replicas at.
     advertise: String,
+    /// The service gateway's URL, given to every task as `KILN_GATEWAY`.
+    gateway: Option<String>,
 }
 
 impl Runner {
@@ -58,6 +60,7 @@ impl Runner {
         drivers: Arc<Drivers>,
         leader: Arc<LeaderClient>,
         advertise: String,
+        gateway: Option<String>,
     ) -> Runner {
         Runner {
             logs,
@@ -66,6 +69,7 @@ impl Runner {
             tasks: Mutex::new(HashMap::new()),
             leader,
             advertise,
+            gateway,
         }
     }
 
@@ -156,7 +160,12 @@ impl Runner {
     /// Starts an assigned task unless this attempt was already started: claims it in the
     /// table, prepares its directory, and hands it to its driver. Whatever stops it from
     /// starting is reported once, as the attempt's end.
-    pub fn assign(self: &Arc<Self>, a: pb::Assignment) {
+    pub fn assign(self: &Arc<Self>, mut a: pb::Assignment) {
+        if let Some(gateway) = &self.gateway {
+            a.env
+                .entry("KILN_GATEWAY".into())
+                .or_insert_with(|| gateway.clone());
+        }
         let key = (a.task_id.clone(), a.attempt);
         let Some(done_tx) = self.claim(&a) else {
             return;

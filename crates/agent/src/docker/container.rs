@@ -360,7 +360,17 @@ pub async fn remove(d: &DockerDriver, id: &str) {
         )
         .await
     {
-        tracing::warn!(container = id, error = %message(&e), "container not removed");
+        // Already gone (removed by whoever stopped the agent) is what was wanted.
+        let gone = matches!(
+            e,
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            }
+        );
+        if !gone {
+            tracing::warn!(container = id, error = %message(&e), "container not removed");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! `kiln dev`: one coordinator (bootstrapped, id 1) and one agent in this process, data in
-//! `./.kiln`. With `--run FILE` it runs that pipeline to the end and exits with its status;
-//! without, it serves until interrupted.
+//! `kiln dev`: one coordinator (bootstrapped, id 1), one agent and a service gateway in this
+//! process, data in `./.kiln`, with the environments `staging` and `production` (the
+//! default). With `--run FILE` it runs that pipeline to the end and exits with its status;
+//! without, it serves until interrupted. Tasks find the gateway in `$KILN_GATEWAY`.
 //!
 //! Containers: the agent offers the Docker driver when a Docker daemon answers. Builds push
 //! to `--registry`, or else to a registry `kiln dev` starts itself on 127.0.0.1 when Debian's
@@ -140,6 +141,22 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
     eprintln!("kiln dev: KILN_ADDR={addr} kiln status   # from another terminal");
 
     let shutdown = CancellationToken::new();
+    let gateway = tokio::net::TcpListener::bind(&args.gateway)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--gateway {}: {e}", args.gateway)))?;
+    let gateway_addr = gateway
+        .local_addr()
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    eprintln!(
+        "kiln dev: service gateway on http://{gateway_addr}/<service>/ and /<environment>/<service>/"
+    );
+    let gateway_config = kiln_gateway::Config {
+        coordinators: vec![addr.clone()],
+        id: "dev".into(),
+        hold: Duration::from_secs(30),
+    };
+    tokio::spawn(kiln_gateway::run(gateway, gateway_config, shutdown.clone()));
+
     let agent_config = kiln_agent::Config {
         node_id: "dev".into(),
         coordinators: vec![addr.clone()],
@@ -150,40 +167,77 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         simulate_gpus: args.simulate_gpus.clone(),
         registry,
         advertise: "127.0.0.1".into(),
+        gateway: Some(format!("http://{gateway_addr}")),
     };
-    let agent = tokio::spawn(kiln_agent::run(agent_config, shutdown.clone()));
-    let gateway = tokio::net::TcpListener::bind(&args.gateway)
-        .await
-        .map_err(|e| CliError::Invalid(format!("--gateway {}: {e}", args.gateway)))?;
-    eprintln!(
-        "kiln dev: service gateway on http://{}/<service>/",
-        gateway
-            .local_addr()
-            .map_err(|e| CliError::Other(e.to_string()))?
-    );
-    let gateway_config = kiln_gateway::Config {
-        coordinators: vec![addr.clone()],
-        id: "dev".into(),
-        hold: Duration::from_secs(30),
-    };
-    tokio::spawn(kiln_gateway::run(gateway, gateway_config, shutdown.clone()));
+    let agent = tokio::spawn(kiln_agent::run(agent_config.clone(), shutdown.clone()));
 
-    let result = match &args.run {
-        Some(file) => {
-            let mut client = Client::new(vec![addr], Duration::from_secs(15));
-            super::run::run(&mut client, file, true, None, json)
+    let mut client = Client::new(vec![addr], Duration::from_secs(15));
+    ensure_environments(&mut client).await?;
+    let work = async {
+        match &args.run {
+            Some(file) => super::run::run(&mut client, file, true, None, json)
                 .await
-                .map(|_| ())
+                .map(|_| ()),
+            None => std::future::pending().await,
         }
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-            Ok(())
-        }
+    };
+    // SIGINT or SIGTERM stops everything kiln dev started, as the end of a --run does.
+    let result = tokio::select! {
+        r = work => r,
+        signal = stopped() => match &args.run {
+            Some(_) => Err(CliError::Other(format!("stopped by {signal} before the run ended"))),
+            None => Ok(()),
+        },
     };
     shutdown.cancel();
     let _ = agent.await;
+    // Nothing kiln dev started outlives it: its replica and stage containers go too.
+    match kiln_agent::remove_containers(&agent_config).await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("kiln dev: removed {n} containers"),
+        Err(e) => eprintln!("kiln dev: could not remove its containers: {e}"),
+    }
     coordinator.shutdown().await;
     result
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn stopped() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// The environments of the delivery path, `staging` and `production` (the default: bare
+/// service names route there), made on the first start of a data dir.
+async fn ensure_environments(client: &mut Client) -> Result<(), CliError> {
+    for (name, default) in [("staging", false), ("production", true)] {
+        let req = kiln_api::pb::CreateEnvironmentRequest {
+            name: name.into(),
+            approval: false,
+            default,
+        };
+        let made = client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.create_environment(req).await }
+            })
+            .await;
+        match made {
+            Ok(_) | Err(CliError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    eprintln!("kiln dev: environments staging and production (the default)");
+    Ok(())
 }
 
 /// The stages of a `--run` pipeline that need Docker, and those that also need a registry.
