@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, EventsOptions, KillContainerOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use futures::StreamExt;
 use kiln_api::pb;
@@ -27,6 +27,8 @@ use crate::process::Outcome;
 
 /// Where the task's work directory appears inside the container.
 pub const WORK_MOUNT: &str = "/kiln/work";
+/// Where a replica's model artifact appears inside the container, read-only.
+pub const MODEL_MOUNT: &str = "/kiln/model";
 /// The CFS period the CPU quota is a share of (Docker's default).
 const CPU_PERIOD_US: i64 = 100_000;
 
@@ -70,7 +72,18 @@ pub fn config(
     } else {
         (None, None, None)
     };
-    let mut env: Vec<String> = a.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // A model the agent fetched (a host path in KILN_MODEL_DIR) is mounted read-only.
+    let model = a.env.get("KILN_MODEL_DIR");
+    let mut env: Vec<String> = a
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "KILN_MODEL_DIR" => format!("{k}={MODEL_MOUNT}"),
+            _ => format!("{k}={v}"),
+        })
+        .collect();
+    let mut binds = vec![format!("{}:{WORK_MOUNT}", work.display())];
+    binds.extend(model.map(|m| format!("{m}:{MODEL_MOUNT}:ro")));
     env.push(format!("KILN_WORK_DIR={WORK_MOUNT}"));
     let device_requests = if a.gpu_indices.is_empty() {
         // Images built on NVIDIA's bases default to every GPU: a task without GPUs sees none.
@@ -125,7 +138,7 @@ pub fn config(
             memory_swap: memory,
             cpu_period: (a.cpu_millis > 0).then_some(CPU_PERIOD_US),
             cpu_quota: (a.cpu_millis > 0).then_some(a.cpu_millis as i64 * CPU_PERIOD_US / 1000),
-            binds: Some(vec![format!("{}:{WORK_MOUNT}", work.display())]),
+            binds: Some(binds),
             device_requests,
             ..Default::default()
         }),
@@ -245,6 +258,7 @@ pub async fn supervise(
         Log::append(log_path)
     };
     let pump = tokio::spawn(pump_logs(d.client.clone(), id.to_string(), log));
+    let oom = watch_oom(d, id);
     let left = deadline_ms
         .map(|ms| Duration::from_millis(ms.saturating_sub(crate::now_ms()).max(0) as u64));
     let mut stop_reason = None;
@@ -266,7 +280,7 @@ pub async fn supervise(
     }
     // The log stream ends with the container; do not wait on it forever.
     let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
-    let outcome = match (stop_reason, inspect_after_exit(d, id).await) {
+    let outcome = match (stop_reason, inspect_after_exit(d, id, &oom).await) {
         (Some(reason), _) => failed(None, reason),
         (None, Ok(info)) => {
             let state = info.state.unwrap_or_default();
@@ -296,25 +310,56 @@ pub async fn supervise(
     outcome
 }
 
-/// The container as it ended. The daemon learns of an OOM kill from an event that can land
-/// after the container's exit: a SIGKILLed container under a memory limit is asked again,
-/// for up to a second, before its OOM kill is ruled out.
+/// The container as it ended. The daemon learns of an OOM kill from an event that can be
+/// handled after the container's exit, and then `OOMKilled` is not set yet: a SIGKILLed
+/// container under a memory limit counts as OOM-killed when the daemon's event stream has
+/// an `oom` for it (`oom`, watched from before the exit), waited for up to a second.
 async fn inspect_after_exit(
     d: &DockerDriver,
     id: &str,
+    oom: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<bollard::models::ContainerInspectResponse, bollard::errors::Error> {
-    let mut info = d.client.inspect_container(id, None).await;
-    for _ in 0..10 {
-        let Ok(i) = &info else { break };
-        let state = i.state.clone().unwrap_or_default();
-        let limited = i.host_config.as_ref().and_then(|h| h.memory).unwrap_or(0) > 0;
-        if state.exit_code != Some(137) || state.oom_killed == Some(true) || !limited {
-            break;
+    let mut info = d.client.inspect_container(id, None).await?;
+    let state = info.state.clone().unwrap_or_default();
+    let limited = info.host_config.as_ref().and_then(|h| h.memory).unwrap_or(0) > 0;
+    if state.exit_code == Some(137) && state.oom_killed != Some(true) && limited {
+        let mut oom = oom.clone();
+        let seen = tokio::time::timeout(Duration::from_secs(1), oom.wait_for(|seen| *seen)).await;
+        if matches!(seen, Ok(Ok(_))) {
+            if let Some(s) = info.state.as_mut() {
+                s.oom_killed = Some(true);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        info = d.client.inspect_container(id, None).await;
     }
-    info
+    Ok(info)
+}
+
+/// Turns true once the daemon reports an `oom` event for the container (from a minute
+/// before now on, so one that came before the watch started counts).
+fn watch_oom(d: &DockerDriver, id: &str) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let since = (crate::now_ms() / 1000 - 60).to_string();
+    let filters = HashMap::from([
+        ("container".to_string(), vec![id.to_string()]),
+        ("event".to_string(), vec!["oom".to_string()]),
+    ]);
+    let mut events = d.client.events(Some(EventsOptions {
+        since: Some(since),
+        until: None,
+        filters: Some(filters),
+    }));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tx.closed() => {}
+            event = events.next() => {
+                if matches!(event, Some(Ok(_))) {
+                    let _ = tx.send(true);
+                    tx.closed().await;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Waits until the container is not running. A wait that ends while the container still
