@@ -26,6 +26,9 @@ pub enum Error {
     Spawn(String),
     #[error("the docker driver is not available on this node")]
     NoDocker,
+    /// The replica's model artifact could not be had.
+    #[error("{0}")]
+    Model(String),
 }
 
 impl Error {

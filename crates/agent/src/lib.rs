@@ -5,6 +5,7 @@
 //! - [`error`]: the agent's one error type, for itself and for tasks that cannot start.
 //! - [`drivers`]: which drivers the node offers (`process`; `docker` while a daemon
 //!   answers), re-checked while the agent runs.
+//! - [`blobs`]: build contexts and model artifacts from the coordinators, by digest.
 //! - [`docker`]: the Docker driver (bollard): containers with limits, GPUs, labels and
 //!   adoption after a restart; image builds pushed to the cluster registry.
 //! - [`health`]: health checks of service replicas (HTTP, TCP, exec), reported on change.
@@ -23,6 +24,7 @@
 //!
 //! The agent never links the coordinator: it speaks only the agent protocol in `kiln-api`.
 
+pub mod blobs;
 pub mod docker;
 pub mod drivers;
 pub mod error;

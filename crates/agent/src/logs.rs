@@ -29,6 +29,11 @@ impl LogStore {
         Ok(LogStore { root })
     }
 
+    /// The agent's data directory (absolute), where the store lives.
+    pub fn data_dir(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
+    }
+
     /// The directory of one attempt; `None` for ids that could escape the store.
     pub fn attempt_dir(&self, task_id: &str, attempt: u32) -> Option<PathBuf> {
         let mut dir = self.root.clone();

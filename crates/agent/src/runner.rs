@@ -51,6 +51,8 @@ pub struct Runner {
     advertise: String,
     /// The service gateway's URL, given to every task as `KILN_GATEWAY`.
     gateway: Option<String>,
+    /// Model artifacts on this node, for replicas.
+    models: crate::blobs::Models,
 }
 
 impl Runner {
@@ -62,6 +64,7 @@ impl Runner {
         advertise: String,
         gateway: Option<String>,
     ) -> Runner {
+        let models = crate::blobs::Models::new(logs.data_dir());
         Runner {
             logs,
             outbox,
@@ -70,6 +73,7 @@ impl Runner {
             leader,
             advertise,
             gateway,
+            models,
         }
     }
 
@@ -171,14 +175,42 @@ impl Runner {
             return;
         };
         let _span = tracing::info_span!("task", task = %a.task_id, attempt = a.attempt).entered();
-        let started = self
-            .prepare(&a)
-            .and_then(|dir| self.start(a.clone(), key, dir, &done_tx));
-        if let Err(e) = started {
-            tracing::info!(error = %e, "task did not start");
-            self.event(&a, e.task_state(), e.exit_code(), e.to_string());
-            let _ = done_tx.send(true);
-        }
+        let dir = match self.prepare(&a) {
+            Ok(dir) => dir,
+            Err(e) => return self.not_started(&a, e, &done_tx),
+        };
+        let model = a
+            .replica
+            .as_ref()
+            .map(|r| r.model_digest.clone())
+            .filter(|d| !d.is_empty());
+        let Some(model) = model else {
+            if let Err(e) = self.start(a.clone(), key, dir, &done_tx) {
+                self.not_started(&a, e, &done_tx);
+            }
+            return;
+        };
+        // A replica with a model starts once the model is on this node.
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let mut a = a;
+            let fetched = runner.models.ensure(&runner.leader, &model).await;
+            let started = fetched.map_err(Error::Model).and_then(|path| {
+                a.env
+                    .insert("KILN_MODEL_DIR".into(), path.display().to_string());
+                runner.start(a.clone(), key, dir, &done_tx)
+            });
+            if let Err(e) = started {
+                runner.not_started(&a, e, &done_tx);
+            }
+        });
+    }
+
+    /// The one way a task that could not start is reported: as its attempt's end.
+    fn not_started(&self, a: &pb::Assignment, e: Error, done_tx: &watch::Sender<bool>) {
+        tracing::info!(task = %a.task_id, attempt = a.attempt, error = %e, "task did not start");
+        self.event(a, e.task_state(), e.exit_code(), e.to_string());
+        let _ = done_tx.send(true);
     }
 
     /// Enters the attempt in the table; `None` if it is there already (a repeated

@@ -13,7 +13,6 @@ use bollard::query_parameters::{BuildImageOptions, PushImageOptions, RemoveImage
 use futures::StreamExt;
 use kiln_api::leader::LeaderClient;
 use kiln_api::pb;
-use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use super::{DockerDriver, Log, message};
@@ -86,7 +85,9 @@ async fn steps(
         .registry
         .clone()
         .ok_or("this node has no registry to push to: start its agent with --registry HOST:PORT")?;
-    let context = fetch_blob(leader, &spec.context_digest).await?;
+    let context = crate::blobs::fetch(leader, &spec.context_digest)
+        .await
+        .map_err(|e| format!("fetching the build context {}: {e}", spec.context_digest))?;
     log.line(&format!(
         "kiln: build context {} ({} KiB)",
         spec.context_digest,
@@ -208,40 +209,6 @@ async fn prepare(
     tar.into_inner()
         .map_err(|e| format!("packing the build context: {e}"))
 }
-
-/// A blob from the leader, checked against its digest.
-async fn fetch_blob(leader: &LeaderClient, digest: &str) -> Result<Vec<u8>, String> {
-    let fail = |e: String| format!("fetching the build context {digest}: {e}");
-    let deadline = std::time::Instant::now() + FETCH_PATIENCE;
-    let bytes = leader
-        .call(deadline, |channel| async move {
-            let mut client = pb::blobs_client::BlobsClient::new(channel);
-            let mut stream = client
-                .fetch_blob(pb::FetchBlobRequest {
-                    digest: digest.to_string(),
-                })
-                .await?
-                .into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                bytes.extend_from_slice(&chunk.data);
-            }
-            Ok(bytes)
-        })
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let sum: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if format!("sha256:{sum}") != digest {
-        return Err(fail("the bytes do not match the digest".into()));
-    }
-    Ok(bytes)
-}
-
-/// How long a build waits for a leader to fetch its context from.
-const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 
 fn failed(message: String) -> Outcome {
     Outcome {

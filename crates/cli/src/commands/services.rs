@@ -34,15 +34,24 @@ pub async fn deploy(
         std::fs::read_to_string(file).map_err(|e| CliError::Invalid(format!("{name}: {e}")))?;
     let spec = parse_service(&name, &yaml).map_err(|e| CliError::Invalid(e.to_string()))?;
     let dir = super::run::pipeline_dir(file)?;
-    let model_digest = match &spec.model {
+    let model_archive = match &spec.model {
         Some(model) => {
             let path = dir.join(model);
-            let bytes = std::fs::read(&path).map_err(|e| {
-                CliError::Invalid(format!("{name}: model: {}: {e}", path.display()))
-            })?;
-            digest(&bytes)
+            super::context::pack_model(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::FileTooLarge => CliError::Invalid(format!(
+                    "{name}: model: {} packs to more than the limit of {} MiB",
+                    path.display(),
+                    kiln_api::spec::limits::MAX_CONTEXT_BYTES >> 20
+                )),
+                _ => CliError::Invalid(format!("{name}: model: {}: {e}", path.display())),
+            })?
         }
-        None => String::new(),
+        None => Vec::new(),
+    };
+    let model_digest = if model_archive.is_empty() {
+        String::new()
+    } else {
+        digest(&model_archive)
     };
     let commit = commit.or_else(|| git_head(&dir)).unwrap_or_default();
     let req = pb::DeployRequest {
@@ -53,6 +62,7 @@ pub async fn deploy(
         source_dir: dir.display().to_string(),
         environment: target.env.unwrap_or_default(),
         force: target.force,
+        model_archive,
     };
     let reply = client
         .call(|mut c| {
@@ -81,7 +91,7 @@ pub fn print_deployed(reply: &pb::DeployResponse, json: bool) {
     }
 }
 
-/// `sha256:<hex>` of a model artifact.
+/// `sha256:<hex>` of a packed model artifact (the blob store's digest of it).
 fn digest(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let hex: String = Sha256::digest(bytes)

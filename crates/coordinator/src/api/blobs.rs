@@ -144,7 +144,7 @@ pub async fn replicate(core: &Core, digest: &str, bytes: &[u8]) -> Result<(), Er
         Ok(())
     } else {
         Err(Error::Unavailable(format!(
-            "the build context {digest} reached {held} of {voters} coordinators; a majority must hold it"
+            "the blob {digest} reached {held} of {voters} coordinators; a majority must hold it"
         )))
     }
 }

@@ -286,7 +286,7 @@ impl Kiln for ClientService {
         req: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
         Ok(Response::new(
-            super::services::deploy(&self.core, req.into_inner()).await?,
+            super::services::deploy(&self.core, &self.blobs, req.into_inner()).await?,
         ))
     }
 

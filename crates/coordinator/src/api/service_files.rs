@@ -44,6 +44,11 @@ pub fn attach(
             )));
         }
         let spec = parse_service(path, &text).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        if spec.model.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "{field}: {path}: model: deploy stages carry no model artifact yet; deploy it with kiln deploy"
+            )));
+        }
         if image.is_some() && spec.replica.container.is_none() {
             return Err(Error::InvalidInput(format!(
                 "{file}: stages.{}.deploy.image: {path} runs a command, not an image, so there is no image to replace",

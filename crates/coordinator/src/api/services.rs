@@ -7,6 +7,7 @@
 use kiln_api::pb;
 use kiln_api::validate::parse_service;
 
+use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
 use crate::state::environments::Environment;
@@ -15,13 +16,17 @@ use crate::state::{
     ClusterState, Command, Deployed, EnvironmentCreated, ServiceAction, ServiceChanged,
 };
 
-pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployResponse> {
+pub async fn deploy(
+    core: &Core,
+    blobs: &BlobStore,
+    mut req: pb::DeployRequest,
+) -> Result<pb::DeployResponse> {
     let file = if req.file_name.is_empty() {
         "service".to_string()
     } else {
         req.file_name.clone()
     };
-    let yaml = req.service_yaml;
+    let yaml = std::mem::take(&mut req.service_yaml);
     let mut spec = tokio::task::spawn_blocking(move || parse_service(&file, &yaml))
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -34,15 +39,16 @@ pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployRes
         spec.replica
             .env
             .entry("KILN_SERVICE_DIR".into())
-            .or_insert(req.source_dir);
+            .or_insert(req.source_dir.clone());
     }
     let environment = {
         let state = core.state.read();
         let env = environment(&state, &req.environment)?;
         env.to_string()
     };
+    let model_digest = store_model(core, blobs, &mut req).await?;
     let deploy = Deploy {
-        model_digest: (!req.model_digest.is_empty()).then_some(req.model_digest),
+        model_digest,
         commit: (!req.commit.is_empty()).then_some(req.commit),
         force: req.force,
         ..Deploy::new(spec, &environment)
@@ -53,6 +59,41 @@ pub async fn deploy(core: &Core, req: pb::DeployRequest) -> Result<pb::DeployRes
         now_ms: now_ms(),
     };
     deployed(core, command, &name, &environment).await
+}
+
+/// Keeps a deploy's model archive on a majority of the coordinators (as a build context is
+/// kept) before the deploy is proposed; its digest is the revision's model digest.
+async fn store_model(
+    core: &Core,
+    blobs: &BlobStore,
+    req: &mut pb::DeployRequest,
+) -> Result<Option<String>> {
+    let archive = std::mem::take(&mut req.model_archive);
+    if archive.is_empty() {
+        if !req.model_digest.is_empty() {
+            return Err(Error::InvalidInput(
+                "model_digest: send the model itself in model_archive (the kiln CLI does)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if archive.len() > kiln_api::spec::limits::MAX_CONTEXT_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "model_archive: larger than the limit of {} MiB",
+            kiln_api::spec::limits::MAX_CONTEXT_BYTES >> 20
+        )));
+    }
+    // Only the leader takes it, so that it is replicated before the proposal.
+    core.ensure_leader()?;
+    let digest = blobs.put(&archive)?;
+    if !req.model_digest.is_empty() && req.model_digest != digest {
+        return Err(Error::InvalidInput(format!(
+            "model_digest: {} is not the archive's digest {digest}",
+            req.model_digest
+        )));
+    }
+    super::blobs::replicate(core, &digest, &archive).await?;
+    Ok(Some(digest))
 }
 
 /// Proposes a deploy, a promotion or an approval, and says what came of it.

@@ -54,7 +54,8 @@ fn replica_assignment(
 ) -> Option<pb::Assignment> {
     let service = state.services.get(&at.service)?;
     let replica = service.replicas.get(&at.slot)?;
-    let spec = &service.revision(replica.revision)?.spec;
+    let revision = service.revision(replica.revision)?;
+    let spec = &revision.spec;
     let mut a = base(state, p, &spec.replica, &|_| String::new());
     a.env.insert("KILN_SERVICE".into(), service.name.clone());
     a.env
@@ -68,6 +69,7 @@ fn replica_assignment(
     a.replica = Some(pb::ReplicaSpec {
         service: service.name.clone(),
         revision: replica.revision,
+        model_digest: revision.model_digest.clone().unwrap_or_default(),
         container_port: u32::from(spec.port),
         health: Some(pb::HealthSpec {
             http_path,
