@@ -321,14 +321,19 @@ async fn inspect_after_exit(
 ) -> Result<bollard::models::ContainerInspectResponse, bollard::errors::Error> {
     let mut info = d.client.inspect_container(id, None).await?;
     let state = info.state.clone().unwrap_or_default();
-    let limited = info.host_config.as_ref().and_then(|h| h.memory).unwrap_or(0) > 0;
+    let limited = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.memory)
+        .unwrap_or(0)
+        > 0;
     if state.exit_code == Some(137) && state.oom_killed != Some(true) && limited {
         let mut oom = oom.clone();
         let seen = tokio::time::timeout(Duration::from_secs(1), oom.wait_for(|seen| *seen)).await;
-        if matches!(seen, Ok(Ok(_))) {
-            if let Some(s) = info.state.as_mut() {
-                s.oom_killed = Some(true);
-            }
+        if matches!(seen, Ok(Ok(_)))
+            && let Some(s) = info.state.as_mut()
+        {
+            s.oom_killed = Some(true);
         }
     }
     Ok(info)
