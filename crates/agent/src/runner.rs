@@ -117,9 +117,16 @@ impl Runner {
         });
     }
 
-    /// A replica's running event with its endpoint (and, in a container, the image it runs,
-    /// pinned), or a change of its health.
-    fn emit_replica(&self, a: &pb::Assignment, endpoint: &str, healthy: Option<bool>, image: &str) {
+    /// A replica's running event with its endpoint (its metrics endpoint, if apart, and in a
+    /// container the image it runs, pinned), or a change of its health.
+    fn emit_replica(
+        &self,
+        a: &pb::Assignment,
+        endpoint: &str,
+        metrics: &str,
+        healthy: Option<bool>,
+        image: &str,
+    ) {
         self.outbox.emit(pb::TaskEvent {
             seq: 0,
             task_id: a.task_id.clone(),
@@ -129,6 +136,7 @@ impl Runner {
             endpoint: endpoint.to_string(),
             healthy,
             image: image.to_string(),
+            metrics_endpoint: metrics.to_string(),
             ..Default::default()
         });
     }
@@ -298,6 +306,15 @@ impl Runner {
             }
             None => None,
         };
+        // Metrics apart from the serving port, on a port picked here too.
+        let metrics = match &a.replica {
+            Some(r) if r.metrics_port_picked => {
+                let port = free_port().map_err(Error::NoPort)?;
+                a.env.insert("METRICS_PORT".into(), port.to_string());
+                format!("{}:{port}", self.advertise)
+            }
+            _ => String::new(),
+        };
         // Bazel's sharding protocol: a runner that shards touches this file to say so.
         let status_file = a
             .env
@@ -309,7 +326,7 @@ impl Runner {
         }
         let child = process::spawn(&a, &dir.work, &dir.log).map_err(Error::Spawn)?;
         match &endpoint {
-            Some(endpoint) => self.emit_replica(&a, endpoint, None, ""),
+            Some(endpoint) => self.emit_replica(&a, endpoint, &metrics, None, ""),
             None => self.event(&a, pb::TaskState::Running, None, String::new()),
         }
         let (kill_tx, kill_rx) = oneshot::channel();
@@ -360,7 +377,7 @@ impl Runner {
         tokio::spawn(async move {
             let addr = endpoint.clone();
             health::watch(spec, addr, work, done, |verdict| match verdict {
-                health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, Some(ok), ""),
+                health::Verdict::Health(ok) => runner.emit_replica(&a, &endpoint, "", Some(ok), ""),
                 health::Verdict::Failed(reason) => runner.kill(&a.task_id, a.attempt, &reason),
             })
             .await;
@@ -397,11 +414,16 @@ impl Runner {
             Ok(ip) => ip.to_string(),
             Err(_) => "0.0.0.0".to_string(),
         };
+        let metrics = match r.metrics_container_port {
+            0 => None,
+            port => Some((port as u16, free_port().map_err(Error::NoPort)?)),
+        };
         Ok(docker::container::Publish {
             container_port: r.container_port as u16,
             host_ip,
             host_port,
             endpoint: format!("{}:{host_port}", self.advertise),
+            metrics,
         })
     }
 
@@ -437,7 +459,10 @@ impl Runner {
                 None => {
                     let started = |pinned: &str| match (&publish, done) {
                         (Some(p), Some(done)) => {
-                            runner.emit_replica(&a, &p.endpoint, None, pinned);
+                            let metrics = p.metrics.map(|m| m.1).map_or(String::new(), |port| {
+                                format!("{}:{port}", runner.advertise)
+                            });
+                            runner.emit_replica(&a, &p.endpoint, &metrics, None, pinned);
                             if let Some(spec) = a.replica.as_ref().and_then(|r| r.health.clone()) {
                                 let (endpoint, work) = (p.endpoint.clone(), dir.work.clone());
                                 runner.watch_health(&a, spec, endpoint, work, done);

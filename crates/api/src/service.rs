@@ -65,6 +65,17 @@ pub struct AutoscaleFile {
     pub target: Scalar,
     /// The scale-down stabilisation window (default 5m).
     pub window: Option<Scalar>,
+    /// Where `prometheus:NAME` is scraped, when not `/metrics` on the serving port.
+    pub metrics: Option<MetricsFile>,
+}
+
+/// `metrics: { port: 8082, path: /metrics }` as written: a container port for an image
+/// replica, or `$METRICS_PORT` for a process replica (kiln picks a port and sets it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    pub port: Option<Scalar>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -115,6 +126,36 @@ pub struct Autoscale {
     /// The per-replica value the autoscaler aims for.
     pub target: f64,
     pub window_ms: u64,
+    /// Where a `prometheus:` metric is scraped.
+    #[serde(default)]
+    pub metrics: MetricsEndpoint,
+}
+
+/// Where a replica serves its Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsEndpoint {
+    pub port: MetricsPort,
+    /// From `/`.
+    pub path: String,
+}
+
+impl Default for MetricsEndpoint {
+    fn default() -> Self {
+        MetricsEndpoint {
+            port: MetricsPort::Serving,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricsPort {
+    /// The port the replica serves on.
+    Serving,
+    /// A port kiln picks for a process replica, given as `$METRICS_PORT`.
+    Picked,
+    /// This port of an image replica's container, published on the node.
+    Container(u16),
 }
 
 /// What the autoscaler reads.

@@ -16,6 +16,9 @@
 //! `services` measures the gateway (against a direct call and nginx), rollback time and the
 //! autoscaler's reaction, on a real cluster with the example model server.
 //!
+//! `delivery` times promote, deploy and rollback of a container service under load through
+//! the gateway, with the failed requests, against the targets (needs Docker).
+//!
 //! `shards` compares count, static (LPT) and dynamic test splitting on real JUnit suites
 //! and a heavy-tailed synthetic one (no cluster: the splitters' own code, replayed).
 
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod delivery;
 mod scheduler;
 mod services;
 mod shards;
@@ -65,6 +69,12 @@ enum Bench {
         overhead_ms: Vec<u64>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Delivery under load: promote (staging → production), deploy and rollback of a
+    /// container service, call → all traffic on the new revision, with failed requests.
+    Delivery {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Services: gateway overhead against a direct call and nginx, rollback time under
     /// load, autoscaler reaction to a load step.
@@ -129,6 +139,7 @@ fn main() {
             overheads_ms: overhead_ms,
             seed,
         }),
+        Bench::Delivery { rounds } => delivery::run(&rt, delivery::Params { rounds }),
         Bench::Services {
             rollbacks,
             scale_steps,

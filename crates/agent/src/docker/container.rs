@@ -42,6 +42,8 @@ pub struct Publish {
     pub host_port: u16,
     /// `host:port`, as the gateways reach it.
     pub endpoint: String,
+    /// A second port, for metrics: (container port, node port).
+    pub metrics: Option<(u16, u16)>,
 }
 
 /// The container an assignment asks for. `deadline_ms` goes into a label so that an agent
@@ -112,16 +114,29 @@ pub fn config(
     if let Some(r) = &a.replica {
         labels.insert(LABEL_REPLICA.to_string(), encode_replica(r));
     }
-    let port = publish.map(|p| format!("{}/tcp", p.container_port));
-    let port_bindings = publish.zip(port.clone()).map(|(p, port)| {
-        HashMap::from([(
-            port,
-            Some(vec![PortBinding {
-                host_ip: Some(p.host_ip.clone()),
-                host_port: Some(p.host_port.to_string()),
-            }]),
-        )])
+    let ports: Vec<(u16, u16)> = publish
+        .map(|p| {
+            std::iter::once((p.container_port, p.host_port))
+                .chain(p.metrics)
+                .collect()
+        })
+        .unwrap_or_default();
+    let port_bindings = publish.map(|p| {
+        ports
+            .iter()
+            .map(|(inside, outside)| {
+                let binding = PortBinding {
+                    host_ip: Some(p.host_ip.clone()),
+                    host_port: Some(outside.to_string()),
+                };
+                (format!("{inside}/tcp"), Some(vec![binding]))
+            })
+            .collect::<HashMap<_, _>>()
     });
+    let exposed: Vec<String> = ports
+        .iter()
+        .map(|(inside, _)| format!("{inside}/tcp"))
+        .collect();
     let memory = (a.memory_bytes > 0).then_some(a.memory_bytes as i64);
     ContainerCreateBody {
         image: Some(a.image.clone()),
@@ -130,7 +145,7 @@ pub fn config(
         working_dir,
         env: Some(env),
         labels: Some(labels),
-        exposed_ports: port.map(|p| vec![p]),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             port_bindings,
             memory,

@@ -4,10 +4,10 @@
 
 use super::{Checker, SpecErrors, check_name, find_key_line, yaml_error};
 use crate::service::{
-    Autoscale, AutoscaleFile, Health, HealthCheck, Metric, ServiceFile, ServiceSpec, Update,
-    defaults, limits,
+    Autoscale, AutoscaleFile, Health, HealthCheck, Metric, MetricsEndpoint, MetricsPort,
+    ServiceFile, ServiceSpec, Update, defaults, limits,
 };
-use crate::spec::{self, StageFile};
+use crate::spec::{self, Scalar, StageFile};
 use crate::units;
 
 /// Services run until stopped: their replicas' "timeout" is ten years.
@@ -86,7 +86,7 @@ impl Checker<'_> {
         let autoscale = s
             .autoscale
             .as_ref()
-            .and_then(|a| self.check_autoscale(a, &line));
+            .and_then(|a| self.check_autoscale(a, s.image.is_some(), &line));
         let replicas = self.check_replicas(&s, autoscale.as_ref(), &line);
         let health = self.check_health(&s, &line);
         let update = self.check_update(&s, &line);
@@ -143,6 +143,7 @@ impl Checker<'_> {
     fn check_autoscale(
         &mut self,
         a: &AutoscaleFile,
+        image: bool,
         line: &dyn Fn(&str) -> Option<usize>,
     ) -> Option<Autoscale> {
         let before = self.errors.len();
@@ -184,13 +185,53 @@ impl Checker<'_> {
             "autoscale.window",
             defaults::WINDOW_MS,
         );
+        let metrics = self.check_metrics(a, image, line);
         (self.errors.len() == before).then(|| Autoscale {
             min: min.unwrap_or(0),
             max: max.unwrap_or(1),
             metric: metric.unwrap_or(Metric::Concurrency),
             target: target.unwrap_or(1.0),
             window_ms,
+            metrics,
         })
+    }
+
+    /// `autoscale.metrics`: a container port (image replicas) or `$METRICS_PORT` (process
+    /// replicas), and a path from `/`.
+    fn check_metrics(
+        &mut self,
+        a: &AutoscaleFile,
+        image: bool,
+        line: &dyn Fn(&str) -> Option<usize>,
+    ) -> MetricsEndpoint {
+        let Some(m) = &a.metrics else {
+            return MetricsEndpoint::default();
+        };
+        let path = m.path.clone().unwrap_or_else(|| "/metrics".into());
+        if !path.starts_with('/') {
+            let reason = format!("{path:?} must start with '/'");
+            self.push(line("path"), "autoscale.metrics.path", reason);
+        }
+        let port = match (&m.port, image) {
+            (None, _) => MetricsPort::Serving,
+            (Some(Scalar::Text(t)), false) if t == "$METRICS_PORT" => MetricsPort::Picked,
+            (Some(Scalar::Int(p)), true) if (1..=65535).contains(p) => {
+                MetricsPort::Container(*p as u16)
+            }
+            (Some(p), true) => {
+                let reason = format!("{p} is not a port (1 to 65535) of the container");
+                self.push(line("port"), "autoscale.metrics.port", reason);
+                MetricsPort::Serving
+            }
+            (Some(p), false) => {
+                let reason = format!(
+                    "{p}: a process replica serves metrics on a port kiln picks: write $METRICS_PORT"
+                );
+                self.push(line("port"), "autoscale.metrics.port", reason);
+                MetricsPort::Serving
+            }
+        };
+        MetricsEndpoint { port, path }
     }
 
     fn check_health(&mut self, s: &ServiceFile, line: &dyn Fn(&str) -> Option<usize>) -> Health {

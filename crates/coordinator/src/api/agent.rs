@@ -324,5 +324,6 @@ fn understand(state: &ClusterState, e: &pb::TaskEvent) -> Result<Option<TaskEven
         image: (!e.image.is_empty()).then(|| e.image.clone()),
         endpoint: (!e.endpoint.is_empty()).then(|| e.endpoint.clone()),
         health: e.healthy,
+        metrics_endpoint: (!e.metrics_endpoint.is_empty()).then(|| e.metrics_endpoint.clone()),
     }))
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use kiln_api::pb;
-use kiln_api::service::HealthCheck;
+use kiln_api::service::{HealthCheck, MetricsPort};
 use kiln_api::spec::{Command, Container, ImageRef, Stage};
 
 use crate::state::{ClusterState, Placement, ReplicaRef, StageRef, TaskRef};
@@ -70,6 +70,14 @@ fn replica_assignment(
         service: service.name.clone(),
         revision: replica.revision,
         model_digest: revision.model_digest.clone().unwrap_or_default(),
+        metrics_container_port: match spec.autoscale.as_ref().map(|a| a.metrics.port) {
+            Some(MetricsPort::Container(port)) => u32::from(port),
+            _ => 0,
+        },
+        metrics_port_picked: spec
+            .autoscale
+            .as_ref()
+            .is_some_and(|a| a.metrics.port == MetricsPort::Picked),
         container_port: u32::from(spec.port),
         health: Some(pb::HealthSpec {
             http_path,

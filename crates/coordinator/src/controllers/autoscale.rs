@@ -194,16 +194,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
             let value = if serving == 0 {
                 Some(0.0)
             } else {
-                observe(
-                    &core,
-                    number,
-                    &name,
-                    &policy.metric,
-                    serving,
-                    &endpoints,
-                    now,
-                )
-                .await
+                observe(&core, number, &name, &policy, serving, &endpoints, now).await
             };
             let Some(value) = value else {
                 continue;
@@ -257,11 +248,13 @@ struct Scaled {
     endpoints: Vec<String>,
 }
 
+/// Where each serving replica's metrics are read: its metrics endpoint if it has one apart,
+/// else where it serves.
 fn serving_endpoints(s: &Service) -> Vec<String> {
     s.replicas
         .values()
         .filter(|r| r.serving())
-        .filter_map(|r| r.endpoint.clone())
+        .filter_map(|r| r.metrics_endpoint.clone().or_else(|| r.endpoint.clone()))
         .collect()
 }
 
@@ -270,11 +263,12 @@ async fn observe(
     core: &Core,
     service: u64,
     name: &str,
-    metric: &Metric,
+    policy: &Autoscale,
     serving: u32,
     endpoints: &[String],
     now: i64,
 ) -> Option<f64> {
+    let (metric, path) = (&policy.metric, policy.metrics.path.as_str());
     let per = |total: f64| total / f64::from(serving.max(1));
     match metric {
         Metric::Concurrency => Some(per(core.traffic().concurrency(name, now))),
@@ -311,7 +305,7 @@ async fn observe(
         Metric::Prometheus(gauge) => {
             let mut values = Vec::new();
             for endpoint in endpoints {
-                if let Some(v) = scrape(endpoint, gauge).await {
+                if let Some(v) = scrape(endpoint, path, gauge).await {
                     values.push(v);
                 }
             }
@@ -323,12 +317,12 @@ async fn observe(
     }
 }
 
-/// `GET /metrics` from a replica, and the sum of the samples of `gauge` in it.
-async fn scrape(endpoint: &str, gauge: &str) -> Option<f64> {
+/// `GET PATH` (`/metrics` by default) from a replica, and the sum of the samples of `gauge`.
+async fn scrape(endpoint: &str, path: &str, gauge: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(endpoint).await.ok()?;
-        let req = format!("GET /metrics HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await.ok()?;
         let mut body = Vec::new();
         stream.read_to_end(&mut body).await.ok()?;
@@ -341,8 +335,15 @@ async fn scrape(endpoint: &str, gauge: &str) -> Option<f64> {
 }
 
 /// The sum of every sample of `name` in Prometheus text (`name 3` or `name{l="x"} 3`).
+/// A metric declared (`# TYPE name ...`) with no sample yet, as a server shows one it has
+/// not counted anything of, is 0.
 pub fn gauge_value(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
+    let declared = text.lines().any(|l| {
+        l.strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_whitespace().next())
+            == Some(name)
+    });
+    let mut found = declared.then_some(0.0);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
@@ -369,6 +370,7 @@ mod tests {
             metric: Metric::Concurrency,
             target,
             window_ms,
+            metrics: Default::default(),
         }
     }
 
@@ -455,6 +457,9 @@ mod tests {
         let text = "# TYPE model_requests_in_flight gauge\nmodel_requests_in_flight 3\nmodel_requests_in_flight_total 9\nq{a=\"1\"} 2\nq{a=\"2\"} 5 1700000000\n";
         assert_eq!(gauge_value(text, "model_requests_in_flight"), Some(3.0));
         assert_eq!(gauge_value(text, "q"), Some(7.0));
+        let declared = "# HELP idle nothing yet\n# TYPE idle gauge\n";
+        assert_eq!(gauge_value(declared, "idle"), Some(0.0));
+        assert_eq!(gauge_value(declared, "absent"), None);
         assert_eq!(gauge_value(text, "missing"), None);
     }
 }

@@ -437,6 +437,7 @@ fn a_gpu_ask_that_cannot_fit_waits_with_its_reason_and_is_placed_once_room_frees
         image: None,
         endpoint: None,
         health: None,
+        metrics_endpoint: None,
     };
     c.state.apply(&Command::TaskEvents {
         node: "n".into(),

@@ -184,6 +184,9 @@ pub struct TaskEvent {
     /// A replica's health changed (with status `Running`): passing, or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<bool>,
+    /// A replica's metrics `host:port`, with its running event, when apart from `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<String>,
 }
 
 /// A command's typed answer, taken out of a [`Response`] (which is handed back when it is

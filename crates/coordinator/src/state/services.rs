@@ -59,14 +59,14 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// Whether `d` would run the same bytes: the same image (by digest, when both are
-    /// pinned) or the same spec, and the same model.
+    /// Whether `d` would run the same thing again: the same spec (command, env, image
+    /// reference...), the same image by digest when both know it, and the same model.
     fn same_bytes(&self, d: &Deploy) -> bool {
         let image = match (&self.image_digest, &d.image_digest) {
             (Some(a), Some(b)) => a == b,
-            _ => self.spec == d.spec,
+            _ => true,
         };
-        image && self.model_digest == d.model_digest
+        self.spec == d.spec && image && self.model_digest == d.model_digest
     }
 }
 
@@ -76,6 +76,9 @@ pub struct Replica {
     pub task: Task,
     /// `host:port` where it serves, once running.
     pub endpoint: Option<String>,
+    /// `host:port` where it serves Prometheus metrics, when apart from `endpoint`.
+    #[serde(default)]
+    pub metrics_endpoint: Option<String>,
     /// Since when its health checks pass; `None` while they do not (or before the first).
     pub healthy_since: Option<i64>,
     /// Since when it is being drained (out of the endpoint tables, not yet killed).
@@ -378,6 +381,7 @@ impl ClusterState {
         &mut self,
         at: ReplicaRef,
         endpoint: Option<String>,
+        metrics_endpoint: Option<String>,
         image: Option<&str>,
     ) {
         let Some(s) = self.services.get_mut(&at.service) else {
@@ -387,6 +391,7 @@ impl ClusterState {
             return;
         };
         r.endpoint = endpoint;
+        r.metrics_endpoint = metrics_endpoint;
         let revision = r.revision;
         if let (Some(image), Some(rev)) = (image, s.revisions.get_mut(revision as usize - 1)) {
             rev.image_digest.get_or_insert_with(|| image.to_string());
@@ -422,6 +427,7 @@ impl ClusterState {
         };
         r.healthy_since = None;
         r.endpoint = None;
+        r.metrics_endpoint = None;
         if r.draining_since.is_some() {
             s.replicas.remove(&at.slot);
             return;
@@ -469,6 +475,7 @@ pub(super) fn new_replica(revision: u32, status: TaskStatus) -> Replica {
         revision,
         task: Task::new(status),
         endpoint: None,
+        metrics_endpoint: None,
         healthy_since: None,
         draining_since: None,
         stopping: false,

@@ -142,6 +142,7 @@ impl World {
             image: None,
             endpoint: None,
             health: None,
+            metrics_endpoint: None,
         };
         self.s.apply(&Command::TaskEvents {
             node: World::node(shard),

@@ -52,7 +52,8 @@ impl ClusterState {
                     kills.extend(task.kill(e.task, cancel_reason(e.task)));
                 }
                 if let TaskRef::Replica(at) = e.task {
-                    self.replica_started(at, e.endpoint.clone(), e.image.as_deref());
+                    let metrics = e.metrics_endpoint.clone();
+                    self.replica_started(at, e.endpoint.clone(), metrics, e.image.as_deref());
                 }
                 true
             }
@@ -170,6 +171,7 @@ mod tests {
             image: None,
             endpoint: None,
             health: None,
+            metrics_endpoint: None,
         }
     }
 

@@ -140,6 +140,7 @@ impl World {
                 image: None,
                 endpoint: Some(format!("{node}:8080")),
                 health,
+                metrics_endpoint: None,
             }],
             now_ms: self.now,
         });
