@@ -49,6 +49,54 @@ pub async fn fetch(leader: &LeaderClient, digest: &str) -> Result<Vec<u8>, Strin
     Ok(bytes)
 }
 
+/// Stores what a task publishes on the leader, which answers once a majority of the
+/// coordinators hold it; returns its digest.
+pub async fn publish(leader: &LeaderClient, bytes: Vec<u8>) -> Result<String, String> {
+    let digest = format!(
+        "sha256:{}",
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let deadline = Instant::now() + FETCH_PATIENCE;
+    let (digest, bytes) = (&digest, &bytes);
+    leader
+        .call(deadline, |channel| async move {
+            let chunks: Vec<pb::BlobChunk> = bytes
+                .chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| pb::BlobChunk {
+                    data: c.to_vec(),
+                    digest: if i == 0 {
+                        digest.clone()
+                    } else {
+                        String::new()
+                    },
+                })
+                .collect();
+            let chunks = if chunks.is_empty() {
+                vec![pb::BlobChunk {
+                    data: Vec::new(),
+                    digest: digest.clone(),
+                }]
+            } else {
+                chunks
+            };
+            let mut req = tonic::Request::new(futures::stream::iter(chunks));
+            req.metadata_mut().insert(
+                kiln_api::PUBLISH_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            pb::blobs_client::BlobsClient::new(channel)
+                .put_blob(req)
+                .await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(digest.clone())
+}
+
 /// The model artifacts on this node.
 pub struct Models {
     root: PathBuf,

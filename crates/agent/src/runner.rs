@@ -92,7 +92,8 @@ impl Runner {
         exit_code: Option<i32>,
         message: String,
     ) {
-        self.emit(&a.task_id, a.attempt, state, exit_code, message, None);
+        let none = Published::default();
+        self.emit(&a.task_id, a.attempt, state, exit_code, message, none);
     }
 
     fn emit(
@@ -102,7 +103,7 @@ impl Runner {
         state: pb::TaskState,
         exit_code: Option<i32>,
         message: String,
-        image: Option<String>,
+        published: Published,
     ) {
         self.outbox.emit(pb::TaskEvent {
             seq: 0,
@@ -112,7 +113,8 @@ impl Runner {
             exit_code,
             message,
             at_ms: now_ms(),
-            image: image.unwrap_or_default(),
+            image: published.image.unwrap_or_default(),
+            artifacts: published.artifacts,
             ..Default::default()
         });
     }
@@ -142,13 +144,7 @@ impl Runner {
     }
 
     /// Records how a task ended and marks it done.
-    fn finish(
-        &self,
-        key: &Key,
-        outcome: Outcome,
-        image: Option<String>,
-        done: watch::Sender<bool>,
-    ) {
+    fn finish(&self, key: &Key, outcome: Outcome, published: Published, done: watch::Sender<bool>) {
         let state = if outcome.succeeded {
             pb::TaskState::Succeeded
         } else {
@@ -161,7 +157,7 @@ impl Runner {
             state,
             outcome.exit_code,
             outcome.message,
-            image,
+            published,
         );
         if let Some(entry) = self.table().get_mut(key) {
             entry.kill = None;
@@ -357,9 +353,50 @@ impl Runner {
             {
                 outcome.message = "warning: the runner did not touch TEST_SHARD_STATUS_FILE, so it may not shard (each shard may have run every test)".into();
             }
-            runner.finish(&key, outcome, None, done_tx);
+            let (outcome, published) = runner.publish_artifacts(&a, &dir.work, outcome).await;
+            runner.finish(&key, outcome, published, done_tx);
         });
         Ok(())
+    }
+
+    /// After a task succeeded: its `artifacts:`, packed and stored on a majority of the
+    /// coordinators; a path that is missing or not stored fails the task, saying which.
+    async fn publish_artifacts(
+        &self,
+        a: &pb::Assignment,
+        work: &std::path::Path,
+        outcome: Outcome,
+    ) -> (Outcome, Published) {
+        let mut published = Published::default();
+        if !outcome.succeeded || a.artifacts.is_empty() {
+            return (outcome, published);
+        }
+        for path in &a.artifacts {
+            let stored = async {
+                let full = work.join(path);
+                if !full.exists() {
+                    return Err("not found in the work directory".to_string());
+                }
+                let limit = kiln_api::spec::limits::MAX_CONTEXT_BYTES;
+                let bytes = kiln_api::artifact::pack(&full, limit).map_err(|e| e.to_string())?;
+                crate::blobs::publish(&self.leader, bytes).await
+            };
+            match stored.await {
+                Ok(digest) => {
+                    let name = kiln_api::spec::artifact_name(path).to_string();
+                    published.artifacts.insert(name, digest);
+                }
+                Err(e) => {
+                    let failed = Outcome {
+                        succeeded: false,
+                        exit_code: outcome.exit_code,
+                        message: format!("artifacts: {path}: {e}"),
+                    };
+                    return (failed, Published::default());
+                }
+            }
+        }
+        (outcome, published)
     }
 
     /// Checks a replica's health until it ends, reporting changes; kills it when it misses
@@ -402,7 +439,7 @@ impl Runner {
         tokio::spawn(async move {
             let (work, log) = (&dir.work, &dir.log);
             let outcome = shard::run(&a, &spec, work, log, &mut kill_rx, &runner.leader).await;
-            runner.finish(&key, outcome, None, done_tx);
+            runner.finish(&key, outcome, Published::default(), done_tx);
         });
     }
 
@@ -474,7 +511,10 @@ impl Runner {
                             pb::TaskState::Running,
                             None,
                             String::new(),
-                            Some(a.image.clone()),
+                            Published {
+                                image: Some(a.image.clone()),
+                                ..Default::default()
+                            },
                         ),
                     };
                     let (work, log) = (&dir.work, &dir.log);
@@ -485,7 +525,9 @@ impl Runner {
                     (outcome, Some(a.image.clone()).filter(|i| !i.is_empty()))
                 }
             };
-            runner.finish(&key, outcome, image, done_tx);
+            let (outcome, mut published) = runner.publish_artifacts(&a, &dir.work, outcome).await;
+            published.image = image;
+            runner.finish(&key, outcome, published, done_tx);
         });
     }
 
@@ -552,7 +594,7 @@ impl Runner {
                 let outcome =
                     docker::container::supervise(&d, &c.id, &log, true, c.deadline_ms, kill_rx)
                         .await;
-                runner.finish(&key, outcome, None, done_tx);
+                runner.finish(&key, outcome, Published::default(), done_tx);
             });
         }
     }
@@ -643,6 +685,14 @@ impl Runner {
     pub fn logs(&self) -> &LogStore {
         &self.logs
     }
+}
+
+/// What a task reports beside how it went: the image it ran or pushed, and what it
+/// published.
+#[derive(Debug, Default)]
+struct Published {
+    image: Option<String>,
+    artifacts: std::collections::HashMap<String, String>,
 }
 
 /// Where an attempt keeps its output and works.

@@ -8,12 +8,14 @@
 //!   autoscaling).
 //! - [`validate`]: turning YAML text into a checked [`spec::Pipeline`], or into errors that
 //!   name the file, the line where one is known, the field and the reason.
+//! - [`artifact`]: packing a file or directory for the blob store, the same way everywhere.
 //! - [`leader`]: the one client loop that finds the leader and follows it.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
 //!
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
 //! it touches the network and the coordinator rejects it again with the same words.
 
+pub mod artifact;
 pub mod leader;
 pub mod service;
 pub mod spec;
@@ -30,3 +32,7 @@ pub mod pb {
 }
 
 pub use leader::LEADER_METADATA_KEY;
+
+/// The metadata key on a `Blobs.PutBlob` by which an agent publishes an artifact: only the
+/// leader takes it, and answers once a majority of the coordinators hold it.
+pub const PUBLISH_METADATA_KEY: &str = "kiln-blob-publish";

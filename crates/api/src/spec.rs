@@ -73,6 +73,9 @@ pub struct StageFile {
     pub tests: Option<TestsFile>,
     /// The stage deploys a service (or promotes one) and succeeds once it is healthy.
     pub deploy: Option<DeployFile>,
+    /// Files or directories (in the stage's work directory) the stage publishes when it
+    /// succeeds, each named by its last path component: `${{ stages.NAME.artifacts.ART }}`.
+    pub artifacts: Option<Vec<String>>,
 }
 
 /// `deploy:` as written: a service file deployed into an environment (optionally with the
@@ -93,6 +96,8 @@ pub struct DeployFile {
     /// A service to promote, by name, from the environment `from`.
     pub promote: Option<String>,
     pub from: Option<String>,
+    /// The model: `${{ stages.NAME.artifacts.ART }}`, an artifact a stage it needs published.
+    pub model: Option<String>,
 }
 
 /// `shards: 4` or `shards: { max: 8, target: 2m }` as written.
@@ -214,6 +219,24 @@ pub struct Stage {
     /// the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStage>,
+    /// What the stage publishes when it succeeds (paths in its work directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+}
+
+/// `${{ stages.STAGE.artifacts.NAME }}`: an artifact an earlier stage published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub stage: String,
+    pub name: String,
+}
+
+/// An artifact's name: the last component of the path it was published from.
+pub fn artifact_name(path: &str) -> &str {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
 }
 
 /// A checked `deploy:`.
@@ -228,6 +251,9 @@ pub enum DeployStage {
         environment: Option<String>,
         /// Replaces the service's image.
         image: Option<ImageRef>,
+        /// The service's model, published by an earlier stage.
+        #[serde(default)]
+        model: Option<ArtifactRef>,
     },
     /// Deploys into `environment` the revision of `service` healthy in `from`.
     Promote {

@@ -146,6 +146,7 @@ impl<'a> Checker<'a> {
         }
         self.check_needs(&raw.stages, &seen);
         self.check_image_refs(&raw.stages, &stages, &seen);
+        self.check_artifact_refs(&raw.stages, &stages, &seen);
 
         if self.errors.is_empty() {
             Ok(Pipeline {
@@ -167,6 +168,7 @@ impl<'a> Checker<'a> {
 
         let container = self.check_container(s, &path, &line);
         let deploy = self.check_deploy(s, &path, &line);
+        let artifacts = self.check_artifacts(s, &path, &line);
         let shards = self.check_shards(s, &path, &line);
         let tests = self.check_tests(s, &path, &line);
         let command = match &s.command {
@@ -275,6 +277,7 @@ impl<'a> Checker<'a> {
             shards: shards?,
             tests: tests?,
             deploy: deploy?,
+            artifacts: artifacts?,
         })
     }
 

@@ -182,7 +182,7 @@ fn check_repository(name: &str) -> Result<(), String> {
 }
 
 /// Does `stage` need `target`, directly or through other stages?
-fn needs_transitively(
+pub(super) fn needs_transitively(
     raw: &[StageFile],
     index: &BTreeMap<String, usize>,
     stage: &str,

@@ -7,9 +7,11 @@
 //! the CLI sends it with the submission, and the coordinator checks it with
 //! `parse_service` before anything is proposed.
 
+use std::collections::BTreeMap;
+
 use super::Checker;
-use super::container::{parse_image, relative_inside};
-use crate::spec::{DeployStage, StageFile};
+use super::container::{needs_transitively, parse_image, relative_inside};
+use crate::spec::{ArtifactRef, DeployStage, Stage, StageFile, artifact_name};
 
 impl Checker<'_> {
     /// `Some(None)` for a stage without `deploy:`, `Some(Some(_))` for a deploy stage, `None`
@@ -79,11 +81,20 @@ impl Checker<'_> {
                         None
                     }
                 };
+                let model = match d.model.as_deref().map(parse_artifact_ref) {
+                    None => None,
+                    Some(Ok(model)) => Some(model),
+                    Some(Err(reason)) => {
+                        refuse(self, "model", &reason);
+                        None
+                    }
+                };
                 Some(DeployStage::Service {
                     file,
                     yaml: String::new(),
                     environment: d.environment.clone(),
                     image,
+                    model,
                 })
             }
             (None, Some(service)) => {
@@ -92,6 +103,13 @@ impl Checker<'_> {
                         self,
                         "image",
                         "a promotion deploys the image running in from:",
+                    );
+                }
+                if d.model.is_some() {
+                    refuse(
+                        self,
+                        "model",
+                        "a promotion deploys the model running in from:",
                     );
                 }
                 let from = d.from.clone().unwrap_or_else(|| {
@@ -117,6 +135,116 @@ impl Checker<'_> {
             }
         };
         (self.errors.len() == before).then_some(stage)
+    }
+}
+
+impl Checker<'_> {
+    /// `artifacts:`: paths inside the stage's work directory, with distinct names; a deploy
+    /// stage has no work directory to publish from.
+    pub(super) fn check_artifacts(
+        &mut self,
+        s: &StageFile,
+        path: &str,
+        line: &dyn Fn(&str) -> Option<usize>,
+    ) -> Option<Vec<String>> {
+        let Some(paths) = &s.artifacts else {
+            return Some(Vec::new());
+        };
+        let before = self.errors.len();
+        let field = format!("{path}.artifacts");
+        if s.deploy.is_some() || s.build.is_some() || s.tests.is_some() {
+            let reason =
+                "only a stage that runs a command (on the node or in an image) publishes artifacts"
+                    .to_string();
+            self.push(line("artifacts"), &field, reason);
+        }
+        let mut names = BTreeMap::new();
+        for p in paths {
+            match relative_inside(p) {
+                Ok(rel) if !rel.is_empty() && rel != "." => {
+                    if let Some(other) = names.insert(artifact_name(&rel).to_string(), p) {
+                        let reason = format!(
+                            "{p:?} and {other:?} would both be named {:?}",
+                            artifact_name(&rel)
+                        );
+                        self.push(line("artifacts"), &field, reason);
+                    }
+                }
+                Ok(_) => {
+                    let reason = format!("{p:?}: name a file or directory in the work directory");
+                    self.push(line("artifacts"), &field, reason);
+                }
+                Err(reason) => {
+                    let reason = format!("{p:?} {reason} the work directory");
+                    self.push(line("artifacts"), &field, reason);
+                }
+            }
+        }
+        (self.errors.len() == before).then(|| paths.clone())
+    }
+
+    /// `model: ${{ stages.X.artifacts.NAME }}` must name a stage this one needs (directly
+    /// or not) that publishes an artifact NAME.
+    pub(super) fn check_artifact_refs(
+        &mut self,
+        raw: &[StageFile],
+        stages: &[Stage],
+        index: &BTreeMap<String, usize>,
+    ) {
+        for stage in stages {
+            let Some(DeployStage::Service {
+                model: Some(ArtifactRef { stage: from, name }),
+                ..
+            }) = &stage.deploy
+            else {
+                continue;
+            };
+            let at = self.stage_line(&stage.name, 0);
+            let line = at
+                .and_then(|l| super::find_key_line(&self.lines, l - 1, "model"))
+                .or(at);
+            let field = format!("stages.{}.deploy.model", stage.name);
+            let Some(&i) = index.get(from) else {
+                self.push(line, &field, format!("unknown stage {from:?}"));
+                continue;
+            };
+            let publishes = raw[i]
+                .artifacts
+                .iter()
+                .flatten()
+                .any(|p| artifact_name(p) == name);
+            if !publishes {
+                let reason = format!("stage {from:?} publishes no artifact named {name:?}");
+                self.push(line, &field, reason);
+            } else if !needs_transitively(raw, index, &stage.name, from) {
+                let reason = format!(
+                    "stage {from:?} must be among the stages {:?} needs, so that its artifact exists first",
+                    stage.name
+                );
+                self.push(line, &field, reason);
+            }
+        }
+    }
+}
+
+/// `${{ stages.NAME.artifacts.ART }}` → the artifact it names.
+pub fn parse_artifact_ref(text: &str) -> Result<ArtifactRef, String> {
+    let t = text.trim();
+    let inner = t
+        .strip_prefix("${{")
+        .and_then(|r| r.strip_suffix("}}"))
+        .map(str::trim);
+    let parts: Vec<&str> = inner.map(|i| i.split('.').collect()).unwrap_or_default();
+    match parts.as_slice() {
+        ["stages", stage, "artifacts", name] if !stage.is_empty() && !name.is_empty() => {
+            Ok(ArtifactRef {
+                stage: stage.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "{t:?}: name an artifact a stage published, as ${{{{ stages.NAME.artifacts.ART }}}}"
+        )),
     }
 }
 

@@ -48,6 +48,7 @@ impl Checker<'_> {
             shards: None,
             tests: None,
             deploy: None,
+            artifacts: None,
         };
         let before = self.errors.len();
         let replica = if self.errors.is_empty() {

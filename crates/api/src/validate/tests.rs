@@ -546,6 +546,7 @@ fn deploy_stages_parse() {
             image: Some(ImageRef::Built {
                 stage: "image".into()
             }),
+            model: None,
         })
     );
     assert_eq!(
@@ -598,6 +599,36 @@ fn bad_deploy_stages_name_the_field_and_line() {
     ];
     for (src, want) in cases {
         let e = err(&src);
+        assert!(e.contains(want), "{src}\nwant {want:?}\ngot  {e}");
+    }
+}
+
+#[test]
+fn bad_artifacts_name_the_field() {
+    let cases = [
+        (
+            "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [a/model, b/model]\n",
+            "stages.t.artifacts: \"b/model\" and \"a/model\" would both be named \"model\"",
+        ),
+        (
+            "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [../up]\n",
+            "stages.t.artifacts: \"../up\" is outside the work directory",
+        ),
+        (
+            "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [m]\n  - name: d\n    needs: [t]\n    deploy:\n      service: s.yaml\n      model: ${{ stages.t.artifacts.other }}\n",
+            "p.yaml:10: stages.d.deploy.model: stage \"t\" publishes no artifact named \"other\"",
+        ),
+        (
+            "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [m]\n  - name: d\n    deploy:\n      service: s.yaml\n      model: ${{ stages.t.artifacts.m }}\n",
+            "stages.d.deploy.model: stage \"t\" must be among the stages \"d\" needs",
+        ),
+        (
+            "name: p\nstages:\n  - name: d\n    deploy: { service: s.yaml, model: weights.bin }\n",
+            "stages.d.deploy.model: \"weights.bin\": name an artifact a stage published",
+        ),
+    ];
+    for (src, want) in cases {
+        let e = err(src);
         assert!(e.contains(want), "{src}\nwant {want:?}\ngot  {e}");
     }
 }

@@ -77,40 +77,10 @@ fn pack(dir: &Path) -> std::io::Result<Vec<u8>> {
     Ok(tar.into_inner()?.0)
 }
 
-/// A service's model artifact (a file, or a directory's files) as a tar with its entries
-/// sorted and their times, owners and modes normalised, so the same files always make the
-/// same archive, and so the same digest. Refused past the limit, like a build context.
+/// A service's model artifact (a file, or a directory's files), packed as the blob store
+/// keeps artifacts ([`kiln_api::artifact::pack`]), at most [`MAX_CONTEXT_BYTES`].
 pub fn pack_model(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Bounded(Vec::new()));
-    tar.follow_symlinks(false);
-    tar.sparse(false);
-    tar.mode(tar::HeaderMode::Deterministic);
-    if path.is_dir() {
-        let mut files = Vec::new();
-        walk(path, Path::new(""), &mut files)?;
-        files.sort();
-        for rel in files {
-            tar.append_path_with_name(path.join(&rel), &rel)?;
-        }
-    } else {
-        let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
-        tar.append_path_with_name(path, name)?;
-    }
-    Ok(tar.into_inner()?.0)
-}
-
-/// Every file (and symlink) below `dir`, as paths relative to it.
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir.join(rel))? {
-        let entry = entry?;
-        let path = rel.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            walk(dir, &path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
+    kiln_api::artifact::pack(path, MAX_CONTEXT_BYTES)
 }
 
 struct Bounded(Vec<u8>);

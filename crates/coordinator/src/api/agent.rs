@@ -325,5 +325,6 @@ fn understand(state: &ClusterState, e: &pb::TaskEvent) -> Result<Option<TaskEven
         endpoint: (!e.endpoint.is_empty()).then(|| e.endpoint.clone()),
         health: e.healthy,
         metrics_endpoint: (!e.metrics_endpoint.is_empty()).then(|| e.metrics_endpoint.clone()),
+        artifacts: e.artifacts.clone().into_iter().collect(),
     }))
 }

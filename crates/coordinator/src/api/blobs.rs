@@ -1,4 +1,5 @@
-//! `kiln.v1.Blobs`: build contexts by digest, for agents (`FetchBlob`) and between
+//! `kiln.v1.Blobs`: build contexts, model artifacts and published artifacts by digest, for
+//! agents (`FetchBlob`; `PutBlob` with `kiln-blob-publish` to publish) and between
 //! coordinators (`PutBlob`, and `FetchBlob` with `kiln-blob-local-only`).
 //!
 //! Durability without Raft: [`replicate`] runs before a submission's digest is proposed and
@@ -22,6 +23,7 @@ use crate::error::Error;
 
 /// Metadata on a `FetchBlob` between coordinators: answer from this disk, ask no peer.
 const LOCAL_ONLY: &str = "kiln-blob-local-only";
+
 /// Blobs travel in chunks of this size, well under gRPC's default 4 MiB message limit.
 const CHUNK: usize = 1 << 20;
 /// How long pushing a blob to one peer may take.
@@ -67,6 +69,12 @@ impl Blobs for BlobService {
         &self,
         req: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
+        // An agent publishing an artifact: only the leader takes it, and answers once a
+        // majority holds it (a peer's copy is just stored).
+        let publish = req.metadata().contains_key(kiln_api::PUBLISH_METADATA_KEY);
+        if publish {
+            self.core.ensure_leader()?;
+        }
         let mut stream = req.into_inner();
         let mut digest = String::new();
         let mut bytes = Vec::new();
@@ -88,6 +96,9 @@ impl Blobs for BlobService {
             );
         }
         self.blobs.put(&bytes)?;
+        if publish {
+            replicate(&self.core, &digest, &bytes).await?;
+        }
         Ok(Response::new(pb::PutBlobResponse { digest }))
     }
 }

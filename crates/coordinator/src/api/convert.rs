@@ -106,6 +106,7 @@ fn attempt(a: &Attempt) -> pb::Attempt {
         placed_ms: a.time_of(TaskStatus::Placed).unwrap_or(0),
         started_ms: a.time_of(TaskStatus::Running).unwrap_or(0),
         finished_ms: a.finished_ms().unwrap_or(0),
+        artifacts: a.artifacts.clone().into_iter().collect(),
         gpus: a
             .gpus
             .iter()

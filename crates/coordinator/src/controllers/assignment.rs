@@ -28,6 +28,7 @@ fn stage_assignment(state: &ClusterState, p: &Placement, at: StageRef) -> Option
     let built = |name: &str| state.built_image(at.run, name).unwrap_or_default();
     let mut a = base(state, p, stage, &built);
     a.run_id = run.id();
+    a.artifacts = stage.artifacts.clone();
     a.env.insert("KILN_RUN_ID".into(), run.id());
     a.env
         .insert("KILN_PIPELINE".into(), run.pipeline.name.clone());

@@ -133,6 +133,7 @@ impl Cluster {
                 shards: None,
                 tests: None,
                 deploy: None,
+                artifacts: Vec::new(),
                 retries: 0,
                 timeout_ms: 1000,
                 constraints: Default::default(),
@@ -438,6 +439,7 @@ fn a_gpu_ask_that_cannot_fit_waits_with_its_reason_and_is_placed_once_room_frees
         endpoint: None,
         health: None,
         metrics_endpoint: None,
+        artifacts: Default::default(),
     };
     c.state.apply(&Command::TaskEvents {
         node: "n".into(),

@@ -187,6 +187,9 @@ pub struct TaskEvent {
     /// A replica's metrics `host:port`, with its running event, when apart from `endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_endpoint: Option<String>,
+    /// What a succeeded task published: artifact name → digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
 }
 
 /// A command's typed answer, taken out of a [`Response`] (which is handed back when it is

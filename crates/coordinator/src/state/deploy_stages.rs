@@ -64,6 +64,7 @@ impl ClusterState {
             transitions: vec![(TaskStatus::Placed, now_ms), (TaskStatus::Running, now_ms)],
             gpus: Vec::new(),
             image: None,
+            artifacts: Default::default(),
         });
         let (answer, environment, name) = match deploy {
             DeployStage::Service {
@@ -71,7 +72,21 @@ impl ClusterState {
                 yaml,
                 environment,
                 image,
+                model,
             } => {
+                let model_digest = match &model {
+                    None => None,
+                    Some(m) => match self.artifact(at.run, &m.stage, &m.name) {
+                        Some(digest) => Some(digest),
+                        None => {
+                            let reason = format!(
+                                "model: stage {:?} published no artifact named {:?}",
+                                m.stage, m.name
+                            );
+                            return self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms);
+                        }
+                    },
+                };
                 let mut spec = match parse_service(&file, &yaml) {
                     Ok(spec) => spec,
                     Err(e) => {
@@ -96,6 +111,7 @@ impl ClusterState {
                 let name = spec.name.clone();
                 let d = Deploy {
                     image_digest: pinned.filter(|i| i.contains("@sha256:")),
+                    model_digest,
                     run: Some(run_id),
                     ..Deploy::new(spec, &environment)
                 };
@@ -273,6 +289,7 @@ impl ClusterState {
             exit_code: None,
             message,
             image: None,
+            artifacts: None,
             at_ms: now_ms,
         });
         t.status = status;

@@ -239,6 +239,9 @@ pub struct Attempt {
     /// The image it ran, or for a build the image it pushed, pinned by digest.
     #[serde(default)]
     pub image: Option<String>,
+    /// What it published when it succeeded: artifact name → digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
 }
 
 impl Attempt {
@@ -308,6 +311,8 @@ pub struct AttemptEnd<'a> {
     pub message: &'a str,
     /// The image it ran or pushed, when the agent says.
     pub image: Option<&'a str>,
+    /// What it published, when it succeeded.
+    pub artifacts: Option<&'a BTreeMap<String, String>>,
     pub at_ms: i64,
 }
 
@@ -318,6 +323,7 @@ impl<'a> AttemptEnd<'a> {
             exit_code: None,
             message,
             image: None,
+            artifacts: None,
             at_ms,
         }
     }
@@ -380,6 +386,7 @@ impl Task {
                     exit_code: e.exit_code,
                     message: &e.message,
                     image: e.image.as_deref(),
+                    artifacts: (!e.artifacts.is_empty()).then_some(&e.artifacts),
                     at_ms: e.at_ms,
                 });
                 Step::Ended(e.status)
@@ -397,6 +404,9 @@ impl Task {
             a.message = end.message.to_string();
             if let Some(image) = end.image {
                 a.image = Some(image.to_string());
+            }
+            if let Some(artifacts) = end.artifacts {
+                a.artifacts = artifacts.clone();
             }
             a.transitions.push((end.status, end.at_ms));
         }

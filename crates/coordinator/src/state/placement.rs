@@ -83,6 +83,7 @@ impl ClusterState {
             transitions: vec![(TaskStatus::Placed, now_ms)],
             gpus: p.gpus.clone(),
             image: None,
+            artifacts: Default::default(),
         });
         // A replica restarts for as long as its service lives: keep its recent attempts.
         if matches!(p.task, TaskRef::Replica(_)) && task.attempts.len() > MAX_REPLICA_ATTEMPTS {

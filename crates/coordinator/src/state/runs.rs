@@ -217,6 +217,21 @@ impl ClusterState {
             .clone()
     }
 
+    /// The digest of the artifact `name` that stage `stage` of run `number` published.
+    pub fn artifact(&self, number: u64, stage: &str, name: &str) -> Option<String> {
+        let run = self.runs.get(&number)?;
+        let i = stage_index(run, stage)?;
+        let published = &run
+            .stages
+            .get(i)?
+            .shards
+            .first()?
+            .attempts
+            .last()?
+            .artifacts;
+        published.get(name).cloned()
+    }
+
     /// Waiting stages whose needs have all succeeded become pending, every shard of them;
     /// a deploy stage is started (no node runs it).
     fn unblock_dependents(&mut self, number: u64, now_ms: i64) {

@@ -30,6 +30,7 @@ fn suite_stage(name: &str, shards: u32, split: Split, retries: u32) -> Stage {
             split,
         }),
         deploy: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -143,6 +144,7 @@ impl World {
             endpoint: None,
             health: None,
             metrics_endpoint: None,
+            artifacts: Default::default(),
         };
         self.s.apply(&Command::TaskEvents {
             node: World::node(shard),

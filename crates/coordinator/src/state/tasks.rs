@@ -156,6 +156,7 @@ mod tests {
             transitions: vec![(TaskStatus::Placed, 0)],
             gpus: Vec::new(),
             image: None,
+            artifacts: Default::default(),
         });
         t
     }
@@ -172,6 +173,7 @@ mod tests {
             endpoint: None,
             health: None,
             metrics_endpoint: None,
+            artifacts: Default::default(),
         }
     }
 

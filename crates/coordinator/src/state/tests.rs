@@ -23,6 +23,7 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         shards: None,
         tests: None,
         deploy: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -88,6 +89,7 @@ fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskSta
         endpoint: None,
         health: None,
         metrics_endpoint: None,
+        artifacts: Default::default(),
     };
     s.apply(&Command::TaskEvents {
         node: node.into(),
@@ -149,6 +151,7 @@ fn replayed_events_change_nothing() {
         endpoint: None,
         health: None,
         metrics_endpoint: None,
+        artifacts: Default::default(),
     };
     let r = s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -253,6 +256,7 @@ fn a_lost_node_puts_its_tasks_back_with_a_new_attempt() {
         endpoint: None,
         health: None,
         metrics_endpoint: None,
+        artifacts: Default::default(),
     };
     s.apply(&Command::TaskEvents {
         node: "n1".into(),
@@ -381,7 +385,7 @@ proptest! {
                     let tk = s.task(task).unwrap();
                     let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
                     let status = if ok { TaskStatus::Succeeded } else { TaskStatus::Failed };
-                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now, image: None, endpoint: None, health: None, metrics_endpoint: None }], now_ms: now }
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status, exit_code: None, message: String::new(), at_ms: now, image: None, endpoint: None, health: None, metrics_endpoint: None, artifacts: Default::default() }], now_ms: now }
                 }
                 Op::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
                 Op::Register(n) => Command::RegisterNode { node: NodeRegistration { id: nodes[n].into(), labels: Default::default(), drivers: vec!["process".into()], capacity: Resources { cpu_millis: 2000, memory_bytes: 1 << 30 }, gpus: vec![] }, now_ms: now },
@@ -460,7 +464,7 @@ proptest! {
                     let task = tasks[t % tasks.len()];
                     let tk = s.task(task).unwrap();
                     let node = tk.current().map(|a| a.node.clone()).unwrap_or_default();
-                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status: TaskStatus::Succeeded, exit_code: Some(0), message: String::new(), at_ms: now, image: None, endpoint: None, health: None, metrics_endpoint: None }], now_ms: now }
+                    Command::TaskEvents { node, events: vec![TaskEvent { task, attempt: tk.attempt, status: TaskStatus::Succeeded, exit_code: Some(0), message: String::new(), at_ms: now, image: None, endpoint: None, health: None, metrics_endpoint: None, artifacts: Default::default() }], now_ms: now }
                 }
                 GpuOp::Lose(n) => Command::MarkNodeDown { node: nodes[n].into(), now_ms: now },
                 _ => continue,

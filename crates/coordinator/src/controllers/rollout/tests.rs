@@ -141,6 +141,7 @@ impl World {
                 endpoint: Some(format!("{node}:8080")),
                 health,
                 metrics_endpoint: None,
+                artifacts: Default::default(),
             }],
             now_ms: self.now,
         });
