@@ -146,3 +146,30 @@ fn an_image_service_serves_through_the_gateway_rolls_without_a_failed_request_an
         "nothing else of this agent's is left"
     );
 }
+
+#[test]
+fn an_image_that_is_not_in_its_registry_is_refused_and_nothing_changes() {
+    if !docker_or_skip("an_image_that_is_not_in_its_registry_is_refused") {
+        return;
+    }
+    let registry = docker::Registry::start();
+    let cluster = Cluster::start(Options {
+        coordinators: 1,
+        agents: 1,
+        ..Default::default()
+    });
+    let image = format!("{}/e2e/nothing-here:v9", registry.addr);
+    let file = cluster.write(
+        "ghost.yaml",
+        &format!("name: ghost\nimage: {image}\nport: 8080\nreplicas: 1\n"),
+    );
+    let out = cluster.kiln(&["deploy", &file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ghost.yaml: image:") && err.contains("is not in the registry"),
+        "{err}"
+    );
+    let services = cluster.kiln_json(&["services"]);
+    assert_eq!(services, serde_json::json!([]), "nothing deployed");
+}

@@ -92,3 +92,55 @@ pub async fn answers(addr: &str) -> bool {
         .flatten()
         .unwrap_or(false)
 }
+
+/// Whether an image a deploy names in a registry (`host[:port]/repo[:tag|@digest]`) is there,
+/// asked of the registry's API (`HEAD /v2/REPO/manifests/REF`) over plain HTTP, as the
+/// cluster registries kiln runs speak. Only a registry's own "manifest unknown" refuses: one
+/// this machine cannot ask may still be reached by the nodes, so the deploy goes on, saying
+/// so. An image with no registry host (a local image, or Docker Hub's) is not asked about.
+pub fn check_image(file: &str, image: &str) -> Result<(), CliError> {
+    let (name, reference) = kiln_agent::docker::split_reference(image);
+    let Some((host, repo)) = name.split_once('/') else {
+        return Ok(());
+    };
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Ok(());
+    }
+    match manifest_status(host, repo, reference) {
+        Ok(200) => Ok(()),
+        Ok(404) => Err(CliError::Invalid(format!(
+            "{file}: image: {image} is not in the registry {host} (manifest unknown)"
+        ))),
+        Ok(status) => {
+            eprintln!(
+                "kiln: the registry {host} answered {status} about {image}; deploying anyway"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("kiln: cannot ask the registry {host} about {image} ({e}); deploying anyway");
+            Ok(())
+        }
+    }
+}
+
+fn manifest_status(host: &str, repo: &str, reference: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)?
+        .next()
+        .ok_or(std::io::ErrorKind::NotFound)?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+    write!(
+        stream,
+        "HEAD /v2/{repo}/manifests/{reference} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_api::pb;
+use kiln_api::spec::{Container, ImageRef};
 use kiln_api::validate::parse_service;
 
 use super::read::print_json;
@@ -33,6 +34,9 @@ pub async fn deploy(
     let yaml =
         std::fs::read_to_string(file).map_err(|e| CliError::Invalid(format!("{name}: {e}")))?;
     let spec = parse_service(&name, &yaml).map_err(|e| CliError::Invalid(e.to_string()))?;
+    if let Some(Container::Image(ImageRef::Named(image))) = &spec.replica.container {
+        super::registry::check_image(&name, image)?;
+    }
     let dir = super::run::pipeline_dir(file)?;
     let model_archive = match &spec.model {
         Some(model) => {
