@@ -163,6 +163,10 @@ pub async fn start(
     tasks.spawn(controllers::liveness::run(core.clone(), shutdown.clone()));
     tasks.spawn(controllers::rollout::run(core.clone(), shutdown.clone()));
     tasks.spawn(controllers::autoscale::run(core.clone(), shutdown.clone()));
+    tasks.spawn(controllers::deploy_timeouts::run(
+        core.clone(),
+        shutdown.clone(),
+    ));
     if let (Some(target), false) = (config.join.clone(), initialized) {
         tasks.spawn(join_cluster(target, config.id, addr, shutdown.clone()));
     }

@@ -8,12 +8,14 @@
 //!   it from revision to revision (canaries, rolling updates, auto-revert, draining).
 //! - [`autoscale`]: sets autoscaled services' replica counts from live metrics (HPA rule,
 //!   stabilisation window, panic mode, scale to zero).
+//! - [`deploy_timeouts`]: fails deploy stages that waited past their timeout.
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
 //! - [`assignment`]: what an agent is told to run for a placed task.
 
 pub mod assignment;
 pub mod autoscale;
+pub mod deploy_timeouts;
 pub mod leadership;
 pub mod liveness;
 pub mod rollout;

@@ -110,6 +110,11 @@ pub enum Command {
         service: String,
         now_ms: i64,
     },
+    /// A deploy stage waited past its timeout.
+    DeployStageTimedOut {
+        task: StageRef,
+        now_ms: i64,
+    },
 }
 
 impl Command {
@@ -130,6 +135,7 @@ impl Command {
             Command::CreateEnvironment { .. } => "create_environment",
             Command::PromoteRevision { .. } => "promote_revision",
             Command::Approve { .. } => "approve",
+            Command::DeployStageTimedOut { .. } => "deploy_stage_timed_out",
         }
     }
 }

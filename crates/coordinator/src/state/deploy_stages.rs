@@ -20,7 +20,7 @@ use kiln_api::validate::parse_service;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
-use super::command::{Deployed, Response};
+use super::command::{Deployed, Response, ServiceChanged};
 use super::model::{Attempt, AttemptEnd, RunStatus, StageRef, TaskStatus};
 use super::services::Deploy;
 
@@ -239,9 +239,58 @@ impl ClusterState {
         }
     }
 
-    /// Cancels a running deploy stage: a rollout it started that is still going goes back
-    /// to where it started from; a deploy it holds for approval is dropped.
+    /// Cancels a running deploy stage (its run was cancelled).
     pub(super) fn cancel_deploy_stage(&mut self, at: StageRef, now_ms: i64) {
+        let reason = format!("{} cancelled", super::run_id(at.run));
+        self.abandon_deploy_stage(at, &reason, now_ms);
+        self.end_deploy_stage(at, TaskStatus::Cancelled, "run cancelled", now_ms);
+    }
+
+    /// The running deploy stages that have waited longer than their stage's timeout (for an
+    /// approval, or a rollout), as of `now_ms`.
+    pub fn overdue_deploy_stages(&self, now_ms: i64) -> Vec<StageRef> {
+        self.deploy_waits
+            .keys()
+            .filter(|at| {
+                let Some(run) = self.runs.get(&at.run) else {
+                    return false;
+                };
+                let timeout = run.pipeline.stages[at.stage as usize].timeout_ms as i64;
+                let started = run.stages[at.stage as usize].shards[at.shard as usize]
+                    .current()
+                    .and_then(|a| a.time_of(TaskStatus::Running));
+                started.is_some_and(|t| now_ms.saturating_sub(t) > timeout)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// A deploy stage waited past its timeout: it fails, and its deploy is abandoned as a
+    /// cancelled one is. Does nothing to a stage that is no longer overdue.
+    pub(super) fn deploy_stage_timed_out(&mut self, at: StageRef, now_ms: i64) -> Response {
+        if !self.overdue_deploy_stages(now_ms).contains(&at) {
+            return ServiceChanged::default().into();
+        }
+        let waited = match self.deploy_waits.get(&at) {
+            Some(DeployWait::Approval { environment, .. }) => {
+                format!("awaiting approval in {environment}")
+            }
+            _ => "waiting for the rollout".to_string(),
+        };
+        let timeout = self
+            .runs
+            .get(&at.run)
+            .map_or(0, |r| r.pipeline.stages[at.stage as usize].timeout_ms);
+        let reason = format!("timed out after {} s {waited}", timeout / 1000);
+        self.abandon_deploy_stage(at, &reason, now_ms);
+        self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms);
+        ServiceChanged::default().into()
+    }
+
+    /// What a deploy stage that stops waiting leaves behind goes: a rollout it started that
+    /// is still going goes back to where it started from (marking its revision bad with
+    /// `reason`); a deploy it holds for approval is dropped.
+    fn abandon_deploy_stage(&mut self, at: StageRef, reason: &str, now_ms: i64) {
         match self.deploy_waits.get(&at).cloned() {
             Some(DeployWait::Rollout { service, revision }) => {
                 let from = self
@@ -251,9 +300,8 @@ impl ClusterState {
                     .filter(|r| r.to == revision)
                     .and_then(|r| r.from);
                 if let Some(from) = from {
-                    let reason = format!("{} cancelled", super::run_id(at.run));
                     self.deploy_waits.remove(&at);
-                    self.rollback(service, Some(from), Some(&reason), now_ms);
+                    self.rollback(service, Some(from), Some(reason), now_ms);
                 }
             }
             Some(DeployWait::Approval {
@@ -266,7 +314,6 @@ impl ClusterState {
             }
             None => {}
         }
-        self.end_deploy_stage(at, TaskStatus::Cancelled, "run cancelled", now_ms);
     }
 
     fn note_deploy_stage(&mut self, at: StageRef, message: &str) {
@@ -374,5 +421,55 @@ mod tests {
         let why = &s.runs[&1].stages[0].shards[0].attempts[0].message;
         assert_eq!(why, "environment \"nope\" does not exist");
         assert!(s.services.is_empty(), "nothing deployed");
+    }
+
+    #[test]
+    fn a_deploy_stage_waiting_past_its_timeout_fails_and_drops_its_held_deploy() {
+        let mut pipeline = parse_pipeline(
+            "p.yaml",
+            "name: p\nstages:\n  - name: ship\n    timeout: 1m\n    deploy: { service: service.yaml, environment: prod }\n",
+        )
+        .expect("valid");
+        if let Some(DeployStage::Service { yaml, .. }) = &mut pipeline.stages[0].deploy {
+            *yaml = SERVICE.to_string();
+        }
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateEnvironment {
+            name: "prod".into(),
+            approval: true,
+            default: false,
+            now_ms: 0,
+        });
+        s.apply(&Command::SubmitRun {
+            request_id: String::new(),
+            trigger: "manual".into(),
+            pipeline,
+            only_tests: Default::default(),
+            now_ms: 1_000,
+        });
+        assert_eq!(
+            stage_status(&s, 0),
+            TaskStatus::Running,
+            "awaiting approval"
+        );
+        assert!(s.overdue_deploy_stages(61_000).is_empty(), "not yet");
+        let at = StageRef {
+            run: 1,
+            stage: 0,
+            shard: 0,
+        };
+        assert_eq!(s.overdue_deploy_stages(61_001), vec![at]);
+        s.apply(&Command::DeployStageTimedOut {
+            task: at,
+            now_ms: 61_001,
+        });
+        assert_eq!(stage_status(&s, 0), TaskStatus::Failed);
+        let why = &s.runs[&1].stages[0].shards[0].attempts[0].message;
+        assert_eq!(why, "timed out after 60 s awaiting approval in prod");
+        assert!(
+            s.environments["prod"].awaiting.is_empty(),
+            "the held deploy is dropped"
+        );
+        assert!(s.deploy_waits.is_empty());
     }
 }

@@ -163,6 +163,9 @@ impl ClusterState {
                 service,
                 now_ms,
             } => self.approve(environment, service, *now_ms),
+            Command::DeployStageTimedOut { task, now_ms } => {
+                self.deploy_stage_timed_out(*task, *now_ms)
+            }
         }
     }
 
