@@ -2,7 +2,8 @@
 //! (`artifacts: [out/model]`); the coordinators keep it by digest on a majority; a deploy
 //! stage later in the run deploys a service with that model
 //! (`model: ${{ stages.train.artifacts.model }}`), and the model server answers from it
-//! through the gateway. A stage whose artifact is missing fails, saying which.
+//! through the gateway; another later stage takes it as an input (`VAR: ${{ ... }}`). A
+//! stage whose artifact is missing fails, saying which.
 
 use std::time::Duration;
 
@@ -51,6 +52,11 @@ stages:
     deploy:
       service: service.yaml
       model: ${{{{ stages.train.artifacts.model }}}}
+  - name: check
+    needs: [train]
+    env: {{ WEIGHTS: \"${{{{ stages.train.artifacts.model }}}}\" }}
+    command: >-
+      grep -q '\"version\": \"v2\"' \"$WEIGHTS/weights.json\"
   - name: lost
     command: \"true\"
     artifacts: [out/missing]
@@ -69,6 +75,11 @@ stages:
         .to_string();
     assert!(digest.starts_with("sha256:"), "{digest}");
     assert_eq!(stage(&run, "ship")["status"], "succeeded", "{run}");
+    assert_eq!(
+        stage(&run, "check")["status"],
+        "succeeded",
+        "a later stage takes it: {run}"
+    );
     let lost = stage(&run, "lost");
     assert_eq!(lost["status"], "failed");
     assert_eq!(

@@ -183,28 +183,36 @@ impl Runner {
             Ok(dir) => dir,
             Err(e) => return self.not_started(&a, e, &done_tx),
         };
-        let model = a
-            .replica
-            .as_ref()
-            .map(|r| r.model_digest.clone())
-            .filter(|d| !d.is_empty());
-        let Some(model) = model else {
+        // What it takes from the blob store, by the variable that says where: a replica's
+        // model, a stage's inputs.
+        let mut fetch: Vec<(String, String)> = a.inputs.clone().into_iter().collect();
+        if let Some(model) = a.replica.as_ref().map(|r| r.model_digest.clone())
+            && !model.is_empty()
+        {
+            fetch.push(("KILN_MODEL_DIR".into(), model));
+        }
+        if fetch.is_empty() {
             if let Err(e) = self.start(a.clone(), key, dir, &done_tx) {
                 self.not_started(&a, e, &done_tx);
             }
             return;
-        };
-        // A replica with a model starts once the model is on this node.
+        }
+        // It starts once what it takes is on this node.
         let runner = self.clone();
         tokio::spawn(async move {
             let mut a = a;
-            let fetched = runner.models.ensure(&runner.leader, &model).await;
-            let started = fetched.map_err(Error::Model).and_then(|path| {
-                a.env
-                    .insert("KILN_MODEL_DIR".into(), path.display().to_string());
-                runner.start(a.clone(), key, dir, &done_tx)
-            });
-            if let Err(e) = started {
+            for (var, digest) in fetch {
+                match runner.models.ensure(&runner.leader, &digest).await {
+                    Ok(path) => {
+                        a.env.insert(var, path.display().to_string());
+                    }
+                    Err(e) => {
+                        let e = Error::Model(format!("{var}: {e}"));
+                        return runner.not_started(&a, e, &done_tx);
+                    }
+                }
+            }
+            if let Err(e) = runner.start(a.clone(), key, dir, &done_tx) {
                 runner.not_started(&a, e, &done_tx);
             }
         });

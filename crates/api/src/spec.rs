@@ -222,6 +222,11 @@ pub struct Stage {
     /// What the stage publishes when it succeeds (paths in its work directory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+    /// Artifacts of earlier stages it takes, by the environment variable written
+    /// `VAR: ${{ stages.X.artifacts.NAME }}`: the agent fetches each and sets VAR to where
+    /// it is on the node (read-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, ArtifactRef>,
 }
 
 /// `${{ stages.STAGE.artifacts.NAME }}`: an artifact an earlier stage published.

@@ -256,6 +256,21 @@ impl<'a> Checker<'a> {
                 self.push(line("env"), &format!("{path}.env"), reason);
             }
         }
+        // `VAR: ${{ stages.X.artifacts.NAME }}`: an input, not a value.
+        let mut env = s.env.clone();
+        let mut inputs = BTreeMap::new();
+        for (key, value) in &s.env {
+            if !value.trim_start().starts_with("${{") {
+                continue;
+            }
+            match deploy::parse_artifact_ref(value) {
+                Ok(r) => {
+                    env.remove(key);
+                    inputs.insert(key.clone(), r);
+                }
+                Err(reason) => self.push(line("env"), &format!("{path}.env.{key}"), reason),
+            }
+        }
 
         if self.errors.len() > before {
             return None;
@@ -264,7 +279,7 @@ impl<'a> Checker<'a> {
             name: s.name.clone(),
             needs: s.needs.clone(),
             command: command?,
-            env: s.env.clone(),
+            env,
             resources: Resources {
                 cpu_millis,
                 memory_bytes,
@@ -278,6 +293,7 @@ impl<'a> Checker<'a> {
             tests: tests?,
             deploy: deploy?,
             artifacts: artifacts?,
+            inputs,
         })
     }
 

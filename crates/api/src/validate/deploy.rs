@@ -192,37 +192,53 @@ impl Checker<'_> {
         index: &BTreeMap<String, usize>,
     ) {
         for stage in stages {
-            let Some(DeployStage::Service {
-                model: Some(ArtifactRef { stage: from, name }),
-                ..
-            }) = &stage.deploy
-            else {
-                continue;
+            let model = match &stage.deploy {
+                Some(DeployStage::Service { model: Some(m), .. }) => {
+                    Some(("model", "deploy.model".to_string(), m))
+                }
+                _ => None,
             };
-            let at = self.stage_line(&stage.name, 0);
-            let line = at
-                .and_then(|l| super::find_key_line(&self.lines, l - 1, "model"))
-                .or(at);
-            let field = format!("stages.{}.deploy.model", stage.name);
-            let Some(&i) = index.get(from) else {
-                self.push(line, &field, format!("unknown stage {from:?}"));
-                continue;
-            };
-            let publishes = raw[i]
-                .artifacts
+            let inputs = stage
+                .inputs
                 .iter()
-                .flatten()
-                .any(|p| artifact_name(p) == name);
-            if !publishes {
-                let reason = format!("stage {from:?} publishes no artifact named {name:?}");
-                self.push(line, &field, reason);
-            } else if !needs_transitively(raw, index, &stage.name, from) {
-                let reason = format!(
-                    "stage {from:?} must be among the stages {:?} needs, so that its artifact exists first",
-                    stage.name
-                );
-                self.push(line, &field, reason);
+                .map(|(var, r)| ("env", format!("env.{var}"), r));
+            for (key, field, r) in model.into_iter().chain(inputs) {
+                self.check_artifact_ref(raw, index, &stage.name, key, &field, r);
             }
+        }
+    }
+
+    fn check_artifact_ref(
+        &mut self,
+        raw: &[StageFile],
+        index: &BTreeMap<String, usize>,
+        stage: &str,
+        key: &str,
+        field: &str,
+        ArtifactRef { stage: from, name }: &ArtifactRef,
+    ) {
+        let at = self.stage_line(stage, 0);
+        let line = at
+            .and_then(|l| super::find_key_line(&self.lines, l - 1, key))
+            .or(at);
+        let field = format!("stages.{stage}.{field}");
+        let Some(&i) = index.get(from) else {
+            self.push(line, &field, format!("unknown stage {from:?}"));
+            return;
+        };
+        let publishes = raw[i]
+            .artifacts
+            .iter()
+            .flatten()
+            .any(|p| artifact_name(p) == name);
+        if !publishes {
+            let reason = format!("stage {from:?} publishes no artifact named {name:?}");
+            self.push(line, &field, reason);
+        } else if !needs_transitively(raw, index, stage, from) {
+            let reason = format!(
+                "stage {from:?} must be among the stages {stage:?} needs, so that its artifact exists first"
+            );
+            self.push(line, &field, reason);
         }
     }
 }

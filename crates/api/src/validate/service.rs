@@ -101,6 +101,16 @@ impl Checker<'_> {
             return Err(SpecErrors(self.errors));
         }
         let mut replica = replica.ok_or_else(|| SpecErrors(Vec::new()))?;
+        if let Some(var) = replica.inputs.keys().next() {
+            let reason = "a service takes its model from model:, not from a stage's artifacts";
+            let errors = vec![super::SpecError {
+                file: self.file.to_string(),
+                line: line("env"),
+                field: format!("env.{var}"),
+                reason: reason.into(),
+            }];
+            return Err(SpecErrors(errors));
+        }
         replica.timeout_ms = NO_TIMEOUT_MS;
         Ok(ServiceSpec {
             name: s.name,

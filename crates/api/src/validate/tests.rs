@@ -632,3 +632,27 @@ fn bad_artifacts_name_the_field() {
         assert!(e.contains(want), "{src}\nwant {want:?}\ngot  {e}");
     }
 }
+
+#[test]
+fn a_stage_takes_an_artifact_as_an_input() {
+    let p = parse_pipeline(
+        "p.yaml",
+        "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [out/m]\n  - name: u\n    needs: [t]\n    command: y\n    env: { W: \"${{ stages.t.artifacts.m }}\", K: v }\n",
+    )
+    .expect("valid");
+    let u = &p.stages[1];
+    assert_eq!(
+        u.env.keys().collect::<Vec<_>>(),
+        ["K"],
+        "an input is no value"
+    );
+    assert_eq!(u.inputs["W"].stage, "t");
+    assert_eq!(u.inputs["W"].name, "m");
+    let e = err(
+        "name: p\nstages:\n  - name: u\n    command: y\n    env: { W: \"${{ stages.t.image }}\" }\n",
+    );
+    assert!(
+        e.contains("stages.u.env.W: \"${{ stages.t.image }}\": name an artifact"),
+        "{e}"
+    );
+}

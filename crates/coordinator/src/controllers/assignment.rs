@@ -29,6 +29,17 @@ fn stage_assignment(state: &ClusterState, p: &Placement, at: StageRef) -> Option
     let mut a = base(state, p, stage, &built);
     a.run_id = run.id();
     a.artifacts = stage.artifacts.clone();
+    // Its needs succeeded, so what it takes was published; one that was not fails there.
+    a.inputs = stage
+        .inputs
+        .iter()
+        .map(|(var, r)| {
+            let digest = state
+                .artifact(at.run, &r.stage, &r.name)
+                .unwrap_or_default();
+            (var.clone(), digest)
+        })
+        .collect();
     a.env.insert("KILN_RUN_ID".into(), run.id());
     a.env
         .insert("KILN_PIPELINE".into(), run.pipeline.name.clone());

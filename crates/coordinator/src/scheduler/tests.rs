@@ -134,6 +134,7 @@ impl Cluster {
                 tests: None,
                 deploy: None,
                 artifacts: Vec::new(),
+                inputs: Default::default(),
                 retries: 0,
                 timeout_ms: 1000,
                 constraints: Default::default(),

@@ -31,6 +31,7 @@ fn suite_stage(name: &str, shards: u32, split: Split, retries: u32) -> Stage {
         }),
         deploy: None,
         artifacts: Vec::new(),
+        inputs: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
         tests: None,
         deploy: None,
         artifacts: Vec::new(),
+        inputs: Default::default(),
     }
 }
 
