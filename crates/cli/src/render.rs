@@ -230,9 +230,44 @@ pub fn nodes(nodes: &[pb::Node]) -> String {
     out
 }
 
+/// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC); `-` for none.
+pub fn clock_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    #[test]
+    fn clock() {
+        assert_eq!(super::clock_ms(0), "-");
+        assert_eq!(super::clock_ms(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::clock_ms(1_796_178_645_000), "2026-12-02 02:30:45");
+    }
 }

@@ -208,35 +208,54 @@ pub async fn history(
         return Ok(());
     }
     let mut out = format!(
-        "{:>8}  {:<9} {:<10} {:<20} {}\n",
-        "REVISION", "STATE", "HEALTHY", "MODEL", "COMMIT"
+        "{} in {}\n{:>8}  {:<9} {:<8} {:<20} {:<20} {:<12} {}\n",
+        s.name,
+        s.environment,
+        "REVISION",
+        "STATE",
+        "HEALTHY",
+        "IMAGE",
+        "MODEL",
+        "COMMIT",
+        "CREATED"
     );
+    let short = |digest: &str| -> String {
+        match digest {
+            "" => "-".to_string(),
+            d => d.rsplit('@').next().unwrap_or(d).chars().take(19).collect(),
+        }
+    };
     for r in &s.revisions {
         let state = if r.number == s.revision {
             "current"
+        } else if !r.bad.is_empty() {
+            "bad"
         } else if !r.failed.is_empty() {
             "failed"
         } else {
             "old"
         };
         let healthy = if r.healthy_ms > 0 { "yes" } else { "no" };
-        let model = if r.model_digest.is_empty() {
-            "-".to_string()
-        } else {
-            r.model_digest.chars().take(19).collect()
-        };
         let commit: String = r.commit.chars().take(12).collect();
         let _ = writeln!(
             out,
-            "{:>8}  {:<9} {:<10} {:<20} {}",
+            "{:>8}  {:<9} {:<8} {:<20} {:<20} {:<12} {}",
             r.number,
             state,
             healthy,
-            model,
-            if commit.is_empty() { "-" } else { &commit }
+            short(&r.image_digest),
+            short(&r.model_digest),
+            if commit.is_empty() { "-" } else { &commit },
+            crate::render::clock_ms(r.created_ms),
         );
-        if !r.failed.is_empty() {
-            let _ = writeln!(out, "          failed: {}", r.failed);
+        let notes = [
+            ("promoted from", &r.promoted_from),
+            ("deployed by", &r.run),
+            ("failed", &r.failed),
+            ("rolled back from", &r.bad),
+        ];
+        for (what, text) in notes.iter().filter(|(_, t)| !t.is_empty()) {
+            let _ = writeln!(out, "          {what}: {text}");
         }
     }
     let _ = writeln!(out, "events:");
