@@ -87,7 +87,10 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
         ..Default::default()
     });
     let gateway = cluster.start_gateway();
-    ok(&cluster, &["env", "create", "staging"]);
+    ok(
+        &cluster,
+        &["env", "create", "staging", "--env", "TIER=staging"],
+    );
     ok(
         &cluster,
         &[
@@ -97,6 +100,8 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
             "--approval",
             "required",
             "--default",
+            "--env",
+            "TIER=production",
         ],
     );
     let v1 = cluster.write("v1.yaml", &busybox_service("web", "v1"));
@@ -146,7 +151,17 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     for slot in production["replicas"].as_array().unwrap() {
         let task = format!("svc/production/web/{}", slot["slot"]);
         for id in containers_with("kiln.task", &task) {
-            assert_eq!(inspect(&id)["Image"], digest.as_str(), "{task} runs it");
+            let c = inspect(&id);
+            assert_eq!(c["Image"], digest.as_str(), "{task} runs it");
+            // The same revision, with production's own overrides.
+            let env: Vec<&str> = c["Config"]["Env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            assert!(env.contains(&"TIER=production"), "{env:?}");
+            assert!(env.contains(&"KILN_ENVIRONMENT=production"), "{env:?}");
         }
     }
 
@@ -292,6 +307,18 @@ fn bad_environment_input_is_refused_and_changes_nothing() {
     );
     refused(&cluster, &["env", "create", "staging"], 5, "exists already");
     refused(&cluster, &["env", "create", "a.b"], 2, "may not hold '.'");
+    refused(
+        &cluster,
+        &["env", "create", "qa", "--env", "1BAD=x"],
+        2,
+        "env: \"1BAD\" is not a valid environment variable name",
+    );
+    refused(
+        &cluster,
+        &["env", "create", "qa", "--env", "NOEQUALS"],
+        2,
+        "write KEY=VALUE",
+    );
     refused(&cluster, &["promote", "m", "--to", "staging"], 2, "--from");
     assert_eq!(environments(&cluster), before, "nothing changed");
 

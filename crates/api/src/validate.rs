@@ -454,7 +454,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn is_env_name(name: &str) -> bool {
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -188,6 +188,9 @@ enum EnvCommand {
         /// The gateway routes bare service names to it from now on.
         #[arg(long)]
         default: bool,
+        /// KEY=VALUE: a variable every replica in it gets, over its revision's (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
     },
     /// List environments (the same as `kiln env`).
     List,
@@ -306,9 +309,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 name,
                 approval,
                 default,
+                env,
             }) => {
-                let approval = approval == "required";
-                commands::environments::create(&mut client, name, approval, default, json).await
+                let new = commands::environments::NewEnvironment {
+                    name,
+                    approval: approval == "required",
+                    default,
+                    env,
+                };
+                commands::environments::create(&mut client, new, json).await
             }
             Some(EnvCommand::List) | None => commands::environments::list(&mut client, json).await,
         },

@@ -224,6 +224,7 @@ async fn ensure_environments(client: &mut Client) -> Result<(), CliError> {
             name: name.into(),
             approval: false,
             default,
+            env: Default::default(),
         };
         let made = client
             .call(|mut c| {

@@ -10,17 +10,28 @@ use super::services::print_deployed;
 use crate::client::Client;
 use crate::error::CliError;
 
-pub async fn create(
-    client: &mut Client,
-    name: String,
-    approval: bool,
-    default: bool,
-    json: bool,
-) -> Result<(), CliError> {
+/// What `kiln env create` makes: its name, approval, default, and variables.
+pub struct NewEnvironment {
+    pub name: String,
+    pub approval: bool,
+    pub default: bool,
+    /// `KEY=VALUE` each.
+    pub env: Vec<String>,
+}
+
+pub async fn create(client: &mut Client, e: NewEnvironment, json: bool) -> Result<(), CliError> {
+    let mut env = std::collections::HashMap::new();
+    for pair in e.env {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::Invalid(format!("--env {pair:?}: write KEY=VALUE")))?;
+        env.insert(k.to_string(), v.to_string());
+    }
     let req = pb::CreateEnvironmentRequest {
-        name,
-        approval,
-        default,
+        name: e.name,
+        approval: e.approval,
+        default: e.default,
+        env,
     };
     let env = client
         .call(|mut c| {
@@ -37,7 +48,14 @@ pub async fn create(
             ""
         };
         let default = if env.default { ", default" } else { "" };
-        println!("environment {}{approval}{default}", env.name);
+        let mut vars: Vec<String> = env.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.sort();
+        let vars = if vars.is_empty() {
+            String::new()
+        } else {
+            format!(", replicas get {}", vars.join(" "))
+        };
+        println!("environment {}{approval}{default}{vars}", env.name);
     }
     Ok(())
 }

@@ -163,21 +163,19 @@ pub async fn create_environment(
     core: &Core,
     req: pb::CreateEnvironmentRequest,
 ) -> Result<pb::EnvironmentView> {
-    if let Err(reason) = kiln_api::validate::check_name(&req.name) {
+    if let Err(reason) = kiln_api::validate::check_environment(&req.name) {
         return Err(Error::InvalidInput(format!("name: {reason}")));
     }
-    // `Host: SERVICE.ENV` must read one way only.
-    if req.name.contains('.') {
-        let reason = format!(
-            "name: {:?} may not hold '.' (gateways route SERVICE.ENV)",
-            req.name
-        );
-        return Err(Error::InvalidInput(reason));
+    if let Some(key) = req.env.keys().find(|k| !kiln_api::validate::is_env_name(k)) {
+        return Err(Error::InvalidInput(format!(
+            "env: {key:?} is not a valid environment variable name"
+        )));
     }
     let command = Command::CreateEnvironment {
         name: req.name.clone(),
         approval: req.approval,
         default: req.default,
+        env: req.env.clone().into_iter().collect(),
         now_ms: now_ms(),
     };
     let EnvironmentCreated = core.write(command).await?;
@@ -204,6 +202,7 @@ fn environment_view(state: &ClusterState, e: &Environment) -> pb::EnvironmentVie
         name: e.name.clone(),
         approval: e.approval,
         default: state.default_environment() == e.name,
+        env: e.env.clone().into_iter().collect(),
         services: state
             .services
             .values()

@@ -71,6 +71,12 @@ fn replica_assignment(
     let mut a = base(state, p, &spec.replica, &|_| String::new());
     a.env.insert("KILN_SERVICE".into(), service.name.clone());
     a.env
+        .insert("KILN_ENVIRONMENT".into(), service.environment.clone());
+    // The environment's own overrides, over the revision's.
+    if let Some(env) = state.environments.get(&service.environment) {
+        a.env.extend(env.env.clone());
+    }
+    a.env
         .insert("KILN_REVISION".into(), replica.revision.to_string());
     let health = &spec.health;
     let (http_path, tcp, exec) = match &health.check {

@@ -94,6 +94,9 @@ pub enum Command {
         approval: bool,
         /// The gateway routes bare service names to this environment from now on.
         default: bool,
+        /// Environment variables every replica in it gets.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
         now_ms: i64,
     },
     /// Deploys into `to` the revision of `service` that is healthy in `from`.

@@ -438,6 +438,7 @@ mod tests {
             name: "prod".into(),
             approval: true,
             default: false,
+            env: Default::default(),
             now_ms: 0,
         });
         s.apply(&Command::SubmitRun {

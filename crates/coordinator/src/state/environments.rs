@@ -31,6 +31,10 @@ pub struct Environment {
     /// Deploys waiting for approval, by service name (a newer one replaces an older one).
     #[serde(default)]
     pub awaiting: BTreeMap<String, Held>,
+    /// Environment variables every replica in it gets, over the revision's own: what makes
+    /// one environment's copy of a revision differ from another's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A deploy held for approval.
@@ -47,6 +51,7 @@ fn implicit() -> Environment {
         approval: false,
         created_ms: 0,
         awaiting: BTreeMap::new(),
+        env: BTreeMap::new(),
     }
 }
 
@@ -87,6 +92,7 @@ impl ClusterState {
         name: &str,
         approval: bool,
         default: bool,
+        env: &BTreeMap<String, String>,
         now_ms: i64,
     ) -> Response {
         if self.environments.contains_key(name) {
@@ -99,6 +105,7 @@ impl ClusterState {
                 approval,
                 created_ms: now_ms,
                 awaiting: BTreeMap::new(),
+                env: env.clone(),
             },
         );
         if default {

@@ -149,8 +149,9 @@ impl ClusterState {
                 name,
                 approval,
                 default,
+                env,
                 now_ms,
-            } => self.create_environment(name, *approval, *default, *now_ms),
+            } => self.create_environment(name, *approval, *default, env, *now_ms),
             Command::PromoteRevision {
                 service,
                 from,
