@@ -7,19 +7,9 @@ use std::time::{Duration, Instant};
 
 use kiln_e2e::docker::{self, containers_with, docker_or_skip, inspect};
 use kiln_e2e::http::{Load, request};
-use kiln_e2e::services::{self, assert_no_failures, busybox_service, version};
+use kiln_e2e::services::{self, assert_no_failures, busybox_service, deploy, version};
 use kiln_e2e::{Cluster, Options};
 use serde_json::Value;
-
-fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
-    let file = cluster.write(name, yaml);
-    let out = cluster.kiln(&["deploy", &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn history(cluster: &Cluster) -> Value {
     services::history(cluster, "web", None)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_e2e::docker::{base_image, docker_or_skip};
 use kiln_e2e::http::{Load, request};
-use kiln_e2e::services::{assert_no_failures, history, version, wait_settled};
+use kiln_e2e::services::{assert_no_failures, deploy_file, history, version, wait_settled};
 use kiln_e2e::{Cluster, Options, bin};
 
 const PREDICT: &str = r#"{"features":[3,10,2]}"#;
@@ -37,15 +37,6 @@ model: {model}
     )
 }
 
-fn deploy(cluster: &Cluster, file: &str) {
-    let out = cluster.kiln(&["deploy", file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_model_goes_to_replicas_read_only_and_a_rollback_puts_its_bytes_back() {
     let mut cluster = Cluster::start(Options {
@@ -62,7 +53,7 @@ fn a_model_goes_to_replicas_read_only_and_a_rollback_puts_its_bytes_back() {
     let v1 = cluster.write("v1.yaml", &service("m1"));
     let v2 = cluster.write("v2.yaml", &service("m2"));
 
-    deploy(&cluster, &v1);
+    deploy_file(&cluster, &v1);
     wait_settled(&mut cluster, "model", None, 1, "revision 1");
     let s = history(&cluster, "model", None);
     let digest = s["revisions"][0]["model_digest"]
@@ -87,7 +78,7 @@ fn a_model_goes_to_replicas_read_only_and_a_rollback_puts_its_bytes_back() {
 
     // A new model under load, then back to the old one's bytes.
     let load = Load::start(&gateway, "/model/predict", PREDICT, 4);
-    deploy(&cluster, &v2);
+    deploy_file(&cluster, &v2);
     wait_settled(&mut cluster, "model", None, 2, "revision 2");
     let on_v2 = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
@@ -176,7 +167,7 @@ model: model
 "#
         ),
     );
-    deploy(&cluster, &file);
+    deploy_file(&cluster, &file);
     wait_settled(&mut cluster, "web", None, 1, "the container replica");
     let answer = request(&gateway, "POST", "/web/cgi-bin/predict", "{}");
     assert_eq!(version(&answer), "from-the-model", "{answer:?}");

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_e2e::http::{Answer, Load};
+use kiln_e2e::services::{self, assert_no_failures, deploy, version};
 use kiln_e2e::{Cluster, Options, bin};
 use serde_json::Value;
 
@@ -49,53 +50,12 @@ fn start() -> (Cluster, String) {
     (cluster, gateway)
 }
 
-fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
-    let file = cluster.write(name, yaml);
-    let out = cluster.kiln(&["deploy", &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn get(cluster: &Cluster) -> Value {
     cluster.kiln_json(&["history", "model"])
 }
 
-/// Waits until the service has no rollout going, runs `revision`, and has every replica
-/// serving and nothing else left.
 fn wait_settled(cluster: &mut Cluster, revision: u64, what: &str) {
-    cluster.wait_for(what, Duration::from_secs(40), |c| {
-        let s = get(c);
-        let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
-        s["rollout"] == "none"
-            && s["revision"] == revision
-            && s["serving"] == s["desired"]
-            && replicas.len() as u64 == s["desired"].as_u64().unwrap_or(0)
-            && replicas.iter().all(|r| r["revision"] == revision)
-    });
-}
-
-fn version(a: &Answer) -> String {
-    serde_json::from_str::<Value>(&a.body)
-        .ok()
-        .and_then(|v| v["model_version"].as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-/// No request failed; returns how many there were.
-fn assert_no_failures(answers: &[Answer]) -> usize {
-    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
-        failed.len(),
-        answers.len(),
-        failed.first()
-    );
-    assert!(answers.len() > 50, "too little load: {}", answers.len());
-    answers.len()
+    services::wait_settled(cluster, "model", None, revision, what);
 }
 
 #[test]

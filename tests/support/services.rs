@@ -37,6 +37,23 @@ update:
     )
 }
 
+/// Writes `yaml` into the cluster's directory as `name` and `kiln deploy`s it; panics with
+/// the CLI's words if it is refused.
+pub fn deploy(cluster: &Cluster, name: &str, yaml: &str) {
+    let file = cluster.write(name, yaml);
+    deploy_file(cluster, &file);
+}
+
+/// `kiln deploy FILE`, which must succeed.
+pub fn deploy_file(cluster: &Cluster, file: &str) {
+    let out = cluster.kiln(&["deploy", file]);
+    assert!(
+        out.status.success(),
+        "kiln deploy {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `kiln history SERVICE [--env ENV] --json`.
 pub fn history(cluster: &Cluster, service: &str, env: Option<&str>) -> Value {
     let mut args = vec!["history", service];

@@ -63,26 +63,7 @@ pub async fn publish(leader: &LeaderClient, bytes: Vec<u8>) -> Result<String, St
     let (digest, bytes) = (&digest, &bytes);
     leader
         .call(deadline, |channel| async move {
-            let chunks: Vec<pb::BlobChunk> = bytes
-                .chunks(1 << 20)
-                .enumerate()
-                .map(|(i, c)| pb::BlobChunk {
-                    data: c.to_vec(),
-                    digest: if i == 0 {
-                        digest.clone()
-                    } else {
-                        String::new()
-                    },
-                })
-                .collect();
-            let chunks = if chunks.is_empty() {
-                vec![pb::BlobChunk {
-                    data: Vec::new(),
-                    digest: digest.clone(),
-                }]
-            } else {
-                chunks
-            };
+            let chunks = kiln_api::artifact::put_chunks(digest, bytes);
             let mut req = tonic::Request::new(futures::stream::iter(chunks));
             req.metadata_mut().insert(
                 kiln_api::PUBLISH_METADATA_KEY,

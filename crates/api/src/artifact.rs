@@ -26,6 +26,23 @@ pub fn pack(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     Ok(tar.into_inner()?.0)
 }
 
+/// A blob as `Blobs.PutBlob` takes it: chunks of at most 1 MiB, the first naming the digest
+/// (one empty chunk for an empty blob).
+pub fn put_chunks(digest: &str, bytes: &[u8]) -> Vec<crate::pb::BlobChunk> {
+    let mut chunks: Vec<crate::pb::BlobChunk> = bytes
+        .chunks(1 << 20)
+        .map(|c| crate::pb::BlobChunk {
+            data: c.to_vec(),
+            digest: String::new(),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(crate::pb::BlobChunk::default());
+    }
+    chunks[0].digest = digest.to_string();
+    chunks
+}
+
 /// Every file (and symlink) below `dir`, as paths relative to it.
 fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir.join(rel))? {

@@ -206,26 +206,7 @@ async fn fetch_from(addr: &str, digest: &str) -> Result<Vec<u8>, BoxError> {
 
 async fn put_to(addr: &str, digest: &str, bytes: &[u8]) -> Result<(), BoxError> {
     let mut client = BlobsClient::connect(format!("http://{addr}")).await?;
-    let chunks: Vec<pb::BlobChunk> = bytes
-        .chunks(CHUNK)
-        .enumerate()
-        .map(|(i, c)| pb::BlobChunk {
-            data: c.to_vec(),
-            digest: if i == 0 {
-                digest.to_string()
-            } else {
-                String::new()
-            },
-        })
-        .collect();
-    let chunks = if chunks.is_empty() {
-        vec![pb::BlobChunk {
-            data: Vec::new(),
-            digest: digest.to_string(),
-        }]
-    } else {
-        chunks
-    };
+    let chunks = kiln_api::artifact::put_chunks(digest, bytes);
     client.put_blob(futures::stream::iter(chunks)).await?;
     Ok(())
 }
