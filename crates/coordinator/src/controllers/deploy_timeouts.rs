@@ -14,14 +14,7 @@ use crate::state::{Command, ServiceChanged};
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !core.is_leader() {
-            continue;
-        }
+    while super::leader_tick(&core, &mut tick, &shutdown).await {
         let now = now_ms();
         let overdue = core.state.read().overdue_deploy_stages(now);
         for task in overdue {

@@ -12,14 +12,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let grace = core.tuning.node_grace;
     let mut tick = tokio::time::interval((grace / 8).max(std::time::Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !core.is_leader() {
-            continue;
-        }
+    while super::leader_tick(&core, &mut tick, &shutdown).await {
         let now = now_ms();
         let expired: Vec<String> = {
             let state = core.state.read();

@@ -20,3 +20,21 @@ pub mod leadership;
 pub mod liveness;
 pub mod rollout;
 pub mod scheduling;
+
+/// Waits for the next `tick` at which this coordinator leads; `false` once shut down. The
+/// loops that act on a clock run `while leader_tick(..).await { .. }`.
+pub async fn leader_tick(
+    core: &crate::core::Core,
+    tick: &mut tokio::time::Interval,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tick.tick() => {}
+        }
+        if core.is_leader() {
+            return true;
+        }
+    }
+}
