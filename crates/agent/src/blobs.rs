@@ -4,8 +4,9 @@
 //! A model artifact is fetched once per node and kept, unpacked, in `<data>/models/<hex>`,
 //! shared by every replica of every revision that names the same digest. It is unpacked
 //! into a temporary directory and renamed into place, so a half-unpacked model is never
-//! used, and made read-only (files 0444, directories 0555): a container replica gets it
-//! through a read-only mount; a process replica running as root could still write to it.
+//! used, and made read-only (files 0444, or 0555 if executable; directories 0555): a
+//! container replica gets it through a read-only mount; a process replica running as root
+//! could still write to it. A stage's artifact inputs are kept and given the same way.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -128,7 +129,13 @@ fn read_only(path: &Path) -> std::io::Result<()> {
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555))
     } else if meta.is_file() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        // Executables stay executable.
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o555
+        } else {
+            0o444
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     } else {
         Ok(())
     }

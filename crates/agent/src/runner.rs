@@ -169,6 +169,8 @@ impl Runner {
     /// table, prepares its directory, and hands it to its driver. Whatever stops it from
     /// starting is reported once, as the attempt's end.
     pub fn assign(self: &Arc<Self>, mut a: pb::Assignment) {
+        // Set here only, from what this agent fetched: the container driver mounts it.
+        a.env.remove("KILN_MODEL_DIR");
         if let Some(gateway) = &self.gateway {
             a.env
                 .entry("KILN_GATEWAY".into())
@@ -384,6 +386,15 @@ impl Runner {
                 let full = work.join(path);
                 if !full.exists() {
                     return Err("not found in the work directory".to_string());
+                }
+                // What a task publishes is its own: nothing a symlink reaches outside.
+                let inside = full
+                    .canonicalize()
+                    .and_then(|f| Ok(f.starts_with(work.canonicalize()?)))
+                    .unwrap_or(false);
+                let linked = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_symlink());
+                if !inside || linked {
+                    return Err("a symlink, or outside the work directory".to_string());
                 }
                 let limit = kiln_api::spec::limits::MAX_CONTEXT_BYTES;
                 let bytes = kiln_api::artifact::pack(&full, limit).map_err(|e| e.to_string())?;

@@ -251,8 +251,7 @@ impl<'a> Checker<'a> {
             }
         };
         for key in s.env.keys() {
-            if !is_env_name(key) {
-                let reason = format!("{key:?} is not a valid environment variable name");
+            if let Err(reason) = check_env_name(key) {
                 self.push(line("env"), &format!("{path}.env"), reason);
             }
         }
@@ -264,6 +263,12 @@ impl<'a> Checker<'a> {
                 continue;
             }
             match deploy::parse_artifact_ref(value) {
+                // The agent gives a fetched input as a path on the node, which a container
+                // would not see.
+                Ok(_) if s.image.is_some() || s.build.is_some() => {
+                    let reason = "an image or build stage takes no artifact inputs (they are paths on the node)".to_string();
+                    self.push(line("env"), &format!("{path}.env.{key}"), reason);
+                }
                 Ok(r) => {
                     env.remove(key);
                     inputs.insert(key.clone(), r);
@@ -452,6 +457,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// A variable a user may set: a valid name, and not one of kiln's own (`KILN_*`, which kiln
+/// sets and an agent trusts, e.g. the model directory it mounts).
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    if !is_env_name(name) {
+        return Err(format!("{name:?} is not a valid environment variable name"));
+    }
+    if name.starts_with("KILN_") {
+        return Err(format!("{name:?}: KILN_* variables are kiln's own"));
+    }
+    Ok(())
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.

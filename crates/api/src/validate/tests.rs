@@ -656,3 +656,19 @@ fn a_stage_takes_an_artifact_as_an_input() {
         "{e}"
     );
 }
+
+#[test]
+fn kiln_variables_and_container_inputs_are_refused() {
+    let e = err("name: p\nstages:\n  - name: s\n    command: x\n    env: { KILN_MODEL_DIR: / }\n");
+    assert!(
+        e.contains("stages.s.env: \"KILN_MODEL_DIR\": KILN_* variables are kiln's own"),
+        "{e}"
+    );
+    let e = err(
+        "name: p\nstages:\n  - name: t\n    command: x\n    artifacts: [m]\n  - name: s\n    needs: [t]\n    image: busybox\n    env: { M: \"${{ stages.t.artifacts.m }}\" }\n",
+    );
+    assert!(
+        e.contains("stages.s.env.M: an image or build stage takes no artifact inputs"),
+        "{e}"
+    );
+}

@@ -56,6 +56,12 @@ impl AgentService for AgentApi {
             }
         };
         let node = register.node_id.clone();
+        // Never the coordinators' own `(coordinator)`, which deploy stages' attempts record.
+        if node == crate::state::deploy_stages::COORDINATOR {
+            return Err(Status::invalid_argument(format!(
+                "register.node_id: {node:?} is the coordinators' own"
+            )));
+        }
         if node.is_empty() {
             return Err(Status::invalid_argument(
                 "register.node_id: must not be empty",

@@ -121,19 +121,20 @@ pub async fn promote_revision(
     core: &Core,
     req: pb::PromoteRevisionRequest,
 ) -> Result<pb::DeployResponse> {
-    {
+    let (from, to) = {
         let state = core.state.read();
-        environment(&state, &req.to)?;
-        find(&state, &req.from, &req.service)?;
-    }
+        let to = environment(&state, &req.to)?.to_string();
+        let from = find(&state, &req.from, &req.service)?.environment.clone();
+        (from, to)
+    };
     let command = Command::PromoteRevision {
         service: req.service.clone(),
-        from: req.from,
-        to: req.to.clone(),
+        from,
+        to: to.clone(),
         force: req.force,
         now_ms: now_ms(),
     };
-    deployed(core, command, &req.service, &req.to).await
+    deployed(core, command, &req.service, &to).await
 }
 
 pub async fn approve(core: &Core, req: pb::ApproveRequest) -> Result<pb::DeployResponse> {
@@ -166,10 +167,9 @@ pub async fn create_environment(
     if let Err(reason) = kiln_api::validate::check_environment(&req.name) {
         return Err(Error::InvalidInput(format!("name: {reason}")));
     }
-    if let Some(key) = req.env.keys().find(|k| !kiln_api::validate::is_env_name(k)) {
-        return Err(Error::InvalidInput(format!(
-            "env: {key:?} is not a valid environment variable name"
-        )));
+    for key in req.env.keys() {
+        kiln_api::validate::check_env_name(key)
+            .map_err(|reason| Error::InvalidInput(format!("env: {reason}")))?;
     }
     let command = Command::CreateEnvironment {
         name: req.name.clone(),
@@ -251,7 +251,7 @@ pub fn get(core: &Core, req: &pb::GetServiceRequest) -> Result<pb::ServiceView> 
 }
 
 pub async fn rollback(core: &Core, req: pb::RollbackRequest) -> Result<pb::ServiceView> {
-    let (number, env) = {
+    let (number, env, to) = {
         let state = core.state.read();
         let s = find(&state, &req.environment, &req.service)?;
         if req.to > 0 && s.revision(req.to).is_none() {
@@ -262,11 +262,17 @@ pub async fn rollback(core: &Core, req: pb::RollbackRequest) -> Result<pb::Servi
                 s.revisions.len()
             )));
         }
-        (s.number, s.environment.clone())
+        // Resolved here, so that a retried proposal lands on the same revision.
+        let to = if req.to > 0 {
+            Some(req.to)
+        } else {
+            s.last_known_good()
+        };
+        (s.number, s.environment.clone(), to)
     };
     let command = Command::Rollback {
         service: number,
-        to: (req.to > 0).then_some(req.to),
+        to,
         reason: (!req.reason.is_empty()).then_some(req.reason),
         now_ms: now_ms(),
     };

@@ -99,7 +99,13 @@ impl ClusterState {
                     }
                 };
                 let pinned = match image {
-                    Some(ImageRef::Built { stage }) => self.built_image(at.run, &stage),
+                    Some(ImageRef::Built { stage }) => match self.built_image(at.run, &stage) {
+                        Some(image) => Some(image),
+                        None => {
+                            let reason = format!("image: stage {stage:?} recorded no image");
+                            return self.end_deploy_stage(at, TaskStatus::Failed, &reason, now_ms);
+                        }
+                    },
                     Some(ImageRef::Named(image)) => Some(image),
                     None => None,
                 };
@@ -185,6 +191,25 @@ impl ClusterState {
         });
         if let Some(at) = waiting {
             self.wait_for_rollout(at, name, environment, service, revision);
+        }
+    }
+
+    /// The stages waiting for the approval of `name` in `environment` fail: `why`.
+    pub(super) fn approvals_ended(
+        &mut self,
+        environment: &str,
+        name: &str,
+        why: &str,
+        now_ms: i64,
+    ) {
+        let waiting: Vec<StageRef> = self
+            .deploy_waits
+            .iter()
+            .filter(|(_, w)| matches!(w, DeployWait::Approval { environment: e, service: s } if e == environment && s == name))
+            .map(|(at, _)| *at)
+            .collect();
+        for at in waiting {
+            self.end_deploy_stage(at, TaskStatus::Failed, why, now_ms);
         }
     }
 
@@ -308,7 +333,14 @@ impl ClusterState {
                 environment,
                 service,
             }) => {
-                if let Some(env) = self.environments.get_mut(&environment) {
+                // Only this run's own deploy: a newer one held since is someone else's.
+                let run = super::run_id(at.run);
+                if let Some(env) = self.environments.get_mut(&environment)
+                    && env
+                        .awaiting
+                        .get(&service)
+                        .is_some_and(|h| h.deploy.run.as_deref() == Some(run.as_str()))
+                {
                     env.awaiting.remove(&service);
                 }
             }
@@ -471,6 +503,54 @@ mod tests {
             s.environments["prod"].awaiting.is_empty(),
             "the held deploy is dropped"
         );
+        assert!(s.deploy_waits.is_empty());
+    }
+
+    #[test]
+    fn a_newer_deploy_awaiting_approval_supersedes_the_stage_waiting_on_an_older_one() {
+        let pipeline = || {
+            let mut p = parse_pipeline(
+                "p.yaml",
+                "name: p\nstages:\n  - name: ship\n    deploy: { service: service.yaml, environment: prod }\n",
+            )
+            .expect("valid");
+            if let Some(DeployStage::Service { yaml, .. }) = &mut p.stages[0].deploy {
+                *yaml = SERVICE.to_string();
+            }
+            p
+        };
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateEnvironment {
+            name: "prod".into(),
+            approval: true,
+            default: false,
+            env: Default::default(),
+            now_ms: 0,
+        });
+        for (request, at) in [("a", 1), ("b", 2)] {
+            s.apply(&Command::SubmitRun {
+                request_id: request.into(),
+                trigger: "manual".into(),
+                pipeline: pipeline(),
+                only_tests: Default::default(),
+                now_ms: at,
+            });
+        }
+        let first = &s.runs[&1].stages[0];
+        assert_eq!(first.status(), TaskStatus::Failed);
+        assert_eq!(
+            first.shards[0].attempts[0].message,
+            "superseded by a newer deploy awaiting approval"
+        );
+        s.apply(&Command::Approve {
+            environment: "prod".into(),
+            service: "web".into(),
+            now_ms: 3,
+        });
+        let web = s.service_in("prod", "web").expect("deployed on approval");
+        assert_eq!(web.revisions[0].run.as_deref(), Some("run-2"));
+        healthy(&mut s, 1);
+        assert_eq!(s.runs[&2].stages[0].status(), TaskStatus::Succeeded);
         assert!(s.deploy_waits.is_empty());
     }
 }

@@ -119,13 +119,17 @@ impl ClusterState {
         let Some(env) = self.environments.get_mut(&d.environment) else {
             return Response::rejected(format!("environment {:?} does not exist", d.environment));
         };
-        env.awaiting.insert(
+        let replaced = env.awaiting.insert(
             d.spec.name.clone(),
             Held {
                 deploy: d.clone(),
                 requested_ms: now_ms,
             },
         );
+        if replaced.is_some() {
+            let why = "superseded by a newer deploy awaiting approval";
+            self.approvals_ended(&d.environment, &d.spec.name, why, now_ms);
+        }
         Deployed {
             service: 0,
             revision: 0,
@@ -148,13 +152,18 @@ impl ClusterState {
         let mut d = held.deploy;
         d.approved = true;
         let answer = self.deploy(&d, now_ms);
-        if let Response::Deployed(Deployed {
-            service: number,
-            revision,
-            ..
-        }) = &answer
-        {
-            self.deploy_approved(environment, service, *number, *revision);
+        match &answer {
+            Response::Deployed(Deployed {
+                service: number,
+                revision,
+                ..
+            }) => self.deploy_approved(environment, service, *number, *revision),
+            // Refused now (the same bytes were rolled back from meanwhile): the stage that
+            // waited for this approval ends with the reason.
+            Response::Rejected { reason } => {
+                self.approvals_ended(environment, service, reason, now_ms)
+            }
+            _ => {}
         }
         answer
     }

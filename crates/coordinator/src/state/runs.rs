@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_api::spec::{Pipeline, Shards, Stage};
+use kiln_api::spec::{Pipeline, Shards, Stage, artifact_name};
 use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
@@ -130,9 +130,30 @@ impl ClusterState {
     pub(super) fn stage_attempt_ended(&mut self, at: StageRef, status: TaskStatus, now_ms: i64) {
         self.release_tests(at);
         let retries = self.stage(at.into()).map_or(0, |s| s.retries);
+        let declared: Vec<String> = self
+            .stage(at.into())
+            .map(|s| {
+                s.artifacts
+                    .iter()
+                    .map(|p| artifact_name(p).to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         let Some(t) = self.task_mut(at.into()) else {
             return;
         };
+        // A success without what the stage declared it publishes (an agent that adopted the
+        // task after a restart could not publish) is a failure, said so.
+        let mut status = status;
+        if status == TaskStatus::Succeeded
+            && let Some(a) = t.current_mut()
+            && let Some(missing) = declared.iter().find(|n| !a.artifacts.contains_key(*n))
+        {
+            a.status = TaskStatus::Failed;
+            a.message = format!("artifact {missing:?} was not published");
+            t.failures += 1;
+            status = TaskStatus::Failed;
+        }
         let again = match status {
             _ if t.cancel_requested => false,
             TaskStatus::Failed => t.failures <= retries,

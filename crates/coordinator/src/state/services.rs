@@ -154,6 +154,16 @@ impl Service {
             .and_then(|i| self.revisions.get(i as usize))
     }
 
+    /// The last known good revision: the newest that proved healthy, other than the one it
+    /// runs (or rolls out to), and not itself rolled back from.
+    pub fn last_known_good(&self) -> Option<u32> {
+        self.revisions
+            .iter()
+            .rev()
+            .find(|r| r.number != self.target && r.healthy_ms.is_some() && r.bad.is_none())
+            .map(|r| r.number)
+    }
+
     /// How gateways and traffic reports name it: `NAME.ENVIRONMENT`.
     pub fn key(&self) -> String {
         format!("{}.{}", self.name, self.environment)
@@ -334,13 +344,8 @@ impl ClusterState {
                 ));
             }
             Some(n) => n,
-            None => match s
-                .revisions
-                .iter()
-                .rev()
-                .find(|r| r.number != s.target && r.healthy_ms.is_some() && r.bad.is_none())
-            {
-                Some(r) => r.number,
+            None => match s.last_known_good() {
+                Some(n) => n,
                 None => {
                     return rejected(&format!(
                         "{} has no earlier healthy revision to roll back to",
@@ -399,11 +404,18 @@ impl ClusterState {
     }
 
     /// A running replica's health checks started or stopped passing.
-    pub(super) fn replica_health(&mut self, at: ReplicaRef, ok: bool, e: &TaskEvent) -> bool {
+    /// Times are the leader's (`now_ms`), which the rollout controller compares them with.
+    pub(super) fn replica_health(
+        &mut self,
+        at: ReplicaRef,
+        ok: bool,
+        e: &TaskEvent,
+        now_ms: i64,
+    ) -> bool {
         let Some(r) = self.replica_mut(at) else {
             return false;
         };
-        r.healthy_since = ok.then(|| r.healthy_since.unwrap_or(e.at_ms));
+        r.healthy_since = ok.then(|| r.healthy_since.unwrap_or(now_ms));
         if e.endpoint.is_some() {
             r.endpoint = e.endpoint.clone();
         }

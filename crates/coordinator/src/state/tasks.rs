@@ -58,7 +58,7 @@ impl ClusterState {
                 true
             }
             Step::Health(ok) => match e.task {
-                TaskRef::Replica(at) => self.replica_health(at, ok, e),
+                TaskRef::Replica(at) => self.replica_health(at, ok, e, now_ms),
                 TaskRef::Stage(_) => false,
             },
             Step::Ended(status) => {
