@@ -19,8 +19,9 @@
 //! reports, a coordinator joining a cluster, and `kiln-bench`.
 //!
 //! It does not decide what is safe to retry: every kiln write that can reach it twice is
-//! idempotent (submissions carry a request id, agent events a sequence, test-queue calls
-//! their batch number), which is what makes following a leader safe.
+//! idempotent (submissions, deploys, promotions and approvals carry a request id, agent
+//! events a sequence, test-queue calls their batch number; a rollback is resolved to its
+//! target before it is proposed), which is what makes following a leader safe.
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -117,6 +117,7 @@ pub async fn promote(
         from,
         to,
         force,
+        request_id: super::run::new_request_id(),
     };
     let reply = client
         .call(|mut c| {
@@ -137,6 +138,7 @@ pub async fn approve(
     let req = pb::ApproveRequest {
         service,
         environment,
+        request_id: super::run::new_request_id(),
     };
     let reply = client
         .call(|mut c| {

@@ -67,6 +67,8 @@ pub async fn deploy(
         environment: target.env.unwrap_or_default(),
         force: target.force,
         model_archive,
+        // One per invocation, the same on every retry: a deploy is never made twice.
+        request_id: super::run::new_request_id(),
     };
     let reply = client
         .call(|mut c| {

@@ -56,6 +56,7 @@ pub async fn deploy(
     let name = deploy.spec.name.clone();
     let command = Command::Deploy {
         deploy: Box::new(deploy),
+        request_id: req.request_id.clone(),
         now_ms: now_ms(),
     };
     deployed(core, command, &name, &environment).await
@@ -132,6 +133,7 @@ pub async fn promote_revision(
         from,
         to: to.clone(),
         force: req.force,
+        request_id: req.request_id.clone(),
         now_ms: now_ms(),
     };
     deployed(core, command, &req.service, &to).await
@@ -144,7 +146,8 @@ pub async fn approve(core: &Core, req: pb::ApproveRequest) -> Result<pb::DeployR
         let awaits = state
             .environment(&env)
             .is_some_and(|e| e.awaiting.contains_key(&req.service));
-        if !awaits {
+        let answered = state.deploy_requests.contains_key(&req.request_id);
+        if !awaits && !answered {
             return Err(Error::Conflict(format!(
                 "nothing awaits approval for {} in {env}",
                 req.service
@@ -155,6 +158,7 @@ pub async fn approve(core: &Core, req: pb::ApproveRequest) -> Result<pb::DeployR
     let command = Command::Approve {
         environment: env.clone(),
         service: req.service.clone(),
+        request_id: req.request_id.clone(),
         now_ms: now_ms(),
     };
     deployed(core, command, &req.service, &env).await

@@ -592,6 +592,7 @@ fn replicas_of_a_service_spread_over_nodes_while_pipeline_work_packs() {
     let deploy = crate::state::services::Deploy::new(spec, "default");
     c.state.apply(&Command::Deploy {
         deploy: Box::new(deploy),
+        request_id: String::new(),
         now_ms: 0,
     });
     let actions = vec![crate::state::ServiceAction::Start { revision: 1 }; 3];

@@ -71,6 +71,9 @@ pub enum Command {
     /// A new revision of a service (the service itself on its first deploy).
     Deploy {
         deploy: Box<Deploy>,
+        /// Re-sending the same id answers the first deploy (as for runs).
+        #[serde(default)]
+        request_id: String,
         now_ms: i64,
     },
     /// Back to an earlier revision (`None`: the last known good one); the revision rolled
@@ -105,12 +108,16 @@ pub enum Command {
         from: String,
         to: String,
         force: bool,
+        #[serde(default)]
+        request_id: String,
         now_ms: i64,
     },
     /// Releases the deploy of `service` held for approval in `environment`.
     Approve {
         environment: String,
         service: String,
+        #[serde(default)]
+        request_id: String,
         now_ms: i64,
     },
     /// A deploy stage waited past its timeout.

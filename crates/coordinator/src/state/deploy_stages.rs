@@ -545,6 +545,7 @@ mod tests {
         s.apply(&Command::Approve {
             environment: "prod".into(),
             service: "web".into(),
+            request_id: String::new(),
             now_ms: 3,
         });
         let web = s.service_in("prod", "web").expect("deployed on approval");

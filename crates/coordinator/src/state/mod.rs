@@ -92,6 +92,10 @@ pub struct ClusterState {
     /// The environment bare service names route to, when not `default`.
     #[serde(default)]
     pub default_environment: Option<String>,
+    /// Deploys, promotions and approvals by client request id, and what each answered:
+    /// re-sending one answers it again instead of doing it twice.
+    #[serde(default)]
+    pub deploy_requests: BTreeMap<String, Deployed>,
     /// What each running deploy stage waits for.
     #[serde(default, with = "model::pairs")]
     pub deploy_waits: BTreeMap<StageRef, deploy_stages::DeployWait>,
@@ -133,7 +137,11 @@ impl ClusterState {
                 results,
                 overhead_ms,
             } => self.report_tests(*task, *attempt, *batch, results, *overhead_ms),
-            Command::Deploy { deploy, now_ms } => self.deploy(deploy, *now_ms),
+            Command::Deploy {
+                deploy,
+                request_id,
+                now_ms,
+            } => self.once(request_id, |s| s.deploy(deploy, *now_ms)),
             Command::Rollback {
                 service,
                 to,
@@ -157,17 +165,39 @@ impl ClusterState {
                 from,
                 to,
                 force,
+                request_id,
                 now_ms,
-            } => self.promote(service, from, to, *force, *now_ms),
+            } => self.once(request_id, |s| {
+                s.promote(service, from, to, *force, *now_ms)
+            }),
             Command::Approve {
                 environment,
                 service,
+                request_id,
                 now_ms,
-            } => self.approve(environment, service, *now_ms),
+            } => self.once(request_id, |s| s.approve(environment, service, *now_ms)),
             Command::DeployStageTimedOut { task, now_ms } => {
                 self.deploy_stage_timed_out(*task, *now_ms)
             }
         }
+    }
+
+    /// Applies a deploy-like command once per client request id: a re-sent one (a client
+    /// retrying after an answer it lost) gets the first answer again.
+    fn once(&mut self, request_id: &str, apply: impl FnOnce(&mut Self) -> Response) -> Response {
+        if let Some(done) = self
+            .deploy_requests
+            .get(request_id)
+            .filter(|_| !request_id.is_empty())
+        {
+            return done.clone().into();
+        }
+        let answer = apply(self);
+        if let (Response::Deployed(d), false) = (&answer, request_id.is_empty()) {
+            self.deploy_requests
+                .insert(request_id.to_string(), d.clone());
+        }
+        answer
     }
 
     pub fn task(&self, task: TaskRef) -> Option<&Task> {

@@ -276,6 +276,7 @@ mod tests {
             parse_service("svc.yaml", "name: m\ncommand: ./serve\nreplicas: 2\n").expect("valid");
         s.apply(&Command::Deploy {
             deploy: Box::new(Deploy::new(spec, "default")),
+            request_id: String::new(),
             now_ms: 0,
         });
         let number = s.services.keys().next().copied().expect("a service");
@@ -344,5 +345,25 @@ mod tests {
         act(&mut s, n, vec![ServiceAction::Drain { slot: 0 }]);
         assert!(s.services[&n].replicas.is_empty());
         assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn a_deploy_sent_again_with_its_request_id_is_made_once() {
+        let (mut s, n) = world();
+        let spec =
+            parse_service("svc.yaml", "name: m\ncommand: ./serve2\nreplicas: 2\n").expect("valid");
+        let deploy = Command::Deploy {
+            deploy: Box::new(Deploy::new(spec, "default")),
+            request_id: "req-1".into(),
+            now_ms: 5,
+        };
+        let first = s.apply(&deploy);
+        let again = s.apply(&deploy);
+        assert_eq!(first, again, "the first answer, again");
+        assert_eq!(
+            s.services[&n].revisions.len(),
+            2,
+            "one new revision, not two"
+        );
     }
 }

@@ -50,6 +50,7 @@ impl World {
         let d = Deploy::new(spec, "default");
         self.s.apply(&Command::Deploy {
             deploy: Box::new(d),
+            request_id: String::new(),
             now_ms: self.now,
         });
     }
