@@ -386,21 +386,43 @@ mod tests {
 
     const SERVICE: &str = "name: web\ncommand: ./serve\nreplicas: 1\n";
 
-    /// A run of `yaml` whose deploy stages name `service.yaml`, submitted.
-    fn submitted(yaml: &str) -> ClusterState {
+    /// `yaml` checked, with `service.yaml` sent along for its deploy stages.
+    fn pipeline(yaml: &str) -> kiln_api::spec::Pipeline {
         let mut pipeline = parse_pipeline("p.yaml", yaml).expect("valid");
         for stage in &mut pipeline.stages {
             if let Some(DeployStage::Service { yaml, .. }) = &mut stage.deploy {
                 *yaml = SERVICE.to_string();
             }
         }
-        let mut s = ClusterState::default();
+        pipeline
+    }
+
+    fn submit(s: &mut ClusterState, request_id: &str, yaml: &str, now_ms: i64) {
         s.apply(&Command::SubmitRun {
-            request_id: String::new(),
+            request_id: request_id.into(),
             trigger: "manual".into(),
-            pipeline,
+            pipeline: pipeline(yaml),
             only_tests: Default::default(),
-            now_ms: 1,
+            now_ms,
+        });
+    }
+
+    /// A run of `yaml`, submitted.
+    fn submitted(yaml: &str) -> ClusterState {
+        let mut s = ClusterState::default();
+        submit(&mut s, "", yaml, 1);
+        s
+    }
+
+    /// A cluster with the environment `prod`, which requires approval.
+    fn with_approval() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateEnvironment {
+            name: "prod".into(),
+            approval: true,
+            default: false,
+            env: Default::default(),
+            now_ms: 0,
         });
         s
     }
@@ -457,29 +479,9 @@ mod tests {
 
     #[test]
     fn a_deploy_stage_waiting_past_its_timeout_fails_and_drops_its_held_deploy() {
-        let mut pipeline = parse_pipeline(
-            "p.yaml",
-            "name: p\nstages:\n  - name: ship\n    timeout: 1m\n    deploy: { service: service.yaml, environment: prod }\n",
-        )
-        .expect("valid");
-        if let Some(DeployStage::Service { yaml, .. }) = &mut pipeline.stages[0].deploy {
-            *yaml = SERVICE.to_string();
-        }
-        let mut s = ClusterState::default();
-        s.apply(&Command::CreateEnvironment {
-            name: "prod".into(),
-            approval: true,
-            default: false,
-            env: Default::default(),
-            now_ms: 0,
-        });
-        s.apply(&Command::SubmitRun {
-            request_id: String::new(),
-            trigger: "manual".into(),
-            pipeline,
-            only_tests: Default::default(),
-            now_ms: 1_000,
-        });
+        let mut s = with_approval();
+        let yaml = "name: p\nstages:\n  - name: ship\n    timeout: 1m\n    deploy: { service: service.yaml, environment: prod }\n";
+        submit(&mut s, "", yaml, 1_000);
         assert_eq!(
             stage_status(&s, 0),
             TaskStatus::Running,
@@ -508,34 +510,10 @@ mod tests {
 
     #[test]
     fn a_newer_deploy_awaiting_approval_supersedes_the_stage_waiting_on_an_older_one() {
-        let pipeline = || {
-            let mut p = parse_pipeline(
-                "p.yaml",
-                "name: p\nstages:\n  - name: ship\n    deploy: { service: service.yaml, environment: prod }\n",
-            )
-            .expect("valid");
-            if let Some(DeployStage::Service { yaml, .. }) = &mut p.stages[0].deploy {
-                *yaml = SERVICE.to_string();
-            }
-            p
-        };
-        let mut s = ClusterState::default();
-        s.apply(&Command::CreateEnvironment {
-            name: "prod".into(),
-            approval: true,
-            default: false,
-            env: Default::default(),
-            now_ms: 0,
-        });
-        for (request, at) in [("a", 1), ("b", 2)] {
-            s.apply(&Command::SubmitRun {
-                request_id: request.into(),
-                trigger: "manual".into(),
-                pipeline: pipeline(),
-                only_tests: Default::default(),
-                now_ms: at,
-            });
-        }
+        let mut s = with_approval();
+        let yaml = "name: p\nstages:\n  - name: ship\n    deploy: { service: service.yaml, environment: prod }\n";
+        submit(&mut s, "a", yaml, 1);
+        submit(&mut s, "b", yaml, 2);
         let first = &s.runs[&1].stages[0];
         assert_eq!(first.status(), TaskStatus::Failed);
         assert_eq!(
