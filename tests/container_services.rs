@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use kiln_e2e::docker::{self, containers_with, docker_or_skip, inspect};
 use kiln_e2e::http::{Load, request};
-use kiln_e2e::services::{self, assert_no_failures, busybox_service, deploy, version};
+use kiln_e2e::services::{
+    self, assert_all_after, assert_no_failures, busybox_service, deploy, version,
+};
 use kiln_e2e::{Cluster, Options};
 use serde_json::Value;
 
@@ -86,13 +88,7 @@ fn an_image_service_serves_through_the_gateway_rolls_without_a_failed_request_an
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
     assert_no_failures(&answers);
-    assert!(
-        answers
-            .iter()
-            .filter(|a| a.at > done)
-            .all(|a| version(a) == "v2"),
-        "only v2 after the rollout"
-    );
+    assert_all_after(&answers, done, "v2");
     let old: Vec<String> = ids
         .iter()
         .filter(|id| replica_containers().contains(id))

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_e2e::docker::{self, base_image, containers_with, docker_or_skip, inspect};
+use kiln_e2e::docker::{self, base_image, containers_with, docker_or_skip};
 use kiln_e2e::{Cluster, Options, stage};
 
 fn one_agent() -> Options {
@@ -68,15 +68,17 @@ stages:
 "
         ),
     );
-    // While `limits` runs, its container shows the stage's reservation as its limits.
-    let mut container = String::new();
+    // While `limits` runs, its container shows the stage's reservation as its limits. (A
+    // listed container can be gone by the time it is inspected: ask for a running one.)
+    let mut info = serde_json::Value::Null;
     cluster.wait_for("the limits container", Duration::from_secs(60), |_| {
-        container = containers_with("kiln.task", &format!("{run}/limits"))
-            .pop()
+        info = containers_with("kiln.task", &format!("{run}/limits"))
+            .iter()
+            .filter_map(|id| docker::try_inspect(id))
+            .find(|c| c["State"]["Running"] == true)
             .unwrap_or_default();
-        !container.is_empty()
+        !info.is_null()
     });
-    let info = inspect(&container);
     let host = &info["HostConfig"];
     assert_eq!(host["Memory"], 48 << 20, "{host}");
     assert_eq!(host["MemorySwap"], 48 << 20, "no swap past the limit");

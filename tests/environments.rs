@@ -7,8 +7,10 @@
 use std::time::{Duration, Instant};
 
 use kiln_e2e::docker::{containers_with, docker_or_skip, inspect};
-use kiln_e2e::http::{Answer, Load, request};
-use kiln_e2e::services::{assert_no_failures, busybox_service, history, version, wait_settled};
+use kiln_e2e::http::{Answer, Load, request_to_host};
+use kiln_e2e::services::{
+    assert_all_after, assert_no_failures, busybox_service, history, version, wait_settled,
+};
 use kiln_e2e::{Cluster, Options};
 use serde_json::Value;
 
@@ -46,32 +48,7 @@ fn awaiting(cluster: &Cluster, env: &str) -> Vec<Value> {
 }
 
 fn answers_from(gateway: &str, path: &str, host: Option<&str>) -> Answer {
-    match host {
-        None => request(gateway, "POST", path, "{}"),
-        Some(host) => {
-            // The load generator's client names the gateway as Host; ask by hand.
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(gateway).expect("gateway");
-            let req = format!(
-                "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-            );
-            s.write_all(req.as_bytes()).expect("write");
-            let mut raw = String::new();
-            s.read_to_string(&mut raw).expect("read");
-            Answer {
-                at: Instant::now(),
-                status: raw
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
-                body: raw
-                    .split_once("\r\n\r\n")
-                    .map(|(_, b)| b.to_string())
-                    .unwrap_or_default(),
-            }
-        }
-    }
+    request_to_host(gateway, host.unwrap_or(gateway), "POST", path, "{}")
 }
 
 #[test]
@@ -199,12 +176,7 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
     assert_no_failures(&answers);
-    assert!(
-        answers
-            .iter()
-            .filter(|a| a.at > done)
-            .all(|a| version(a) == "v2")
-    );
+    assert_all_after(&answers, done, "v2");
 
     // Back to the last known good revision, under load.
     let load = Load::start(&gateway, "/production/web/cgi-bin/predict", "{}", 4);
@@ -231,12 +203,7 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
     std::thread::sleep(Duration::from_millis(300));
     let answers = load.stop();
     assert_no_failures(&answers);
-    assert!(
-        answers
-            .iter()
-            .filter(|a| a.at > done)
-            .all(|a| version(a) == "v1")
-    );
+    assert_all_after(&answers, done, "v1");
     let production = history(&cluster, "web", Some("production"));
     assert_eq!(production["revisions"][1]["bad"], "answers drifted");
     assert_eq!(

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use kiln_e2e::docker::{base_image, docker_or_skip};
 use kiln_e2e::http::{Load, request};
-use kiln_e2e::services::{assert_no_failures, deploy_file, history, version, wait_settled};
+use kiln_e2e::services::{
+    assert_all_after, assert_no_failures, deploy_file, history, version, wait_settled,
+};
 use kiln_e2e::{Cluster, Options, bin};
 
 const PREDICT: &str = r#"{"features":[3,10,2]}"#;
@@ -99,13 +101,7 @@ fn a_model_goes_to_replicas_read_only_and_a_rollback_puts_its_bytes_back() {
         .map(version)
         .collect();
     assert!(between.iter().any(|v| v == "v2"), "the new model served");
-    assert!(
-        answers
-            .iter()
-            .filter(|a| a.at > back)
-            .all(|a| version(a) == "v1"),
-        "the old model's bytes are back"
-    );
+    assert_all_after(&answers, back, "v1");
     let s = history(&cluster, "model", None);
     assert_ne!(s["revisions"][1]["model_digest"], digest.as_str());
 

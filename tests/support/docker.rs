@@ -178,6 +178,18 @@ pub fn remove_containers(instance: &str) {
     }
 }
 
+/// `docker inspect` of one object, as JSON, if it (still) exists.
+pub fn try_inspect(id: &str) -> Option<serde_json::Value> {
+    let out = Command::new("docker")
+        .args(["inspect", id])
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v[0].clone())
+}
+
 /// `docker inspect` of one object, as JSON.
 pub fn inspect(id: &str) -> serde_json::Value {
     let out = sh("docker", &["inspect", id]);

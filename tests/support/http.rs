@@ -19,6 +19,11 @@ pub struct Answer {
 
 /// Sends one request (a new connection, `Connection: close`) and reads the answer.
 pub fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
+    request_to_host(addr, addr, method, path, body)
+}
+
+/// [`request`] with its own `Host:` header (a gateway routes `Host: SERVICE.ENV`).
+pub fn request_to_host(addr: &str, host: &str, method: &str, path: &str, body: &str) -> Answer {
     let at = Instant::now();
     let fail = |e: String| Answer {
         at,
@@ -31,7 +36,7 @@ pub fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if let Err(e) = stream.write_all(req.as_bytes()) {

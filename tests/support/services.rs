@@ -95,6 +95,20 @@ pub fn version(a: &Answer) -> String {
         .unwrap_or_default()
 }
 
+/// Every answer sent after `since` came from `want`.
+pub fn assert_all_after(answers: &[Answer], since: std::time::Instant, want: &str) {
+    let stray: Vec<String> = answers
+        .iter()
+        .filter(|a| a.at > since)
+        .map(version)
+        .filter(|v| v != want)
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "answers after the switch not from {want}: {stray:?}"
+    );
+}
+
 /// No request failed, and there was load enough to tell.
 pub fn assert_no_failures(answers: &[Answer]) {
     let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
