@@ -10,12 +10,17 @@
 //!   name the file, the line where one is known, the field and the reason.
 //! - [`artifact`]: packing a file or directory for the blob store, the same way everywhere.
 //! - [`leader`]: the one client loop that finds the leader and follows it.
+//! - [`git`]: git triggers as pure functions: which pushes start a run, which commits ask
+//!   to skip CI, which environment a branch deploys to, a run's concurrency group.
+//! - [`gitcmd`]: the `git` program, run the same way by coordinators and agents.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
 //!
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
 //! it touches the network and the coordinator rejects it again with the same words.
 
 pub mod artifact;
+pub mod git;
+pub mod gitcmd;
 pub mod leader;
 pub mod service;
 pub mod spec;

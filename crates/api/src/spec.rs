@@ -4,6 +4,12 @@
 //!
 //! ```yaml
 //! name: hello
+//! on:
+//!   branches: [main, "release/**"]
+//!   paths_ignore: ["docs/**", "*.md"]
+//! concurrency:
+//!   group: deploy-${{ git.branch }}
+//!   cancel_in_progress: true
 //! stages:
 //!   - name: build
 //!     command: cargo build --release
@@ -12,6 +18,7 @@
 //!     needs: [build]
 //!     command: python train.py
 //!     resources: { gpus: 2, gpu_model: "*H100*" }
+//!     interruptible: false
 //!   - name: test
 //!     needs: [build]
 //!     command: ["cargo", "test"]
@@ -30,6 +37,11 @@
 //!
 //! A stage with `image:` or `build:` runs on the Docker driver; any other stage on the
 //! process driver ([`Stage::driver`]).
+//!
+//! `on:` picks the git pushes that start a run (a manual run ignores it; the rules are in
+//! [`crate::git::filter`]). `concurrency:` puts runs into a group: with
+//! `cancel_in_progress`, a newer run of the group supersedes the one in progress, whose
+//! stages are cancelled except those marked `interruptible: false`, which finish.
 
 use std::collections::BTreeMap;
 
@@ -40,8 +52,39 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
     pub name: String,
+    /// Which git pushes start a run; absent, every branch and tag push does.
+    pub on: Option<TriggersFile>,
+    /// The group a run belongs to, and whether a newer run of it supersedes an older one.
+    pub concurrency: Option<ConcurrencyFile>,
     #[serde(default)]
     pub stages: Vec<StageFile>,
+}
+
+/// `on:` as written: globs over branch names, tag names and changed paths.
+///
+/// ```yaml
+/// on:
+///   branches: [main, "release/**"]
+///   tags: ["v*"]
+///   paths: ["src/**", "Cargo.*"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersFile {
+    pub branches: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub paths_ignore: Option<Vec<String>>,
+}
+
+/// `concurrency: { group: "${{ git.branch }}", cancel_in_progress: true }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// May use `${{ git.branch }}`, `${{ git.ref }}`, `${{ git.repository }}` and
+    /// `${{ git.commit }}`.
+    pub group: String,
+    pub cancel_in_progress: Option<bool>,
 }
 
 /// One stage as written.
@@ -76,6 +119,9 @@ pub struct StageFile {
     /// Files or directories (in the stage's work directory) the stage publishes when it
     /// succeeds, each named by its last path component: `${{ stages.NAME.artifacts.ART }}`.
     pub artifacts: Option<Vec<String>>,
+    /// `false`: a run superseded by a newer one of its concurrency group lets this stage
+    /// finish (a migration, a deploy) instead of cancelling it. `true` by default.
+    pub interruptible: Option<bool>,
 }
 
 /// `deploy:` as written: a service file deployed into an environment (optionally with the
@@ -186,10 +232,47 @@ impl std::fmt::Display for Scalar {
 
 /// A checked pipeline: names are valid and unique, `needs` form a DAG, every stage has a
 /// command and sane resources.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pipeline {
     pub name: String,
+    /// Which git pushes start a run; `None` (no `on:`), every branch and tag push does.
+    /// Manual runs ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Triggers>,
+    /// The run's concurrency group; `None`, runs never supersede one another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     pub stages: Vec<Stage>,
+}
+
+/// A checked `on:`: every glob compiles, and at most one of `paths` and `paths_ignore` is
+/// set. [`crate::git::filter`] applies it to a push.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triggers {
+    /// Globs over branch names; `None` is every branch unless `tags` is set (then none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<String>>,
+    /// Globs over tag names; `None` is every tag unless `branches` is set (then none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// A branch push runs only if a changed path matches one of these (empty: no filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// A branch push does not run if every changed path matches one of these (empty: no
+    /// filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths_ignore: Vec<String>,
+}
+
+/// A checked `concurrency:`: runs whose expanded `group` is the same belong together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// As written, `${{ git.* }}` included; [`crate::git::expand_group`] fills it in for a
+    /// run.
+    pub group: String,
+    /// A newer run of the group cancels the one in progress (its interruptible stages).
+    #[serde(default)]
+    pub cancel_in_progress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +310,19 @@ pub struct Stage {
     /// it is on the node (read-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, ArtifactRef>,
+    /// `false`: when a newer run of the concurrency group supersedes this run, this stage
+    /// is left to finish rather than cancelled.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub interruptible: bool,
+}
+
+/// `interruptible`'s default (state written before the field existed deserialises to it).
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 /// `${{ stages.STAGE.artifacts.NAME }}`: an artifact an earlier stage published.

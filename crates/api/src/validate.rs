@@ -21,6 +21,7 @@ mod container;
 mod deploy;
 mod service;
 mod sharding;
+mod triggers;
 
 pub use deploy::check_environment;
 pub use service::parse_service;
@@ -110,6 +111,8 @@ impl<'a> Checker<'a> {
             let line = find_key_line(&self.lines, 0, "name");
             self.push(line, "name", reason);
         }
+        let on = self.check_triggers(raw.on.as_ref());
+        let concurrency = self.check_concurrency(raw.concurrency.as_ref());
         if raw.stages.is_empty() {
             let line = find_key_line(&self.lines, 0, "stages");
             self.push(line, "stages", "a pipeline needs at least one stage".into());
@@ -151,6 +154,8 @@ impl<'a> Checker<'a> {
         if self.errors.is_empty() {
             Ok(Pipeline {
                 name: raw.name,
+                on,
+                concurrency,
                 stages,
             })
         } else {
@@ -299,6 +304,7 @@ impl<'a> Checker<'a> {
             deploy: deploy?,
             artifacts: artifacts?,
             inputs,
+            interruptible: s.interruptible.unwrap_or(true),
         })
     }
 

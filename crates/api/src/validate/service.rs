@@ -35,6 +35,7 @@ impl Checker<'_> {
             self.push(line("name"), "command", reason);
         }
         let as_stage = StageFile {
+            interruptible: None,
             name: s.name.clone(),
             needs: Vec::new(),
             command: s.command.clone(),

@@ -672,3 +672,102 @@ fn kiln_variables_and_container_inputs_are_refused() {
         "{e}"
     );
 }
+
+const TRIGGERED: &str = "\
+name: ship
+on:
+  branches: [main, \"release/**\"]
+  tags: [\"v*\"]
+  paths_ignore: [\"docs/**\", \"*.md\"]
+concurrency:
+  group: deploy-${{ git.branch }}-${{git.repository}}
+  cancel_in_progress: true
+stages:
+  - name: build
+    command: make
+  - name: migrate
+    needs: [build]
+    command: ./migrate
+    interruptible: false
+";
+
+#[test]
+fn triggers_concurrency_and_interruptible_stages_parse() {
+    use crate::spec::{Concurrency, Triggers};
+    let p = parse_pipeline("p.yaml", TRIGGERED).expect("valid");
+    let on = Triggers {
+        branches: Some(vec!["main".into(), "release/**".into()]),
+        tags: Some(vec!["v*".into()]),
+        paths: Vec::new(),
+        paths_ignore: vec!["docs/**".into(), "*.md".into()],
+    };
+    assert_eq!(p.on, Some(on));
+    let concurrency = Concurrency {
+        group: "deploy-${{ git.branch }}-${{git.repository}}".into(),
+        cancel_in_progress: true,
+    };
+    assert_eq!(p.concurrency, Some(concurrency));
+    assert!(p.stages[0].interruptible, "interruptible by default");
+    assert!(!p.stages[1].interruptible);
+
+    let plain = parse_pipeline("p.yaml", GOOD).unwrap();
+    assert_eq!((plain.on, plain.concurrency), (None, None));
+    let queued = parse_pipeline(
+        "p.yaml",
+        "name: d\nconcurrency: { group: g }\nstages:\n  - name: a\n    command: x\n",
+    )
+    .unwrap();
+    assert!(!queued.concurrency.unwrap().cancel_in_progress);
+}
+
+#[test]
+fn pipelines_without_the_trigger_fields_are_stored_as_before() {
+    let plain = parse_pipeline("p.yaml", GOOD).unwrap();
+    let text = serde_yaml_ng::to_string(&plain).unwrap();
+    for key in ["interruptible", "concurrency", "\non:"] {
+        assert!(!text.contains(key), "{key:?} in {text}");
+    }
+    let back: Pipeline = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(back, plain);
+    let triggered = parse_pipeline("p.yaml", TRIGGERED).unwrap();
+    let text = serde_yaml_ng::to_string(&triggered).unwrap();
+    let back: Pipeline = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(back, triggered);
+}
+
+#[test]
+fn bad_triggers_and_concurrency_name_the_field_and_line() {
+    let with = |top: &str| format!("name: p\n{top}stages:\n  - name: a\n    command: x\n");
+    let cases = [
+        (
+            with("on:\n  branches: [main, \"[\"]\n"),
+            "p.yaml:3: on.branches[1]: \"[\": unclosed character class; missing ']'",
+        ),
+        (
+            with("on:\n  paths: [src/**]\n  paths_ignore: [docs/**]\n"),
+            "p.yaml:4: on.paths_ignore: paths and paths_ignore cannot both be set",
+        ),
+        (
+            with("on:\n  tags: [\"refs/tags/v*\"]\n"),
+            "p.yaml:3: on.tags[0]: \"refs/tags/v*\": on.tags holds names, not refs",
+        ),
+        (
+            with("on:\n  paths: [\"/src/**\"]\n"),
+            "p.yaml:3: on.paths[0]: \"/src/**\": paths are relative to the repository",
+        ),
+        (
+            with("concurrency:\n  group: ${{ github.ref }}\n"),
+            "p.yaml:3: concurrency.group: \"${{ github.ref }}\": the only expressions here are ${{ git.branch }}, ${{ git.ref }}, ${{ git.repository }} and ${{ git.commit }}",
+        ),
+        (
+            with("concurrency: { group: \"\" }\n"),
+            "p.yaml:2: concurrency.group: must not be empty",
+        ),
+    ];
+    for (src, want) in cases {
+        assert_eq!(err(&src), want, "{src}");
+    }
+    let unknown = err(&with("on:\n  branch: [main]\n"));
+    assert!(unknown.starts_with("p.yaml:3: "), "{unknown}");
+    assert!(unknown.contains("unknown field `branch`"), "{unknown}");
+}

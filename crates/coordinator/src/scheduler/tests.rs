@@ -120,6 +120,7 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, (cpu, gpu))| Stage {
+                interruptible: true,
                 name: format!("s{i}"),
                 needs: vec![],
                 command: Cmd::Shell("true".into()),
@@ -141,6 +142,8 @@ impl Cluster {
             })
             .collect();
         let pipeline = Pipeline {
+            on: None,
+            concurrency: None,
             name: "p".into(),
             stages,
         };

@@ -9,6 +9,7 @@ use super::*;
 
 fn suite_stage(name: &str, shards: u32, split: Split, retries: u32) -> Stage {
     Stage {
+        interruptible: true,
         name: name.into(),
         needs: vec![],
         command: Cmd::None,
@@ -81,6 +82,8 @@ impl World {
             register(&mut s, n, 0);
         }
         let pipeline = Pipeline {
+            on: None,
+            concurrency: None,
             name: "p".into(),
             stages,
         };

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
     Stage {
+        interruptible: true,
         name: name.into(),
         needs: needs.iter().map(|s| s.to_string()).collect(),
         command: Cmd::Shell("true".into()),
@@ -30,6 +31,8 @@ fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
 
 fn pipeline(stages: Vec<Stage>) -> Pipeline {
     Pipeline {
+        on: None,
+        concurrency: None,
         name: "p".into(),
         stages,
     }
