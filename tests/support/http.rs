@@ -24,6 +24,25 @@ pub fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
 
 /// [`request`] with its own `Host:` header (a gateway routes `Host: SERVICE.ENV`).
 pub fn request_to_host(addr: &str, host: &str, method: &str, path: &str, body: &str) -> Answer {
+    request_with_headers(
+        addr,
+        method,
+        path,
+        &[("Host", host), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+/// Sends one request with exactly these headers, in this order, and reads the answer. It
+/// adds `Host: ADDR` first unless `headers` hold a `Host`, and then `Content-Length` and
+/// `Connection: close`; nothing else (no `Content-Type` unless given).
+pub fn request_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     let at = Instant::now();
     let fail = |e: String| Answer {
         at,
@@ -35,11 +54,18 @@ pub fn request_to_host(addr: &str, host: &str, method: &str, path: &str, body: &
         Err(e) => return fail(e.to_string()),
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if let Err(e) = stream.write_all(req.as_bytes()) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    head.push_str("Connection: close\r\n\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    if let Err(e) = stream.write_all(&req) {
         return fail(e.to_string());
     }
     let mut raw = Vec::new();

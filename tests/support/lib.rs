@@ -10,6 +10,7 @@
 //! image, a real registry. A dropped cluster also removes every container its agents own.
 
 pub mod docker;
+pub mod git;
 pub mod http;
 pub mod services;
 

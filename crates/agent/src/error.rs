@@ -29,6 +29,9 @@ pub enum Error {
     /// The replica's model artifact could not be had.
     #[error("{0}")]
     Model(String),
+    /// The checkout of a git-triggered run's commit could not be made.
+    #[error("checkout of {0}")]
+    Checkout(String),
 }
 
 impl Error {

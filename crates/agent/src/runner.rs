@@ -53,6 +53,8 @@ pub struct Runner {
     gateway: Option<String>,
     /// Model artifacts on this node, for replicas.
     models: crate::blobs::Models,
+    /// One cached clone per repository, for the checkouts of git-triggered stages.
+    repos: kiln_api::gitcmd::Caches,
 }
 
 impl Runner {
@@ -65,6 +67,7 @@ impl Runner {
         gateway: Option<String>,
     ) -> Runner {
         let models = crate::blobs::Models::new(logs.data_dir());
+        let repos = kiln_api::gitcmd::Caches::new(logs.data_dir().join("git"));
         Runner {
             logs,
             outbox,
@@ -74,6 +77,7 @@ impl Runner {
             advertise,
             gateway,
             models,
+            repos,
         }
     }
 
@@ -193,16 +197,22 @@ impl Runner {
         {
             fetch.push(("KILN_MODEL_DIR".into(), model));
         }
-        if fetch.is_empty() {
+        if fetch.is_empty() && a.checkout.is_none() {
             if let Err(e) = self.start(a.clone(), key, dir, &done_tx) {
                 self.not_started(&a, e, &done_tx);
             }
             return;
         }
-        // It starts once what it takes is on this node.
+        // It starts once its checkout and what it takes are on this node.
         let runner = self.clone();
         tokio::spawn(async move {
             let mut a = a;
+            if let Some(c) = &a.checkout
+                && let Err(e) = runner.checkout(c, &dir.work).await
+            {
+                let _ = std::fs::write(&dir.log, format!("kiln: {e}\n"));
+                return runner.not_started(&a, e, &done_tx);
+            }
             for (var, digest) in fetch {
                 match runner.models.ensure(&runner.leader, &digest).await {
                     Ok(path) => {
@@ -218,6 +228,22 @@ impl Runner {
                 runner.not_started(&a, e, &done_tx);
             }
         });
+    }
+
+    /// A clean checkout of the run's commit in the task's work directory, from this node's
+    /// cached clone of the repository (fetched into first when it lacks the commit).
+    async fn checkout(&self, c: &pb::Checkout, work: &std::path::Path) -> Result<(), Error> {
+        let fail = |e: kiln_api::gitcmd::GitError| {
+            Error::Checkout(format!("{} at {}: {e}", c.repository, c.commit))
+        };
+        let credentials = Some(c.credentials.as_str()).filter(|s| !s.is_empty());
+        let cache = self
+            .repos
+            .get(&c.repository, credentials)
+            .await
+            .map_err(fail)?;
+        cache.fetch(&c.url, &c.commit).await.map_err(fail)?;
+        cache.checkout(&c.url, &c.commit, work).await.map_err(fail)
     }
 
     /// The one way a task that could not start is reported: as its attempt's end.

@@ -47,9 +47,18 @@ struct Cli {
 enum Commands {
     /// Run a coordinator and an agent in this process, with data on local disk.
     Dev(commands::dev::DevArgs),
-    /// Submit a pipeline file; prints the run id.
+    /// Submit a pipeline file (or, with --repo, a repository's pipeline at a ref); prints
+    /// the run id.
     Run {
-        file: PathBuf,
+        /// The pipeline file (not with --repo).
+        #[arg(required_unless_present = "repo", conflicts_with = "repo")]
+        file: Option<PathBuf>,
+        /// Run this repository's pipeline, read at --ref, as a push would.
+        #[arg(long)]
+        repo: Option<String>,
+        /// A branch, tag, full ref or commit id of --repo (default: its main branch).
+        #[arg(long = "ref", requires = "repo")]
+        git_ref: Option<String>,
         /// Show progress until the run ends, and exit with its status.
         #[arg(long, short)]
         follow: bool,
@@ -161,6 +170,11 @@ enum Commands {
         #[arg(long)]
         env: String,
     },
+    /// Repositories: git remotes whose pushes start runs (webhooks and polling).
+    Repo {
+        #[command(subcommand)]
+        command: Option<RepoCommand>,
+    },
     /// Environments: `kiln env` lists them; `kiln env create NAME` makes one.
     Env {
         #[command(subcommand)]
@@ -194,6 +208,38 @@ enum EnvCommand {
     },
     /// List environments (the same as `kiln env`).
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoCommand {
+    /// Watch a git remote: its pushes start its pipeline. Checks the remote answers and
+    /// prints the webhook path and secret.
+    Add {
+        name: String,
+        url: String,
+        /// The pipeline file's path in the repository.
+        #[arg(long, default_value = ".kiln/pipeline.yaml")]
+        pipeline: String,
+        /// GLOB=ENVIRONMENT: where a deploy stage with no environment deploys for a branch
+        /// matching GLOB (repeatable; the first match wins), e.g. main=production.
+        #[arg(long = "branch")]
+        branches: Vec<String>,
+        /// How often to poll the remote for pushes no webhook told of (`60s`, `5m`, `off`).
+        #[arg(long)]
+        poll: Option<String>,
+        /// A file holding the webhook secret (default: a random one, printed once).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// A git credential-store file present on every node, for a private remote.
+        #[arg(long)]
+        credentials: Option<String>,
+    },
+    /// List repositories.
+    List,
+    /// Show a repository: its heads, poll error and latest pushes.
+    Show { name: String },
+    /// Stop watching a repository (its runs stay).
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,12 +280,40 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Commands::Dev(args) => commands::dev::dev(args, json).await,
         Commands::Run {
-            file,
+            file: Some(file),
             follow,
             request_id,
+            ..
         } => commands::run::run(&mut client, &file, follow, request_id, json)
             .await
             .map(|_| ()),
+        Commands::Run {
+            repo: Some(repo),
+            git_ref,
+            follow,
+            request_id,
+            ..
+        } => {
+            let id = request_id.unwrap_or_else(commands::run::new_request_id);
+            let ref_ = git_ref.unwrap_or_default();
+            match commands::repos::trigger(&mut client, repo, ref_, id, json).await? {
+                Some(run) if follow => commands::run::follow_to_end(&mut client, run, json)
+                    .await
+                    .map(|_| ()),
+                Some(run) => {
+                    if json {
+                        println!("{}", serde_json::json!({ "run_id": run }));
+                    } else {
+                        println!("{run}");
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+        Commands::Run { .. } => Err(CliError::Invalid(
+            "give a pipeline file, or --repo NAME".into(),
+        )),
         Commands::Status { run } => commands::read::status(&mut client, run, json).await,
         Commands::Logs {
             run,
@@ -304,6 +378,35 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Commands::Approve { service, env } => {
             commands::environments::approve(&mut client, service, env, json).await
         }
+        Commands::Repo { command } => match command {
+            Some(RepoCommand::Add {
+                name,
+                url,
+                pipeline,
+                branches,
+                poll,
+                secret_file,
+                credentials,
+            }) => {
+                let new = commands::repos::NewRepository {
+                    name,
+                    url,
+                    pipeline: Some(pipeline),
+                    branches,
+                    poll,
+                    secret_file,
+                    credentials,
+                };
+                commands::repos::add(&mut client, new, json).await
+            }
+            Some(RepoCommand::List) | None => commands::repos::list(&mut client, None, json).await,
+            Some(RepoCommand::Show { name }) => {
+                commands::repos::list(&mut client, Some(name), json).await
+            }
+            Some(RepoCommand::Remove { name }) => {
+                commands::repos::remove(&mut client, name, json).await
+            }
+        },
         Commands::Env { command } => match command {
             Some(EnvCommand::Create {
                 name,

@@ -58,6 +58,12 @@ pub fn run(r: &pb::Run) -> String {
         "-".into()
     };
     let _ = writeln!(out, "{}  {}  {}  ({})", r.id, r.pipeline, r.status, took);
+    if let Some(g) = &r.git {
+        let _ = writeln!(out, "  {}", git(g));
+    }
+    if !r.message.is_empty() {
+        let _ = writeln!(out, "  {}", r.message);
+    }
     let _ = writeln!(
         out,
         "  {:<20} {:<10} {:>7} {:<16} {:>5} {:>10}  NOTE",
@@ -123,9 +129,24 @@ fn shard_note(k: &pb::Shard) -> String {
         .unwrap_or_default()
 }
 
+/// `repo main 3f2a91c "Fix the tokenizer" (Ada Lovelace)`: what a run or revision was
+/// made from.
+pub fn git(g: &pb::GitSource) -> String {
+    let name = g
+        .r#ref
+        .strip_prefix("refs/heads/")
+        .or_else(|| g.r#ref.strip_prefix("refs/tags/"))
+        .unwrap_or(&g.r#ref);
+    let commit = g.commit.get(..7).unwrap_or(&g.commit);
+    format!(
+        "{} {name} {commit} {:?} ({})",
+        g.repository, g.title, g.author
+    )
+}
+
 pub fn runs(runs: &[pb::Run]) -> String {
     let mut out = format!(
-        "{:<10} {:<24} {:<10} {:>7} {:>10}\n",
+        "{:<10} {:<24} {:<10} {:>7} {:>10}  SOURCE\n",
         "RUN", "PIPELINE", "STATUS", "STAGES", "TIME"
     );
     for r in runs {
@@ -135,9 +156,13 @@ pub fn runs(runs: &[pb::Run]) -> String {
         } else {
             "-".into()
         };
+        let source = match &r.git {
+            Some(g) => git(g),
+            None => r.trigger.clone(),
+        };
         let _ = writeln!(
             out,
-            "{:<10} {:<24} {:<10} {:>7} {:>10}",
+            "{:<10} {:<24} {:<10} {:>7} {:>10}  {source}",
             r.id,
             r.pipeline,
             r.status,

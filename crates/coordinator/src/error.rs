@@ -1,7 +1,8 @@
 //! The coordinator's one error type, split by cause, and its mapping to gRPC status codes
 //! (done here and nowhere else). "Not the leader" is `UNAVAILABLE` with the leader's
 //! address in metadata ([`kiln_api::leader::not_leader`]), so that clients retry it; a
-//! conflict is `FAILED_PRECONDITION`, final.
+//! conflict is `FAILED_PRECONDITION`, final. The HTTP routes map it with
+//! [`Error::http_status`].
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +24,20 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The HTTP status of this error, for the HTTP routes (webhooks).
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {

@@ -167,6 +167,12 @@ pub async fn start(
         core.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(controllers::triggers::run(
+        core.clone(),
+        config.data_dir.join("git"),
+        shutdown.clone(),
+    ));
+    tasks.spawn(controllers::polling::run(core.clone(), shutdown.clone()));
     if let (Some(target), false) = (config.join.clone(), initialized) {
         tasks.spawn(join_cluster(target, config.id, addr, shutdown.clone()));
     }

@@ -85,19 +85,36 @@ async fn steps(
         .registry
         .clone()
         .ok_or("this node has no registry to push to: start its agent with --registry HOST:PORT")?;
-    let context = crate::blobs::fetch(leader, &spec.context_digest)
-        .await
-        .map_err(|e| format!("fetching the build context {}: {e}", spec.context_digest))?;
-    log.line(&format!(
-        "kiln: build context {} ({} KiB)",
-        spec.context_digest,
-        context.len() / 1024
-    ));
-
-    let context = if a.shell.is_empty() && a.argv.is_empty() {
-        context
+    let command = !(a.shell.is_empty() && a.argv.is_empty());
+    let context = if spec.context_digest.is_empty() && a.checkout.is_some() {
+        // A git-triggered run: the context is a directory of the checkout in `work`.
+        let dir = checkout_context(work, &spec.context_dir)?;
+        log.line(&format!(
+            "kiln: build context {} of the checkout",
+            spec.context_dir
+        ));
+        if command {
+            run_before(a, &dir, log_path, killed).await?;
+        }
+        pack(&dir)?
     } else {
-        prepare(a, work, log_path, &context, killed).await?
+        let context = crate::blobs::fetch(leader, &spec.context_digest)
+            .await
+            .map_err(|e| format!("fetching the build context {}: {e}", spec.context_digest))?;
+        log.line(&format!(
+            "kiln: build context {} ({} KiB)",
+            spec.context_digest,
+            context.len() / 1024
+        ));
+        if command {
+            tar::Archive::new(context.as_slice())
+                .unpack(work)
+                .map_err(|e| format!("unpacking the build context: {e}"))?;
+            run_before(a, work, log_path, killed).await?;
+            pack(work)?
+        } else {
+            context
+        }
     };
 
     let repo = format!("{registry}/{}", spec.name);
@@ -167,20 +184,32 @@ async fn steps(
     Ok(pinned)
 }
 
-/// Unpacks the context into the work dir, runs the stage's command there (on the node), and
-/// packs the result as the context to build.
-async fn prepare(
+/// The context directory `rel` of the checkout in `work`, which it may not leave (a
+/// symlink in the repository could point anywhere on the node).
+fn checkout_context(work: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    let dir = work
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| format!("build context {rel:?}: {e}"))?;
+    let root = work.canonicalize().map_err(|e| e.to_string())?;
+    if !dir.starts_with(&root) || !dir.is_dir() {
+        return Err(format!(
+            "build context {rel:?} is not a directory of the checkout"
+        ));
+    }
+    Ok(dir)
+}
+
+/// Runs the stage's command in `dir` (on the node) before the build; its output goes into
+/// the task's log.
+async fn run_before(
     a: &pb::Assignment,
-    work: &Path,
+    dir: &Path,
     log_path: &Path,
-    context: &[u8],
     mut killed: watch::Receiver<Option<String>>,
-) -> Result<Vec<u8>, String> {
-    tar::Archive::new(context)
-        .unpack(work)
-        .map_err(|e| format!("unpacking the build context: {e}"))?;
+) -> Result<(), String> {
     let prep_log = log_path.with_file_name("prepare.log");
-    let child = process::spawn(a, work, &prep_log)?;
+    let child = process::spawn(a, dir, &prep_log)?;
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         if let Ok(k) = killed.wait_for(|k| k.is_some()).await {
@@ -200,14 +229,30 @@ async fn prepare(
             outcome.message
         ));
     }
+    Ok(())
+}
+
+/// A tar of `dir` as the Engine takes it (no sparse entries, symlinks kept as links),
+/// without a checkout's `.git`.
+fn pack(dir: &Path) -> Result<Vec<u8>, String> {
+    let fail = |e: std::io::Error| format!("packing the build context: {e}");
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    // The Engine's tar reader does not take GNU sparse entries.
     tar.sparse(false);
-    tar.append_dir_all(".", work)
-        .map_err(|e| format!("packing the build context: {e}"))?;
-    tar.into_inner()
-        .map_err(|e| format!("packing the build context: {e}"))
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        if name == ".git" {
+            continue;
+        }
+        if entry.file_type().map_err(fail)?.is_dir() {
+            tar.append_dir_all(&name, entry.path()).map_err(fail)?;
+        } else {
+            tar.append_path_with_name(entry.path(), &name)
+                .map_err(fail)?;
+        }
+    }
+    tar.into_inner().map_err(fail)
 }
 
 fn failed(message: String) -> Outcome {

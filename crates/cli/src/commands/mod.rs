@@ -6,6 +6,7 @@ pub mod dev;
 pub mod environments;
 pub mod read;
 pub mod registry;
+pub mod repos;
 pub mod run;
 pub mod services;
 pub mod tests;

@@ -250,7 +250,9 @@ pub async fn history(
             if commit.is_empty() { "-" } else { &commit },
             crate::render::clock_ms(r.created_ms),
         );
+        let source = r.git.as_ref().map(crate::render::git).unwrap_or_default();
         let notes = [
+            ("source", &source),
             ("promoted from", &r.promoted_from),
             ("deployed by", &r.run),
             ("failed", &r.failed),

@@ -338,6 +338,51 @@ impl Kiln for ClientService {
     }
 
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn add_repository(
+        &self,
+        req: Request<pb::AddRepositoryRequest>,
+    ) -> Result<Response<pb::RepositoryView>, Status> {
+        Ok(Response::new(
+            super::repositories::add(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_repository(
+        &self,
+        req: Request<pb::RemoveRepositoryRequest>,
+    ) -> Result<Response<pb::RemoveRepositoryResponse>, Status> {
+        super::repositories::remove(&self.core, req.into_inner()).await?;
+        Ok(Response::new(pb::RemoveRepositoryResponse {}))
+    }
+
+    async fn list_repositories(
+        &self,
+        req: Request<pb::ListRepositoriesRequest>,
+    ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
+        Ok(Response::new(super::repositories::list(
+            &self.core,
+            req.get_ref(),
+        )?))
+    }
+
+    async fn trigger_repository(
+        &self,
+        req: Request<pb::TriggerRepositoryRequest>,
+    ) -> Result<Response<pb::TriggerRepositoryResponse>, Status> {
+        Ok(Response::new(
+            super::repositories::trigger(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    async fn deliver_webhook(
+        &self,
+        req: Request<pb::WebhookDelivery>,
+    ) -> Result<Response<pb::WebhookAnswer>, Status> {
+        Ok(Response::new(
+            super::webhooks::delivered(&self.core, req.into_inner()).await,
+        ))
+    }
+
     async fn create_environment(
         &self,
         req: Request<pb::CreateEnvironmentRequest>,
@@ -525,7 +570,7 @@ where
 /// A GPU share larger than every GPU in the cluster could never be placed: refuse it now,
 /// naming the field, rather than leaving it pending for ever. (With no GPU node registered
 /// yet, the stage waits with its reason instead.)
-fn check_gpu_shares(
+pub(crate) fn check_gpu_shares(
     core: &Core,
     pipeline: &kiln_api::spec::Pipeline,
     file: &str,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use kiln_api::pb;
 
 use crate::leader::Liveness;
-use crate::state::{Attempt, Node, Run, StageRun, Task, TaskRef, TaskStatus};
+use crate::state::{Attempt, GitInfo, Node, Run, StageRun, Task, TaskRef, TaskStatus};
 
 pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
     let stages = r
@@ -69,6 +69,18 @@ pub fn run(r: &Run, waiting: &BTreeMap<TaskRef, String>) -> pb::Run {
         created_ms: r.created_ms,
         finished_ms: r.finished_ms.unwrap_or(0),
         stages,
+        git: r.git.as_ref().map(git),
+        message: r.message.clone().unwrap_or_default(),
+    }
+}
+
+pub fn git(g: &GitInfo) -> pb::GitSource {
+    pb::GitSource {
+        repository: g.repository.clone(),
+        r#ref: g.git_ref.clone(),
+        commit: g.commit.clone(),
+        author: g.author.clone(),
+        title: g.title.clone(),
     }
 }
 

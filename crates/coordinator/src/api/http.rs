@@ -1,20 +1,26 @@
-//! HTTP: `/healthz` for probes and `/metrics` for Prometheus.
+//! HTTP: `/healthz` for probes, `/metrics` for Prometheus, and `/hooks/REPOSITORY` for the
+//! forges' webhooks ([`super::webhooks`]).
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::core::Core;
 use crate::state::NodeStatus;
 
 pub fn router(core: Arc<Core>) -> Router {
+    let hooks = Router::new()
+        .route("/hooks/{repository}", post(super::webhooks::http))
+        .layer(DefaultBodyLimit::max(super::webhooks::MAX_BODY));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(hooks)
         .with_state(core)
 }
 

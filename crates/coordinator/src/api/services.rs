@@ -417,6 +417,7 @@ pub fn view(core: &Core, s: &Service) -> pb::ServiceView {
                 bad: r.bad.clone().unwrap_or_default(),
                 promoted_from: r.promoted_from.clone().unwrap_or_default(),
                 run: r.run.clone().unwrap_or_default(),
+                git: r.git.as_ref().map(super::convert::git),
             })
             .collect(),
         events: s

@@ -10,7 +10,7 @@ use kiln_api::pb;
 use kiln_api::service::{HealthCheck, MetricsPort};
 use kiln_api::spec::{Command, Container, ImageRef, Stage};
 
-use crate::state::{ClusterState, Placement, ReplicaRef, StageRef, TaskRef};
+use crate::state::{ClusterState, GitInfo, Placement, ReplicaRef, StageRef, TaskRef};
 
 /// The message that tells an agent to run a placed task.
 pub fn assignment(state: &ClusterState, p: &Placement) -> Option<pb::Assignment> {
@@ -56,7 +56,28 @@ fn stage_assignment(state: &ClusterState, p: &Placement, at: StageRef) -> Option
         run: t.run.clone(),
         report: t.report.clone(),
     });
+    if let Some(git) = &run.git {
+        checkout(state, &mut a, git);
+    }
     Some(a)
+}
+
+/// A git-triggered run's stage works in a checkout of its commit, and knows which: a
+/// build's context is then the directory in that checkout (nothing was uploaded).
+fn checkout(state: &ClusterState, a: &mut pb::Assignment, git: &GitInfo) {
+    let repo = state.repositories.get(&git.repository);
+    a.checkout = Some(pb::Checkout {
+        repository: git.repository.clone(),
+        url: repo.map(|r| r.url.clone()).unwrap_or_default(),
+        commit: git.commit.clone(),
+        credentials: repo.and_then(|r| r.credentials.clone()).unwrap_or_default(),
+    });
+    a.env.insert("KILN_REPO".into(), git.repository.clone());
+    a.env.insert("KILN_REF".into(), git.git_ref.clone());
+    a.env.insert("KILN_COMMIT".into(), git.commit.clone());
+    if let Some(branch) = git.branch() {
+        a.env.insert("KILN_BRANCH".into(), branch.to_string());
+    }
 }
 
 fn replica_assignment(
@@ -133,6 +154,7 @@ fn base(
                 context_digest: b.context_digest.clone(),
                 dockerfile: b.dockerfile.clone(),
                 name: b.name.clone(),
+                context_dir: b.context.clone(),
             }),
         ),
     };

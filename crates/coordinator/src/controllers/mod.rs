@@ -9,6 +9,9 @@
 //! - [`autoscale`]: sets autoscaled services' replica counts from live metrics (HPA rule,
 //!   stabilisation window, panic mode, scale to zero).
 //! - [`deploy_timeouts`]: fails deploy stages that waited past their timeout.
+//! - [`triggers`]: starts each received push: reads its pipeline at its commit, applies
+//!   the filters, proposes its run (or why it starts nothing).
+//! - [`polling`]: polls each repository's heads and records the pushes no webhook told of.
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
 //! - [`assignment`]: what an agent is told to run for a placed task.
@@ -18,8 +21,10 @@ pub mod autoscale;
 pub mod deploy_timeouts;
 pub mod leadership;
 pub mod liveness;
+pub mod polling;
 pub mod rollout;
 pub mod scheduling;
+pub mod triggers;
 
 /// Waits for the next `tick` at which this coordinator leads; `false` once shut down. The
 /// loops that act on a clock run `while leader_tick(..).await { .. }`.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::model::{GpuGrant, NodeId, StageRef, TaskRef, TaskStatus};
+use super::repositories::{PushOutcome, PushSource, Repository};
 use super::services::{Deploy, ServiceAction};
 use super::suite::{Take, TestResult};
 
@@ -125,6 +126,39 @@ pub enum Command {
         task: StageRef,
         now_ms: i64,
     },
+    /// `kiln repo add`, with the remote's heads as they were (a baseline: no runs for them).
+    AddRepository {
+        repository: Box<Repository>,
+    },
+    RemoveRepository {
+        name: String,
+    },
+    /// A poll of the repository's remote ended, failed or not.
+    RepositoryPolled {
+        name: String,
+        error: Option<String>,
+        now_ms: i64,
+    },
+    /// A push seen by webhook, poll or hand (see `repositories.rs`).
+    RecordPush {
+        repository: String,
+        git_ref: String,
+        before: String,
+        after: String,
+        source: PushSource,
+        now_ms: i64,
+    },
+    /// The trigger controller's outcome for a received push.
+    StartPush {
+        push: u64,
+        outcome: PushOutcome,
+        now_ms: i64,
+    },
+    /// The trigger controller could not start a push yet.
+    PushFailed {
+        push: u64,
+        error: String,
+    },
 }
 
 impl Command {
@@ -146,6 +180,12 @@ impl Command {
             Command::PromoteRevision { .. } => "promote_revision",
             Command::Approve { .. } => "approve",
             Command::DeployStageTimedOut { .. } => "deploy_stage_timed_out",
+            Command::AddRepository { .. } => "add_repository",
+            Command::RemoveRepository { .. } => "remove_repository",
+            Command::RepositoryPolled { .. } => "repository_polled",
+            Command::RecordPush { .. } => "record_push",
+            Command::StartPush { .. } => "start_push",
+            Command::PushFailed { .. } => "push_failed",
         }
     }
 }
@@ -260,6 +300,9 @@ responses!(
     Deployed(Deployed),
     ServiceChanged(ServiceChanged),
     EnvironmentCreated(EnvironmentCreated),
+    RepositoryChanged(RepositoryChanged),
+    PushRecorded(PushRecorded),
+    PushStarted(PushStarted),
 );
 
 impl Response {
@@ -322,6 +365,26 @@ pub struct Deployed {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentCreated;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryChanged;
+
+/// A push recorded (`created`), or the one already recorded for the same delivery or the
+/// same (repository, ref, commit); `None` for a deletion, which starts nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecorded {
+    pub push: Option<u64>,
+    pub created: bool,
+}
+
+/// What a push became: its run (if any), whether this command started it, and the attempts
+/// of the runs it superseded to kill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushStarted {
+    pub run: Option<u64>,
+    pub created: bool,
+    pub kills: Vec<Kill>,
+}
 
 /// A rollback or controller decisions applied: replicas to kill, and the actions skipped
 /// because the state no longer called for them, with why.

@@ -112,13 +112,18 @@ impl ClusterState {
                 if let Some(image) = &pinned {
                     spec.replica.pin_image(image);
                 }
-                let environment =
-                    environment.unwrap_or_else(|| self.default_environment().to_string());
+                // Unnamed: where the run's branch deploys, else the default environment.
+                let environment = environment
+                    .or_else(|| self.branch_environment(at.run))
+                    .unwrap_or_else(|| self.default_environment().to_string());
                 let name = spec.name.clone();
+                let git = self.runs.get(&at.run).and_then(|r| r.git.clone());
                 let d = Deploy {
                     image_digest: pinned.filter(|i| i.contains("@sha256:")),
                     model_digest,
                     run: Some(run_id),
+                    commit: git.as_ref().map(|g| g.commit.clone()),
+                    git,
                     ..Deploy::new(spec, &environment)
                 };
                 (self.deploy(&d, now_ms), environment, name)

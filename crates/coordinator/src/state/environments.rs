@@ -204,6 +204,7 @@ impl ClusterState {
             promoted_from: Some(format!("{from} revision {}", r.number)),
             approved: false,
             run: None,
+            git: r.git.clone(),
         };
         self.deploy(&d, now_ms)
     }

@@ -23,6 +23,7 @@
 //!   (`Task::step`: which events count, placed → running, closing an attempt).
 //! - `tasks.rs`: task events and lost tasks applied to the cluster, for every kind of task.
 //! - `runs.rs`: submission, and what follows a stage's attempt (the DAG, retries).
+//! - `repositories.rs`: watched git remotes, and pushes deduplicated into runs.
 //! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
 //!   controllers' decisions about them.
 //! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
@@ -40,6 +41,7 @@ pub mod fit;
 pub mod model;
 mod nodes;
 mod placement;
+pub mod repositories;
 mod runs;
 mod service_actions;
 pub mod services;
@@ -60,13 +62,14 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{
     Cancelled, Command, Deployed, EnvironmentCreated, EventsApplied, GpuDevice, Kill, NodeDown,
-    NodeRegistered, NodeRegistration, Placed, Placement, Reply, Response, ServiceChanged,
-    Submitted, TaskEvent, TestsReported,
+    NodeRegistered, NodeRegistration, Placed, Placement, PushRecorded, PushStarted, Reply,
+    RepositoryChanged, Response, ServiceChanged, Submitted, TaskEvent, TestsReported,
 };
 pub use model::{
     Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
     StageRun, Task, TaskRef, TaskStatus, is_task_id, parse_run_id, run_id,
 };
+pub use repositories::{GitInfo, Push, PushOutcome, PushSource, PushStatus, Repository};
 pub use services::{Service, ServiceAction};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +102,18 @@ pub struct ClusterState {
     /// What each running deploy stage waits for.
     #[serde(default, with = "model::pairs")]
     pub deploy_waits: BTreeMap<StageRef, deploy_stages::DeployWait>,
+    /// Watched git remotes, by name.
+    #[serde(default)]
+    pub repositories: BTreeMap<String, repositories::Repository>,
+    /// Pushes by number: received, started or skipped.
+    #[serde(default)]
+    pub pushes: BTreeMap<u64, repositories::Push>,
+    #[serde(default)]
+    pub next_push: u64,
+    /// Dedup keys of pushes: `repository ref commit`, `forge delivery-id`, or a manual
+    /// trigger's request id.
+    #[serde(default)]
+    pub push_keys: BTreeMap<String, u64>,
 }
 
 impl ClusterState {
@@ -179,6 +194,27 @@ impl ClusterState {
             Command::DeployStageTimedOut { task, now_ms } => {
                 self.deploy_stage_timed_out(*task, *now_ms)
             }
+            Command::AddRepository { repository } => self.add_repository(repository),
+            Command::RemoveRepository { name } => self.remove_repository(name),
+            Command::RepositoryPolled {
+                name,
+                error,
+                now_ms,
+            } => self.repository_polled(name, error.as_deref(), *now_ms),
+            Command::RecordPush {
+                repository,
+                git_ref,
+                before,
+                after,
+                source,
+                now_ms,
+            } => self.record_push(repository, git_ref, before, after, source, *now_ms),
+            Command::StartPush {
+                push,
+                outcome,
+                now_ms,
+            } => self.start_push(*push, outcome, *now_ms),
+            Command::PushFailed { push, error } => self.push_failed(*push, error),
         }
     }
 

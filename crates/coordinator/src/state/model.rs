@@ -474,6 +474,15 @@ pub struct Run {
     pub finished_ms: Option<i64>,
     /// One entry per stage, in the pipeline's order.
     pub stages: Vec<StageRun>,
+    /// The repository, ref and commit of a git-triggered run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<super::repositories::GitInfo>,
+    /// Why it failed before it started, or who cancelled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Its concurrency group (`repository group`), when its pipeline names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_group: Option<String>,
 }
 
 impl Run {

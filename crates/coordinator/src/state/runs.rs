@@ -11,7 +11,7 @@ use kiln_api::spec::{Pipeline, Shards, Stage, artifact_name};
 use kiln_sharding::history::StageHistory;
 
 use super::ClusterState;
-use super::command::{Cancelled, Response, Submitted};
+use super::command::{Cancelled, Kill, Response, Submitted};
 use super::model::{
     MAX_LOST_ATTEMPTS, Run, RunStatus, StageRef, StageRun, Task, TaskRef, TaskStatus,
 };
@@ -61,6 +61,19 @@ impl ClusterState {
             }
             .into();
         }
+        let run = self.new_run(request_id, trigger, pipeline, only_tests, now_ms);
+        Submitted { run, created: true }.into()
+    }
+
+    /// A new run of `pipeline`, its first stages pending (or deploying); answers its number.
+    pub(super) fn new_run(
+        &mut self,
+        request_id: &str,
+        trigger: &str,
+        pipeline: &Pipeline,
+        only_tests: &BTreeMap<String, Vec<String>>,
+        now_ms: i64,
+    ) -> u64 {
         let number = self.next_run.max(1);
         self.next_run = number + 1;
         let stages: Vec<StageRun> = pipeline
@@ -97,6 +110,9 @@ impl ClusterState {
             created_ms: now_ms,
             finished_ms: None,
             stages,
+            git: None,
+            message: None,
+            concurrency_group: None,
         };
         let mut deploys = Vec::new();
         for (at, t) in run.tasks() {
@@ -116,11 +132,7 @@ impl ClusterState {
         if !request_id.is_empty() {
             self.requests.insert(request_id.to_string(), number);
         }
-        Submitted {
-            run: number,
-            created: true,
-        }
-        .into()
+        number
     }
 
     /// A stage's attempt ended (see `tasks.rs`): its tests go back to the queue unless
@@ -173,7 +185,7 @@ impl ClusterState {
     }
 
     pub(super) fn cancel_run(&mut self, number: u64, now_ms: i64) -> Response {
-        let Some(run) = self.runs.get_mut(&number) else {
+        let Some(run) = self.runs.get(&number) else {
             return Response::Rejected {
                 reason: format!("{} not found", super::run_id(number)),
             };
@@ -182,9 +194,31 @@ impl ClusterState {
             let reason = format!("{} already {}", run.id(), run.status.as_str());
             return Response::Rejected { reason };
         }
+        let kills = self.stop_run(number, "", false, now_ms);
+        Cancelled { kills }.into()
+    }
+
+    /// Cancels a run: what has not started never will, what runs is killed (`why` says
+    /// why, when not the user) — except, with `spare_uninterruptible`, running stages
+    /// marked `interruptible: false`, which are let finish.
+    pub(super) fn stop_run(
+        &mut self,
+        number: u64,
+        why: &str,
+        spare_uninterruptible: bool,
+        now_ms: i64,
+    ) -> Vec<Kill> {
+        let Some(run) = self.runs.get_mut(&number) else {
+            return Vec::new();
+        };
         run.status = RunStatus::Cancelled;
+        if !why.is_empty() {
+            run.message = Some(format!("cancelled: {why}"));
+        }
         let (mut kills, mut deploys) = (Vec::new(), Vec::new());
         for (s, stage) in run.stages.iter_mut().enumerate() {
+            let spec = &run.pipeline.stages[s];
+            let spared = spare_uninterruptible && !spec.interruptible;
             for (k, t) in stage.shards.iter_mut().enumerate() {
                 let task = TaskRef::shard(number, s as u32, k as u32);
                 match t.status {
@@ -192,7 +226,8 @@ impl ClusterState {
                         t.status = TaskStatus::Cancelled;
                         self.pending.remove(&task);
                     }
-                    TaskStatus::Placed | TaskStatus::Running if deploy_stage(&run.pipeline, s) => {
+                    TaskStatus::Placed | TaskStatus::Running if spared => {}
+                    TaskStatus::Placed | TaskStatus::Running if spec.deploy.is_some() => {
                         deploys.push(StageRef {
                             run: number,
                             stage: s as u32,
@@ -201,7 +236,11 @@ impl ClusterState {
                     }
                     TaskStatus::Placed | TaskStatus::Running => {
                         t.cancel_requested = true;
-                        kills.extend(t.kill(task, cancel_reason(task)));
+                        let reason = match why {
+                            "" => cancel_reason(task).to_string(),
+                            why => format!("cancelled: {why}"),
+                        };
+                        kills.extend(t.kill(task, &reason));
                     }
                     _ => {}
                 }
@@ -211,7 +250,7 @@ impl ClusterState {
             self.cancel_deploy_stage(at, now_ms);
         }
         self.advance(number, now_ms);
-        Cancelled { kills }.into()
+        kills
     }
 
     /// After any task of the run ended: stages whose needs all succeeded start, stages
@@ -364,11 +403,6 @@ impl ClusterState {
             };
         }
     }
-}
-
-/// Whether stage `s` of the pipeline deploys (and so runs on no node).
-fn deploy_stage(pipeline: &Pipeline, s: usize) -> bool {
-    pipeline.stages.get(s).is_some_and(|st| st.deploy.is_some())
 }
 
 fn stage_index(run: &Run, name: &str) -> Option<usize> {

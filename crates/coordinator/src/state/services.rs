@@ -56,6 +56,10 @@ pub struct Revision {
     /// The run whose deploy stage made it.
     #[serde(default)]
     pub run: Option<String>,
+    /// The repository, ref, commit, author and title it was built from (a git-triggered
+    /// run's deploy, or a promotion of one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<super::repositories::GitInfo>,
 }
 
 impl Revision {
@@ -292,6 +296,7 @@ impl ClusterState {
             bad: None,
             promoted_from: d.promoted_from.clone(),
             run: d.run.clone(),
+            git: d.git.clone(),
         });
         service.desired = match &d.spec.autoscale {
             Some(a) if revision > 1 => service.desired.clamp(a.min, a.max),
@@ -525,6 +530,8 @@ pub struct Deploy {
     /// The run whose deploy stage deploys it.
     #[serde(default)]
     pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<super::repositories::GitInfo>,
 }
 
 impl Deploy {
@@ -540,6 +547,7 @@ impl Deploy {
             promoted_from: None,
             approved: false,
             run: None,
+            git: None,
         }
     }
 }
