@@ -19,6 +19,9 @@
 //! `delivery` times promote, deploy and rollback of a container service under load through
 //! the gateway, with the failed requests, against the targets (needs Docker).
 //!
+//! `git` times a signed webhook → the stage's process started over sequential pushes, and
+//! how soon the poll records a push whose webhook never came.
+//!
 //! `shards` compares count, static (LPT) and dynamic test splitting on real JUnit suites
 //! and a heavy-tailed synthetic one (no cluster: the splitters' own code, replayed).
 
@@ -27,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod delivery;
+mod git;
 mod scheduler;
 mod services;
 mod shards;
@@ -75,6 +79,16 @@ enum Bench {
     Delivery {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Git triggers: signed webhook → the stage's process started (p50, p99), and a push
+    /// with no webhook → recorded by the poll.
+    Git {
+        #[arg(long, default_value_t = 100)]
+        pushes: usize,
+        #[arg(long, default_value_t = 5)]
+        polls: usize,
+        #[arg(long, default_value_t = 2)]
+        poll_secs: u64,
     },
     /// Services: gateway overhead against a direct call and nginx, rollback time under
     /// load, autoscaler reaction to a load step.
@@ -140,6 +154,15 @@ fn main() {
             seed,
         }),
         Bench::Delivery { rounds } => delivery::run(&rt, delivery::Params { rounds }),
+        Bench::Git {
+            pushes,
+            polls,
+            poll_secs,
+        } => git::run(git::Params {
+            pushes,
+            polls,
+            poll_secs,
+        }),
         Bench::Services {
             rollbacks,
             scale_steps,
