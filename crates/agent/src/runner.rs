@@ -37,6 +37,9 @@ struct Entry {
     done: watch::Receiver<bool>,
     /// Runs in a container, which survives this agent process.
     container: bool,
+    /// Works in a checkout of a git-triggered run's commit, removed when it ends (a tree per
+    /// task would fill the disk; the log and what it published stay).
+    checkout: bool,
 }
 
 pub struct Runner {
@@ -163,8 +166,15 @@ impl Runner {
             outcome.message,
             published,
         );
-        if let Some(entry) = self.table().get_mut(key) {
-            entry.kill = None;
+        let checkout = match self.table().get_mut(key) {
+            Some(entry) => {
+                entry.kill = None;
+                entry.checkout
+            }
+            None => false,
+        };
+        if checkout && let Some(dir) = self.logs.attempt_dir(&key.0, key.1) {
+            let _ = std::fs::remove_dir_all(dir.join("work"));
         }
         let _ = done.send(true);
     }
@@ -271,6 +281,7 @@ impl Runner {
                 pid: None,
                 done: done_rx,
                 container: false,
+                checkout: a.checkout.is_some(),
             },
         );
         Some(done_tx)
@@ -616,6 +627,7 @@ impl Runner {
                         gpus: Vec::new(),
                         gpu_share: 0,
                         pid: None,
+                        checkout: false,
                     },
                 );
             }

@@ -1,20 +1,35 @@
 //! Artifacts as the blob store keeps them: a file, or a directory's files, packed as a tar
 //! whose entries are sorted and whose times, owners and modes are normalised, so the same
 //! files always make the same archive, and so the same digest. The CLI packs a service's
-//! `model:` with it; an agent packs what a stage publishes (`artifacts:`) with it.
+//! `model:` with it; an agent packs what a stage publishes (`artifacts:`) with it; build
+//! contexts are packed the same way, less a checkout's `.git` ([`pack_context`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The archive of `path`, refused (`FileTooLarge`) once it would pass `limit` bytes.
 pub fn pack(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    pack_except(path, limit, None)
+}
+
+/// A build context as the Docker Engine takes it: [`pack`] of the directory, without its
+/// top-level `.git` (a checkout's history is no part of an image).
+pub fn pack_context(dir: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    pack_except(dir, limit, Some(".git"))
+}
+
+fn pack_except(path: &Path, limit: usize, skip: Option<&str>) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Bounded(Vec::new(), limit));
     tar.follow_symlinks(false);
+    // The Engine's tar reader does not take GNU sparse entries.
     tar.sparse(false);
     tar.mode(tar::HeaderMode::Deterministic);
     if path.is_dir() {
         let mut files = Vec::new();
         walk(path, Path::new(""), &mut files)?;
+        if let Some(skip) = skip {
+            files.retain(|f| !f.starts_with(skip));
+        }
         files.sort();
         for rel in files {
             tar.append_path_with_name(path.join(&rel), &rel)?;

@@ -24,6 +24,28 @@ use crate::spec::Triggers;
 /// deleted one.
 pub const ZERO_COMMIT: &str = "0000000000000000000000000000000000000000";
 
+/// The longest ref name kiln takes (git itself has no limit; forges stop near here).
+pub const MAX_REF_BYTES: usize = 255;
+
+/// Whether `name` is a ref name git would accept (`git check-ref-format`'s rules, in short:
+/// no control characters, space, `~ ^ : ? * [ \`, `..`, `@{`, `//`, no component starting
+/// with `.` or ending with `.lock`, no trailing `/` or `.`), and short enough to keep.
+pub fn valid_ref(name: &str) -> bool {
+    name.len() <= MAX_REF_BYTES
+        && !name.is_empty()
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.contains("//")
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+        && name
+            .split('/')
+            .all(|part| !part.starts_with('.') && !part.ends_with(".lock"))
+}
+
 /// A pushed ref, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GitRef {
@@ -182,6 +204,11 @@ pub fn check_glob(glob: &str) -> Result<(), String> {
     if glob.trim().is_empty() {
         return Err("an empty glob matches nothing".to_string());
     }
+    if glob.starts_with('!') {
+        return Err(
+            "negation ('!') is not supported: use paths_ignore, or list what runs".to_string(),
+        );
+    }
     match matcher(glob) {
         Ok(_) => Ok(()),
         Err(e) => Err(e.kind().to_string()),
@@ -289,6 +316,35 @@ fn pieces(group: &str) -> Vec<Piece<'_>> {
         out.push(Piece::Text(rest));
     }
     out
+}
+
+#[cfg(test)]
+mod ref_tests {
+    use super::valid_ref;
+
+    #[test]
+    fn ref_names_follow_gits_rules() {
+        for ok in [
+            "refs/heads/main",
+            "refs/heads/feature/x-1",
+            "refs/tags/v1.2.3",
+        ] {
+            assert!(valid_ref(ok), "{ok}");
+        }
+        let long = format!("refs/heads/{}", "x".repeat(300));
+        for bad in [
+            "refs/heads/a..b",
+            "refs/heads/a b",
+            "refs/heads/.hidden",
+            "refs/heads/x.lock",
+            "refs/heads/x/",
+            "refs/heads/a\nb",
+            "refs/heads/a:b",
+            long.as_str(),
+        ] {
+            assert!(!valid_ref(bad), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

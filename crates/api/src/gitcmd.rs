@@ -73,14 +73,22 @@ impl Git {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its helpers (git-remote-https, ssh, a credential helper) go with it.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
         let command = args.first().copied().unwrap_or_default().to_string();
         let child = cmd.spawn().map_err(|e| GitError::Spawn(e.to_string()))?;
+        // Past its deadline, or with its caller gone, the whole group goes.
+        let mut group = KillGroup(child.id());
         let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| GitError::Spawn(e.to_string()))?,
+            Ok(out) => {
+                // Reaped: its group id may be anyone's now.
+                group.0 = None;
+                out.map_err(|e| GitError::Spawn(e.to_string()))?
+            }
             Err(_) => {
                 return Err(GitError::TimedOut {
                     command,
@@ -117,6 +125,20 @@ impl Git {
             )
             .await?;
         Ok(parse_ls_remote(&String::from_utf8_lossy(&out)))
+    }
+}
+
+/// Kills a process group when dropped, unless told it is gone (`None`).
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -180,6 +202,10 @@ impl Cache {
     /// Makes sure the cache holds `commit`: fetches the remote's branches and tags, and the
     /// commit itself if no ref reaches it (yet, or any more).
     pub async fn fetch(&self, url: &str, commit: &str) -> Result<(), GitError> {
+        // Most checkouts find their commit here, without waiting for another's fetch.
+        if self.has(commit).await {
+            return Ok(());
+        }
         let _one = self.fetching.lock().await;
         if self.has(commit).await {
             return Ok(());
@@ -204,16 +230,31 @@ impl Cache {
         Ok(())
     }
 
-    /// The file at `path` in `commit`, or `None` when there is none.
-    pub async fn show(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+    /// The file at `path` in `commit`, or `None` when there is none; a file larger than
+    /// `limit` bytes is an error (it is not read).
+    pub async fn show(
+        &self,
+        commit: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, GitError> {
         let object = format!("{commit}:{}", path.trim_start_matches("./"));
-        if self
+        let size = self
             .git
-            .run(Some(&self.dir), &["cat-file", "-e", &object], LOCAL_TIMEOUT)
-            .await
-            .is_err()
-        {
+            .run(Some(&self.dir), &["cat-file", "-s", &object], LOCAL_TIMEOUT)
+            .await;
+        let Ok(size) = size else {
             return Ok(None);
+        };
+        let size: u64 = String::from_utf8_lossy(&size)
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX);
+        if size > limit {
+            return Err(GitError::Failed {
+                command: "cat-file".into(),
+                reason: format!("{path} is {size} bytes, more than the limit of {limit}"),
+            });
         }
         let out = self
             .git

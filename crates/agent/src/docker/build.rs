@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use kiln_api::spec::limits::MAX_CONTEXT_BYTES;
+
 use bollard::query_parameters::{BuildImageOptions, PushImageOptions, RemoveImageOptions};
 use futures::StreamExt;
 use kiln_api::leader::LeaderClient;
@@ -88,7 +90,7 @@ async fn steps(
     let command = !(a.shell.is_empty() && a.argv.is_empty());
     let context = if spec.context_digest.is_empty() && a.checkout.is_some() {
         // A git-triggered run: the context is a directory of the checkout in `work`.
-        let dir = checkout_context(work, &spec.context_dir)?;
+        let dir = checkout_context(work, &a.stage, &spec.context_dir)?;
         log.line(&format!(
             "kiln: build context {} of the checkout",
             spec.context_dir
@@ -186,15 +188,16 @@ async fn steps(
 
 /// The context directory `rel` of the checkout in `work`, which it may not leave (a
 /// symlink in the repository could point anywhere on the node).
-fn checkout_context(work: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+fn checkout_context(work: &Path, stage: &str, rel: &str) -> Result<std::path::PathBuf, String> {
+    let field = format!("stages.{stage}.build.context");
     let dir = work
         .join(rel)
         .canonicalize()
-        .map_err(|e| format!("build context {rel:?}: {e}"))?;
+        .map_err(|e| format!("{field}: {rel:?} in the checkout: {e}"))?;
     let root = work.canonicalize().map_err(|e| e.to_string())?;
     if !dir.starts_with(&root) || !dir.is_dir() {
         return Err(format!(
-            "build context {rel:?} is not a directory of the checkout"
+            "{field}: {rel:?} is not a directory of the checkout"
         ));
     }
     Ok(dir)
@@ -232,27 +235,15 @@ async fn run_before(
     Ok(())
 }
 
-/// A tar of `dir` as the Engine takes it (no sparse entries, symlinks kept as links),
-/// without a checkout's `.git`.
+/// The build context in `dir`, packed as the CLI packs one (at most [`MAX_CONTEXT_BYTES`]).
 fn pack(dir: &Path) -> Result<Vec<u8>, String> {
-    let fail = |e: std::io::Error| format!("packing the build context: {e}");
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.sparse(false);
-    for entry in std::fs::read_dir(dir).map_err(fail)? {
-        let entry = entry.map_err(fail)?;
-        let name = entry.file_name();
-        if name == ".git" {
-            continue;
-        }
-        if entry.file_type().map_err(fail)?.is_dir() {
-            tar.append_dir_all(&name, entry.path()).map_err(fail)?;
-        } else {
-            tar.append_path_with_name(entry.path(), &name)
-                .map_err(fail)?;
-        }
-    }
-    tar.into_inner().map_err(fail)
+    kiln_api::artifact::pack_context(dir, MAX_CONTEXT_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => format!(
+            "the build context packs to more than the limit of {} MiB",
+            MAX_CONTEXT_BYTES >> 20
+        ),
+        _ => format!("packing the build context: {e}"),
+    })
 }
 
 fn failed(message: String) -> Outcome {

@@ -7,7 +7,7 @@
 //! packed as symlinks, never followed.
 
 use std::collections::HashMap;
-use std::io::Write;
+
 use std::path::Path;
 
 use kiln_api::spec::{Container, DeployStage, Pipeline, limits::MAX_CONTEXT_BYTES};
@@ -68,35 +68,13 @@ pub fn pack_all(
 
 /// A tar of `dir`'s contents, refused once it grows past the limit.
 fn pack(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Bounded(Vec::new()));
-    tar.follow_symlinks(false);
-    // The Engine's tar reader does not take GNU sparse entries.
-    tar.sparse(false);
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.append_dir_all(".", dir)?;
-    Ok(tar.into_inner()?.0)
+    kiln_api::artifact::pack_context(dir, MAX_CONTEXT_BYTES)
 }
 
 /// A service's model artifact (a file, or a directory's files), packed as the blob store
 /// keeps artifacts ([`kiln_api::artifact::pack`]), at most [`MAX_CONTEXT_BYTES`].
 pub fn pack_model(path: &Path) -> std::io::Result<Vec<u8>> {
     kiln_api::artifact::pack(path, MAX_CONTEXT_BYTES)
-}
-
-struct Bounded(Vec<u8>);
-
-impl Write for Bounded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_CONTEXT_BYTES {
-            return Err(std::io::ErrorKind::FileTooLarge.into());
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The text of every service file a `deploy:` stage names, by the path the pipeline gives,

@@ -45,8 +45,7 @@ impl Kiln for ClientService {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        check_gpu_shares(&self.core, &pipeline, file)?;
-        super::service_files::attach(&mut pipeline, file, req.service_files)?;
+        complete(&self.core, &mut pipeline, file, req.service_files)?;
         if !req.build_contexts.is_empty() {
             // Only the leader takes contexts, so that they are replicated before the proposal.
             self.core.ensure_leader()?;
@@ -570,7 +569,20 @@ where
 /// A GPU share larger than every GPU in the cluster could never be placed: refuse it now,
 /// naming the field, rather than leaving it pending for ever. (With no GPU node registered
 /// yet, the stage waits with its reason instead.)
-pub(crate) fn check_gpu_shares(
+/// What every submission of a parsed pipeline is checked and completed with, whoever read
+/// the file (a client, or the trigger loop from a commit): GPU shares that some GPU can
+/// hold, and the text of each service file its deploy stages name.
+pub(crate) fn complete(
+    core: &Core,
+    pipeline: &mut kiln_api::spec::Pipeline,
+    file: &str,
+    service_files: std::collections::HashMap<String, String>,
+) -> Result<(), Error> {
+    check_gpu_shares(core, pipeline, file)?;
+    super::service_files::attach(pipeline, file, service_files)
+}
+
+fn check_gpu_shares(
     core: &Core,
     pipeline: &kiln_api::spec::Pipeline,
     file: &str,

@@ -66,8 +66,8 @@ fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
             ),
         );
     }
-    if req.url.is_empty() || req.url.starts_with('-') || req.url.chars().any(char::is_whitespace) {
-        return bad("url", format!("{:?} is not a git URL", req.url));
+    if let Err(why) = check_url(&req.url) {
+        return bad("url", format!("{:?} {why}", req.url));
     }
     let pipeline = match req.pipeline.trim_start_matches("./") {
         "" => DEFAULT_PIPELINE.to_string(),
@@ -117,10 +117,20 @@ fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
     } else {
         req.secret.clone()
     };
+    // Git runs its credential helper through a shell: the path is kept to plain characters.
+    let plain = |c: &str| {
+        c.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '/' | '.' | '_' | '-'))
+    };
     let credentials = match req.credentials.as_str() {
         "" => None,
-        c if c.starts_with('/') => Some(c.to_string()),
-        c => return bad("credentials", format!("{c:?} is not an absolute path")),
+        c if c.starts_with('/') && plain(c) => Some(c.to_string()),
+        c => {
+            return bad(
+                "credentials",
+                format!("{c:?} is not an absolute path of letters, digits, '/', '.', '_' and '-'"),
+            );
+        }
     };
     Ok(Repository {
         name: req.name.clone(),
@@ -135,6 +145,38 @@ fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
         poll_error: None,
         polled_ms: None,
     })
+}
+
+/// A remote kiln may read: `https://`, `http://`, `ssh://`, `git://` or scp-like
+/// `user@host:path`, without a password in it (that goes in `--credentials`), and never a
+/// path on the coordinator (which would let a caller read any repository there).
+fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty()
+        || url.starts_with('-')
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("is not a git URL".into());
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if !matches!(scheme, "https" | "http" | "ssh" | "git") {
+            return Err(format!(
+                "has the scheme {scheme:?}: kiln reads https, http, ssh and git remotes"
+            ));
+        }
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority
+            .split_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+        {
+            return Err("holds a password: give it in a --credentials file".into());
+        }
+        return Ok(());
+    }
+    // scp-like: [user@]host:path, with no '/' before the ':'.
+    match url.split_once(':') {
+        Some((host, _)) if !host.is_empty() && !host.contains('/') => Ok(()),
+        _ => Err("is a local path: kiln reads remotes only (https, http, ssh, git)".into()),
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -337,4 +379,33 @@ async fn resolve(repo: &Repository, want: &str) -> Result<(String, String)> {
                 repo.url
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn remotes_are_read_and_local_paths_and_passwords_are_not() {
+        for ok in [
+            "https://github.com/team/app.git",
+            "git://127.0.0.1:9418/repo.git",
+            "ssh://git@host/app.git",
+            "git@github.com:team/app.git",
+            "https://token@host/app.git",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/srv/git/app.git",
+            "./app",
+            "file:///etc",
+            "https://user:secret@host/app.git",
+            "--upload-pack=touch /tmp/x",
+            "https://host/a b",
+            "",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
 }

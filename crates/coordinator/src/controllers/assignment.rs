@@ -68,7 +68,7 @@ fn checkout(state: &ClusterState, a: &mut pb::Assignment, git: &GitInfo) {
     let repo = state.repositories.get(&git.repository);
     a.checkout = Some(pb::Checkout {
         repository: git.repository.clone(),
-        url: repo.map(|r| r.url.clone()).unwrap_or_default(),
+        url: git.url.clone(),
         commit: git.commit.clone(),
         credentials: repo.and_then(|r| r.credentials.clone()).unwrap_or_default(),
     });

@@ -10,7 +10,9 @@
 //! leader finds it received and starts it, once (the state makes starting idempotent).
 //!
 //! The pushes of one repository are started one at a time, oldest first, so a newer push's
-//! run supersedes an older one's and never the other way round.
+//! run supersedes an older one's and never the other way round. A push that still cannot
+//! start after [`GIVE_UP`] (its commit gone from the remote, its credentials revoked) is
+//! started as a failed run with the reason, so that it does not hold the ones behind it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +26,9 @@ use kiln_api::validate::parse_pipeline;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
+
+/// The most a pipeline or service file read from a commit may hold.
+const MAX_PIPELINE_BYTES: u64 = 1 << 20;
 use crate::state::{
     Command, GitInfo, Push, PushOutcome, PushSource, PushStarted, PushStatus, Repository,
     RepositoryChanged,
@@ -32,9 +37,41 @@ use crate::state::{
 /// The first retry of a push that could not start; doubled each time, up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a push keeps being retried before it is failed.
+const GIVE_UP: Duration = Duration::from_secs(600);
 
-/// When each push that failed to start may be tried again, and after how long a wait.
-type Backoff = Arc<Mutex<HashMap<u64, (Instant, Duration)>>>;
+/// A push that failed to start: when it may be tried again, the wait before that, and when
+/// it first failed.
+#[derive(Clone, Copy)]
+struct Retry {
+    at: Instant,
+    wait: Duration,
+    since: Instant,
+}
+
+type Backoff = Arc<Mutex<HashMap<u64, Retry>>>;
+
+/// Marks a repository busy while its pushes are being started, and free again however that
+/// ends (a panic included).
+struct Busy {
+    set: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Busy {
+    fn claim(set: &Arc<Mutex<HashSet<String>>>, name: &str) -> Option<Busy> {
+        lock(set).insert(name.to_string()).then(|| Busy {
+            set: set.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.name);
+    }
+}
 
 pub async fn run(core: Arc<Core>, dir: PathBuf, shutdown: CancellationToken) {
     let caches = Arc::new(Caches::new(dir));
@@ -52,24 +89,33 @@ pub async fn run(core: Arc<Core>, dir: PathBuf, shutdown: CancellationToken) {
         if !core.is_leader() {
             continue;
         }
-        for (repo, pushes) in received(&core) {
-            if !lock(&busy).insert(repo.name.clone()) {
+        let received = received(&core);
+        {
+            // Forget the retries of pushes started (or forgotten) meanwhile.
+            let waiting: HashSet<u64> = received
+                .iter()
+                .flat_map(|(_, ps)| ps)
+                .map(|p| p.id)
+                .collect();
+            lock(&backoff).retain(|id, _| waiting.contains(id));
+        }
+        for (repo, pushes) in received {
+            let Some(claim) = Busy::claim(&busy, &repo.name) else {
                 continue;
-            }
-            let (core, caches, backoff, busy) =
-                (core.clone(), caches.clone(), backoff.clone(), busy.clone());
+            };
+            let (core, caches, backoff) = (core.clone(), caches.clone(), backoff.clone());
             tokio::spawn(async move {
+                let _claim = claim;
                 for push in pushes {
-                    let due = lock(&backoff).get(&push.id).map(|(at, _)| *at);
-                    if due.is_some_and(|at| at > Instant::now()) {
+                    let retry = lock(&backoff).get(&push.id).copied();
+                    if retry.is_some_and(|r| r.at > Instant::now()) {
                         // Its turn has not come: younger pushes wait behind it.
                         break;
                     }
-                    if !start_one(&core, &caches, &repo, &push, &backoff).await {
+                    if !start_one(&core, &caches, &repo, &push, retry, &backoff).await {
                         break;
                     }
                 }
-                lock(&busy).remove(&repo.name);
             });
         }
     }
@@ -103,28 +149,46 @@ async fn start_one(
     caches: &Caches,
     repo: &Repository,
     push: &Push,
+    retry: Option<Retry>,
     backoff: &Backoff,
 ) -> bool {
     let outcome = match outcome(core, caches, repo, push).await {
         Ok(o) => o,
+        Err(error) if retry.is_some_and(|r| r.since.elapsed() >= GIVE_UP) => {
+            let reason = format!("not started within {} s: {error}", GIVE_UP.as_secs());
+            PushOutcome::Fail {
+                pipeline: repo.name.clone(),
+                reason,
+                git: git_info(repo, push, String::new(), String::new()),
+            }
+        }
         Err(error) => {
             tracing::warn!(push = push.id, repository = %repo.name, %error, "push not started yet");
-            {
-                let mut b = lock(backoff);
-                let wait = b
-                    .get(&push.id)
-                    .map_or(FIRST_RETRY, |(_, w)| (*w * 2).min(MAX_RETRY));
-                b.insert(push.id, (Instant::now() + wait, wait));
-            }
-            let command = Command::PushFailed {
-                push: push.id,
-                error,
+            let now = Instant::now();
+            let next = match retry {
+                Some(r) => Retry {
+                    wait: (r.wait * 2).min(MAX_RETRY),
+                    at: now + (r.wait * 2).min(MAX_RETRY),
+                    since: r.since,
+                },
+                None => Retry {
+                    at: now + FIRST_RETRY,
+                    wait: FIRST_RETRY,
+                    since: now,
+                },
             };
-            let _ = core.write::<RepositoryChanged>(command).await;
+            lock(backoff).insert(push.id, next);
+            // Shown on the push; written only when it says something new.
+            if push.error.as_deref() != Some(error.as_str()) {
+                let command = Command::PushFailed {
+                    push: push.id,
+                    error,
+                };
+                let _ = core.write::<RepositoryChanged>(command).await;
+            }
             return false;
         }
     };
-    lock(backoff).remove(&push.id);
     let command = Command::StartPush {
         push: push.id,
         outcome,
@@ -132,6 +196,7 @@ async fn start_one(
     };
     match core.write::<PushStarted>(command).await {
         Ok(started) => {
+            lock(backoff).remove(&push.id);
             tracing::info!(push = push.id, repository = %repo.name, run = ?started.run, "push started");
             if !started.kills.is_empty() {
                 let state = core.state.read();
@@ -146,6 +211,17 @@ async fn start_one(
     }
 }
 
+fn git_info(repo: &Repository, push: &Push, author: String, message: String) -> GitInfo {
+    GitInfo {
+        repository: repo.name.clone(),
+        url: repo.url.clone(),
+        git_ref: push.git_ref.clone(),
+        commit: push.after.clone(),
+        author,
+        title: message.lines().next().unwrap_or_default().to_string(),
+    }
+}
+
 /// What a push starts. `Err` only for what may pass (the remote or the disk failing).
 async fn outcome(
     core: &Core,
@@ -153,23 +229,21 @@ async fn outcome(
     repo: &Repository,
     push: &Push,
 ) -> Result<PushOutcome, String> {
+    let step = |what: &'static str| move |e: kiln_api::gitcmd::GitError| format!("{what}: {e}");
     let cache = caches
         .get(&repo.name, repo.credentials.as_deref())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(step("opening the cached clone"))?;
     let commit = push.after.as_str();
     cache
         .fetch(&repo.url, commit)
         .await
         .map_err(|e| format!("fetching {commit} from {}: {e}", repo.url))?;
-    let (author, message) = cache.commit_info(commit).await.map_err(|e| e.to_string())?;
-    let git = GitInfo {
-        repository: repo.name.clone(),
-        git_ref: push.git_ref.clone(),
-        commit: commit.to_string(),
-        author,
-        title: message.lines().next().unwrap_or_default().to_string(),
-    };
+    let (author, message) = cache
+        .commit_info(commit)
+        .await
+        .map_err(step("reading the commit"))?;
+    let git = git_info(repo, push, author, message.clone());
     let manual = matches!(push.source, PushSource::Manual { .. });
     if !manual && let Some(reason) = skip_requested(&message) {
         return Ok(PushOutcome::Skip { reason });
@@ -180,7 +254,8 @@ async fn outcome(
         reason,
         git: git.clone(),
     };
-    let Some(bytes) = cache.show(commit, file).await.map_err(|e| e.to_string())? else {
+    let read = cache.show(commit, file, MAX_PIPELINE_BYTES).await;
+    let Some(bytes) = read.map_err(step("reading the pipeline file"))? else {
         return Ok(fail(format!("{file}: not found at commit {commit}")));
     };
     let Ok(yaml) = String::from_utf8(bytes) else {
@@ -189,7 +264,7 @@ async fn outcome(
     let name = file.to_string();
     let parsed = tokio::task::spawn_blocking(move || parse_pipeline(&name, &yaml))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("checking the pipeline: {e}"))?;
     let mut pipeline = match parsed {
         Ok(p) => p,
         Err(e) => return Ok(fail(format!("{e} (at commit {commit})"))),
@@ -201,7 +276,7 @@ async fn outcome(
                 cache
                     .changed(before, commit)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(step("listing the changed paths"))?,
             ),
             _ => None,
         };
@@ -214,7 +289,8 @@ async fn outcome(
     let mut files = HashMap::new();
     for stage in &pipeline.stages {
         if let Some(DeployStage::Service { file: path, .. }) = &stage.deploy {
-            match cache.show(commit, path).await.map_err(|e| e.to_string())? {
+            let read = cache.show(commit, path, MAX_PIPELINE_BYTES).await;
+            match read.map_err(step("reading a service file"))? {
                 Some(text) => {
                     files.insert(path.clone(), String::from_utf8_lossy(&text).into_owned());
                 }
@@ -227,9 +303,7 @@ async fn outcome(
             }
         }
     }
-    let checked = crate::api::service_files::attach(&mut pipeline, file, files)
-        .and_then(|()| crate::api::client::check_gpu_shares(core, &pipeline, file));
-    if let Err(e) = checked {
+    if let Err(e) = crate::api::client::complete(core, &mut pipeline, file, files) {
         return Ok(fail(e.to_string()));
     }
     Ok(PushOutcome::Run {

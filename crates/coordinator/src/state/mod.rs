@@ -50,6 +50,8 @@ mod suite_apply;
 mod tasks;
 
 #[cfg(test)]
+mod repository_tests;
+#[cfg(test)]
 mod sharding_tests;
 #[cfg(test)]
 mod tests;

@@ -119,6 +119,10 @@ pub struct Push {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitInfo {
     pub repository: String,
+    /// The remote, as it was when the run started (stages check it out even if the
+    /// repository is removed meanwhile).
+    #[serde(default)]
+    pub url: String,
     pub git_ref: String,
     pub commit: String,
     pub author: String,
@@ -156,9 +160,21 @@ pub enum PushOutcome {
     },
 }
 
-/// The dedup key of a webhook or poll push.
-fn push_key(repository: &str, git_ref: &str, commit: &str) -> String {
-    format!("{repository} {git_ref} {commit}")
+/// The keys a push is known by: `repository ref commit` for a webhook or a poll (and
+/// `repository forge delivery` for a webhook that names its delivery); a manual trigger
+/// only by its request id, so that it is never a duplicate of a push.
+fn dedup_keys(repository: &str, git_ref: &str, after: &str, source: &PushSource) -> Vec<String> {
+    match source {
+        PushSource::Manual { request_id } => vec![format!("{repository} {request_id}")],
+        PushSource::Webhook {
+            forge,
+            delivery: Some(d),
+        } => vec![
+            format!("{repository} {git_ref} {after}"),
+            format!("{repository} {forge} {d}"),
+        ],
+        _ => vec![format!("{repository} {git_ref} {after}")],
+    }
 }
 
 impl ClusterState {
@@ -174,18 +190,15 @@ impl ClusterState {
         RepositoryChanged.into()
     }
 
-    /// The repository goes; its received pushes start nothing; its runs stay.
+    /// The repository goes, with its pushes (received ones start nothing) and what they
+    /// were known by, so that one added again under the name starts afresh; its runs stay.
     pub(super) fn remove_repository(&mut self, name: &str) -> Response {
         if self.repositories.remove(name).is_none() {
             return Response::rejected(format!("repository {name:?} not found"));
         }
-        for push in self.pushes.values_mut() {
-            if push.repository == name && push.status == PushStatus::Received {
-                push.status = PushStatus::Skipped {
-                    reason: "the repository was removed".into(),
-                };
-            }
-        }
+        self.pushes.retain(|_, p| p.repository != name);
+        let pushes = &self.pushes;
+        self.push_keys.retain(|_, id| pushes.contains_key(id));
         RepositoryChanged.into()
     }
 
@@ -216,6 +229,16 @@ impl ClusterState {
         let Some(repo) = self.repositories.get_mut(repository) else {
             return Response::rejected(format!("repository {repository:?} not found"));
         };
+        // A poll read the heads before a webhook (or another poll) moved this ref: what it
+        // saw is stale, and recording it would make an older commit the newest push.
+        let head = repo.heads.get(git_ref).map_or(ZERO_COMMIT, String::as_str);
+        if *source == PushSource::Poll && head != before {
+            return PushRecorded {
+                push: None,
+                created: false,
+            }
+            .into();
+        }
         if after == ZERO_COMMIT {
             repo.heads.remove(git_ref);
             return PushRecorded {
@@ -224,18 +247,9 @@ impl ClusterState {
             }
             .into();
         }
-        let seen = match source {
-            PushSource::Manual { request_id } => self.push_keys.get(request_id),
-            PushSource::Webhook {
-                forge,
-                delivery: Some(id),
-            } => self
-                .push_keys
-                .get(&format!("{forge} {id}"))
-                .or_else(|| self.push_keys.get(&push_key(repository, git_ref, after))),
-            _ => self.push_keys.get(&push_key(repository, git_ref, after)),
-        };
-        if let Some(&push) = seen {
+        // Any key already known makes it the push seen before.
+        let keys = dedup_keys(repository, git_ref, after, source);
+        if let Some(&push) = keys.iter().find_map(|k| self.push_keys.get(k)) {
             // Seen before (a redelivery, a poll after the webhook, a ref reset to an old
             // commit): nothing starts, but it is the ref's head now.
             if !matches!(source, PushSource::Manual { .. }) {
@@ -247,18 +261,12 @@ impl ClusterState {
             }
             .into();
         }
-        repo.heads.insert(git_ref.to_string(), after.to_string());
+        if !matches!(source, PushSource::Manual { .. }) {
+            repo.heads.insert(git_ref.to_string(), after.to_string());
+        }
         let id = self.next_push.max(1);
         self.next_push = id + 1;
-        let keys = match source {
-            PushSource::Manual { request_id } => vec![request_id.clone()],
-            PushSource::Webhook {
-                forge,
-                delivery: Some(d),
-            } => vec![push_key(repository, git_ref, after), format!("{forge} {d}")],
-            _ => vec![push_key(repository, git_ref, after)],
-        };
-        for key in keys.into_iter().filter(|k| !k.is_empty()) {
+        for key in keys {
             self.push_keys.insert(key, id);
         }
         self.pushes.insert(

@@ -190,7 +190,9 @@ impl ClusterState {
                 reason: format!("{} not found", super::run_id(number)),
             };
         };
-        if run.status.is_terminal() {
+        // A superseded run is cancelled while its uninterruptible stages still run: those
+        // can still be cancelled by hand.
+        if run.finished_ms.is_some() {
             let reason = format!("{} already {}", run.id(), run.status.as_str());
             return Response::Rejected { reason };
         }

@@ -38,7 +38,7 @@ fn pipeline(stages: Vec<Stage>) -> Pipeline {
     }
 }
 
-fn register(s: &mut ClusterState, id: &str, cpu: u64) {
+pub(super) fn register(s: &mut ClusterState, id: &str, cpu: u64) {
     let node = NodeRegistration {
         id: id.into(),
         labels: Default::default(),
@@ -65,7 +65,7 @@ fn submit(s: &mut ClusterState, p: Pipeline, request: &str) -> u64 {
     }
 }
 
-fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
+pub(super) fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
     let attempt = s.task(TaskRef::stage(run, stage)).unwrap().attempt;
     let p = Placement {
         task: TaskRef::stage(run, stage),
@@ -80,7 +80,13 @@ fn place(s: &mut ClusterState, run: u64, stage: u32, node: &str) -> Response {
     })
 }
 
-fn event(s: &mut ClusterState, run: u64, stage: u32, node: &str, status: TaskStatus) -> Response {
+pub(super) fn event(
+    s: &mut ClusterState,
+    run: u64,
+    stage: u32,
+    node: &str,
+    status: TaskStatus,
+) -> Response {
     let attempt = s.task(TaskRef::stage(run, stage)).unwrap().attempt;
     let e = TaskEvent {
         task: TaskRef::stage(run, stage),

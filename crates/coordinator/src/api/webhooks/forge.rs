@@ -295,6 +295,12 @@ fn parse_push(body: &[u8]) -> Result<Push, Reject> {
     if !git_ref.starts_with("refs/") {
         return Err(bad("ref: not a full ref (refs/...)"));
     }
+    if !kiln_api::git::valid_ref(&git_ref) {
+        return Err(bad(format!(
+            "ref: not a valid ref name (at most {} bytes, git's rules)",
+            kiln_api::git::MAX_REF_BYTES
+        )));
+    }
     let before = commit_id("before", payload.before)?;
     let after = commit_id("after", payload.after)?;
     let deleted = after == ZERO_COMMIT || payload.deleted == Some(true);

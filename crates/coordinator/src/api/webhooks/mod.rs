@@ -13,8 +13,9 @@
 //!    it is new (a redelivery, or a push the poll found first, is not); a ping answers 200,
 //!    other events 202 "ignored", a branch deletion 200 and starts nothing.
 //!
-//! A coordinator that does not lead relays the delivery, headers and raw body as they came,
-//! to the leader over gRPC (`Kiln.DeliverWebhook`), and answers what the leader answered.
+//! A coordinator that does not lead verifies the delivery too (it holds the same secrets),
+//! then relays it, headers and raw body as they came, to the leader over gRPC
+//! (`Kiln.DeliverWebhook`), and answers what the leader answered.
 //!
 //! Who may call: anyone who can reach the port; a delivery is trusted only for its
 //! signature (or token), which only the repository's owner and kiln know.
@@ -72,11 +73,21 @@ pub async fn http(
     if core.is_leader() {
         return receive(&core, &repository, &headers, &body).await;
     }
+    // A follower holds the secrets too: what does not verify goes no further.
+    if let Err(refused) = verify(&core, &repository, &headers, &body) {
+        return refused;
+    }
     relay(&core, repository, &headers, body).await
 }
 
-/// Verifies a delivery for `repository` and records what it says. On the leader.
-pub async fn receive(core: &Core, repository: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+/// The delivery, verified with the repository's secret and parsed; or the answer that
+/// refuses it.
+fn verify(
+    core: &Core,
+    repository: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<forge::Delivery, Answer> {
     let secret = core
         .state
         .read()
@@ -84,18 +95,25 @@ pub async fn receive(core: &Core, repository: &str, headers: &HeaderMap, body: &
         .get(repository)
         .map(|r| r.secret.clone());
     let Some(secret) = secret else {
-        return Answer::error(
+        return Err(Answer::error(
             StatusCode::NOT_FOUND,
             format!("repository {repository:?} not found"),
-        );
+        ));
     };
-    let delivery = match forge::read(headers, body, &secret) {
-        Ok(d) => d,
-        Err(Reject::Unauthorized(why)) => {
+    forge::read(headers, body, &secret).map_err(|reject| match reject {
+        Reject::Unauthorized(why) => {
             tracing::warn!(%repository, %why, "webhook refused");
-            return Answer::error(StatusCode::UNAUTHORIZED, why);
+            Answer::error(StatusCode::UNAUTHORIZED, why)
         }
-        Err(Reject::BadRequest(why)) => return Answer::error(StatusCode::BAD_REQUEST, why),
+        Reject::BadRequest(why) => Answer::error(StatusCode::BAD_REQUEST, why),
+    })
+}
+
+/// Verifies a delivery for `repository` and records what it says. On the leader.
+pub async fn receive(core: &Core, repository: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+    let delivery = match verify(core, repository, headers, body) {
+        Ok(d) => d,
+        Err(refused) => return refused,
     };
     let push = match delivery.event {
         Event::Ping => return Answer::new(StatusCode::OK, json!({ "ok": "pong" })),
