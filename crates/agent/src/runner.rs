@@ -240,6 +240,22 @@ impl Runner {
         });
     }
 
+    /// Fetches a commit a push is about to run into this node's cached clone, in the
+    /// background: the checkouts of its stages then wait only for what is left of it.
+    pub fn prefetch(self: &Arc<Self>, c: pb::Checkout) {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let credentials = Some(c.credentials.as_str()).filter(|s| !s.is_empty());
+            let fetched = match runner.repos.get(&c.repository, credentials).await {
+                Ok(cache) => cache.fetch(&c.url, &c.commit).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = fetched {
+                tracing::info!(repository = %c.repository, commit = %c.commit, error = %e, "prefetch failed");
+            }
+        });
+    }
+
     /// A clean checkout of the run's commit in the task's work directory, from this node's
     /// cached clone of the repository (fetched into first when it lacks the commit).
     async fn checkout(&self, c: &pb::Checkout, work: &std::path::Path) -> Result<(), Error> {

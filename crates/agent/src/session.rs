@@ -157,6 +157,7 @@ async fn session(
             }
             In::Assign(a) => runner.assign(a),
             In::Kill(k) => runner.kill(&k.task_id, k.attempt, &k.reason),
+            In::Prefetch(c) => runner.prefetch(c),
             In::Ack(a) => outbox.ack(a.up_to_seq),
             In::LogRequest(r) => {
                 let Some(path) = logs.log_path(&r.task_id, r.attempt) else {

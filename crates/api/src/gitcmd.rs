@@ -199,8 +199,8 @@ impl Cache {
             .is_ok()
     }
 
-    /// Makes sure the cache holds `commit`: fetches the remote's branches and tags, and the
-    /// commit itself if no ref reaches it (yet, or any more).
+    /// Makes sure the cache holds `commit`: fetches the commit itself, or, where the remote
+    /// does not serve commits by id, its branches and tags.
     pub async fn fetch(&self, url: &str, commit: &str) -> Result<(), GitError> {
         // Most checkouts find their commit here, without waiting for another's fetch.
         if self.has(commit).await {
@@ -208,6 +208,18 @@ impl Cache {
         }
         let _one = self.fetching.lock().await;
         if self.has(commit).await {
+            return Ok(());
+        }
+        // The commit alone, with what it needs (a server speaking protocol v2 serves any
+        // reachable commit: GitHub, GitLab, git daemon); else the branches and tags.
+        let by_id = ["fetch", "--quiet", "--no-tags", "--", url, commit];
+        if self
+            .git
+            .run(Some(&self.dir), &by_id, REMOTE_TIMEOUT)
+            .await
+            .is_ok()
+            && self.has(commit).await
+        {
             return Ok(());
         }
         let args = [
@@ -225,9 +237,10 @@ impl Cache {
         if self.has(commit).await {
             return Ok(());
         }
-        let args = ["fetch", "--quiet", "--no-tags", "--", url, commit];
-        self.git.run(Some(&self.dir), &args, REMOTE_TIMEOUT).await?;
-        Ok(())
+        Err(GitError::Failed {
+            command: "fetch".into(),
+            reason: format!("{url} has no commit {commit} on any branch or tag"),
+        })
     }
 
     /// The file at `path` in `commit`, or `None` when there is none; a file larger than

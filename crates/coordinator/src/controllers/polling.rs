@@ -10,8 +10,8 @@
 //! A poll that fails is shown on the repository (`kiln repo show`) until one succeeds;
 //! only changes of that error go through Raft.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_api::git::ZERO_COMMIT;
@@ -26,6 +26,9 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let mut last: HashMap<String, Instant> = HashMap::new();
+    // Repositories whose poll is still out: one at a time each (a remote that hangs does
+    // not pile up `ls-remote`s).
+    let polling: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while super::leader_tick(&core, &mut tick, &shutdown).await {
@@ -44,12 +47,22 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
         };
         last.retain(|name, _| core.state.read().repositories.contains_key(name));
         for repo in due {
+            if !lock(&polling).insert(repo.name.clone()) {
+                continue;
+            }
             last.insert(repo.name.clone(), Instant::now());
-            let core = core.clone();
+            let (core, polling) = (core.clone(), polling.clone());
             // One slow remote does not hold up the others.
-            tokio::spawn(async move { poll(&core, &repo).await });
+            tokio::spawn(async move {
+                poll(&core, &repo).await;
+                lock(&polling).remove(&repo.name);
+            });
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Polls one repository and records what changed.

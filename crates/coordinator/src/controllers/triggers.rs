@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 
 use kiln_api::git::{GitRef, ZERO_COMMIT, filter, skip_requested};
 use kiln_api::gitcmd::Caches;
+use kiln_api::pb;
 use kiln_api::spec::DeployStage;
 use kiln_api::validate::parse_pipeline;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, now_ms};
+
+/// How many agents are asked to fetch a push's commit while the leader reads it.
+const MAX_PREFETCH_NODES: usize = 32;
 
 /// The most a pipeline or service file read from a commit may hold.
 const MAX_PIPELINE_BYTES: u64 = 1 << 20;
@@ -235,6 +239,16 @@ async fn outcome(
         .await
         .map_err(step("opening the cached clone"))?;
     let commit = push.after.as_str();
+    // The agents fetch it too, meanwhile: their stages' checkouts find it there.
+    core.sessions.prefetch(
+        &pb::Checkout {
+            repository: repo.name.clone(),
+            url: repo.url.clone(),
+            commit: commit.to_string(),
+            credentials: repo.credentials.clone().unwrap_or_default(),
+        },
+        MAX_PREFETCH_NODES,
+    );
     cache
         .fetch(&repo.url, commit)
         .await

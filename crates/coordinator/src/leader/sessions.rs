@@ -93,6 +93,19 @@ impl Sessions {
         }
     }
 
+    /// Asks up to `most` connected agents (by node id) to fetch a commit ahead of its
+    /// stages.
+    pub fn prefetch(&self, checkout: &pb::Checkout, most: usize) {
+        let map = self.map();
+        let mut nodes: Vec<&String> = map.keys().collect();
+        nodes.sort();
+        for node in nodes.into_iter().take(most) {
+            if let Some(session) = map.get(node) {
+                session.send(Msg::Prefetch(checkout.clone()));
+            }
+        }
+    }
+
     pub fn kill(&self, state: &ClusterState, kills: &[Kill]) {
         let map = self.map();
         for k in kills {
