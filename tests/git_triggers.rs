@@ -64,6 +64,23 @@ fn push_of(cluster: &Cluster, name: &str, commit: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Every file called `name` below `dir`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if entry.file_name() == name {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 fn leader_http(cluster: &Cluster) -> String {
     let i = cluster.leader().expect("a leader");
     cluster.coordinators[i].http.clone()
@@ -150,6 +167,17 @@ fn a_signed_github_push_starts_one_run_on_its_commit_and_forged_deliveries_chang
         "{logs}"
     );
     assert_eq!(runs_of(&cluster, &after).len(), 1, "one delivery, one run");
+    // Nothing of the checkout outlives its task: no working tree is left on the agent.
+    let agent = cluster.agent_dir("agent-1");
+    assert!(
+        !files_named(&agent, "output.log").is_empty(),
+        "not the agent's data dir"
+    );
+    cluster.wait_for(
+        "the checkout to be removed",
+        Duration::from_secs(10),
+        |_| files_named(&agent, "hello.txt").is_empty(),
+    );
 
     // A Gitea push of a new commit starts its own run.
     let next = remote.commit(&[("hello.txt", "v2\n")], "Next");

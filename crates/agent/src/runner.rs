@@ -37,9 +37,9 @@ struct Entry {
     done: watch::Receiver<bool>,
     /// Runs in a container, which survives this agent process.
     container: bool,
-    /// Works in a checkout of a git-triggered run's commit, removed when it ends (a tree per
+    /// Works in a checkout of this repository's commit, removed when it ends (a tree per
     /// task would fill the disk; the log and what it published stay).
-    checkout: bool,
+    checkout: Option<String>,
 }
 
 pub struct Runner {
@@ -151,7 +151,13 @@ impl Runner {
     }
 
     /// Records how a task ended and marks it done.
-    fn finish(&self, key: &Key, outcome: Outcome, published: Published, done: watch::Sender<bool>) {
+    fn finish(
+        self: &Arc<Self>,
+        key: &Key,
+        outcome: Outcome,
+        published: Published,
+        done: watch::Sender<bool>,
+    ) {
         let state = if outcome.succeeded {
             pb::TaskState::Succeeded
         } else {
@@ -169,12 +175,19 @@ impl Runner {
         let checkout = match self.table().get_mut(key) {
             Some(entry) => {
                 entry.kill = None;
-                entry.checkout
+                entry.checkout.clone()
             }
-            None => false,
+            None => None,
         };
-        if checkout && let Some(dir) = self.logs.attempt_dir(&key.0, key.1) {
-            let _ = std::fs::remove_dir_all(dir.join("work"));
+        if let Some(repository) = checkout
+            && let Some(dir) = self.logs.attempt_dir(&key.0, key.1)
+        {
+            let runner = self.clone();
+            tokio::spawn(async move {
+                runner
+                    .release_checkout(&repository, &dir.join("work"))
+                    .await
+            });
         }
         let _ = done.send(true);
     }
@@ -272,6 +285,16 @@ impl Runner {
         cache.checkout(&c.url, &c.commit, work).await.map_err(fail)
     }
 
+    /// Removes a finished task's checkout (and forgets it in the cache).
+    async fn release_checkout(&self, repository: &str, work: &std::path::Path) {
+        match self.repos.get(repository, None).await {
+            Ok(cache) => cache.release(work).await,
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(work);
+            }
+        }
+    }
+
     /// The one way a task that could not start is reported: as its attempt's end.
     fn not_started(&self, a: &pb::Assignment, e: Error, done_tx: &watch::Sender<bool>) {
         tracing::info!(task = %a.task_id, attempt = a.attempt, error = %e, "task did not start");
@@ -297,7 +320,7 @@ impl Runner {
                 pid: None,
                 done: done_rx,
                 container: false,
-                checkout: a.checkout.is_some(),
+                checkout: a.checkout.as_ref().map(|c| c.repository.clone()),
             },
         );
         Some(done_tx)
@@ -643,7 +666,7 @@ impl Runner {
                         gpus: Vec::new(),
                         gpu_share: 0,
                         pid: None,
-                        checkout: false,
+                        checkout: None,
                     },
                 );
             }

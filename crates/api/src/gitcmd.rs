@@ -13,7 +13,9 @@
 //!
 //! A [`Cache`] is one bare clone per repository on a node: fetches into it are serialised,
 //! and what a task or the trigger controller needs is read from it (`show`, `diff`) or
-//! checked out of it ([`Cache::checkout`]: a `--shared` clone, which copies no objects).
+//! checked out of it ([`Cache::checkout`]: a worktree, which copies no objects). On the
+//! path from a push to its first stage every process counts (a git call costs 3–10 ms
+//! here): a file is read with one `cat-file --batch`, a fetch asks for the commit alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,13 +54,10 @@ impl Git {
         }
     }
 
-    /// Runs `git ARGS` (in `dir`, when given) and answers its standard output.
-    pub async fn run(
-        &self,
-        dir: Option<&Path>,
-        args: &[&str],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, GitError> {
+    /// `git ARGS` as kiln runs it: no prompt, no system config, in its own process group
+    /// (its helpers — git-remote-https, ssh, a credential helper — go with it), killed with
+    /// its caller.
+    fn command(&self, dir: Option<&Path>, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
         if let Some(file) = &self.credentials {
             cmd.arg("-c")
@@ -73,12 +72,22 @@ impl Git {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its helpers (git-remote-https, ssh, a credential helper) go with it.
             .process_group(0)
             .kill_on_drop(true);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        cmd
+    }
+
+    /// Runs `git ARGS` (in `dir`, when given) and answers its standard output.
+    pub async fn run(
+        &self,
+        dir: Option<&Path>,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, GitError> {
+        let mut cmd = self.command(dir, args);
         let command = args.first().copied().unwrap_or_default().to_string();
         let child = cmd.spawn().map_err(|e| GitError::Spawn(e.to_string()))?;
         // Past its deadline, or with its caller gone, the whole group goes.
@@ -169,6 +178,10 @@ pub struct Cache {
     dir: PathBuf,
     /// Fetches into one clone go one at a time (git's ref locks would fail the second).
     fetching: tokio::sync::Mutex<()>,
+    /// Worktrees are added and pruned one at a time.
+    checking_out: tokio::sync::Mutex<()>,
+    /// The URL `origin` names in the cache (and so in every checkout), once set.
+    origin: tokio::sync::Mutex<Option<String>>,
 }
 
 impl Cache {
@@ -183,6 +196,8 @@ impl Cache {
             git,
             dir,
             fetching: tokio::sync::Mutex::new(()),
+            checking_out: tokio::sync::Mutex::new(()),
+            origin: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -244,40 +259,68 @@ impl Cache {
     }
 
     /// The file at `path` in `commit`, or `None` when there is none; a file larger than
-    /// `limit` bytes is an error (it is not read).
+    /// `limit` bytes is an error (it is not read). One `git cat-file --batch`: its header
+    /// gives the size before the content.
     pub async fn show(
         &self,
         commit: &str,
         path: &str,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, GitError> {
-        let object = format!("{commit}:{}", path.trim_start_matches("./"));
-        let size = self
-            .git
-            .run(Some(&self.dir), &["cat-file", "-s", &object], LOCAL_TIMEOUT)
-            .await;
-        let Ok(size) = size else {
-            return Ok(None);
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let object = format!("{commit}:{}\n", path.trim_start_matches("./"));
+        let failed = |reason: String| GitError::Failed {
+            command: "cat-file".into(),
+            reason,
         };
-        let size: u64 = String::from_utf8_lossy(&size)
-            .trim()
-            .parse()
-            .unwrap_or(u64::MAX);
-        if size > limit {
-            return Err(GitError::Failed {
+        let read = async {
+            let mut cmd = self.git.command(Some(&self.dir), &["cat-file", "--batch"]);
+            cmd.stdin(Stdio::piped());
+            let mut child = cmd.spawn().map_err(|e| GitError::Spawn(e.to_string()))?;
+            let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(GitError::Spawn("git cat-file: no pipes".into()));
+            };
+            stdin
+                .write_all(object.as_bytes())
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            drop(stdin);
+            let mut out = BufReader::new(stdout);
+            let mut header = String::new();
+            out.read_line(&mut header)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            // `<oid> blob <size>`, or `<object> missing` (or `ambiguous`).
+            let mut words = header.split_whitespace();
+            let (Some(_), Some(kind), Some(size)) = (words.next(), words.next(), words.next())
+            else {
+                return Ok(None);
+            };
+            let size: u64 = size
+                .parse()
+                .map_err(|_| failed(format!("header {header:?}")))?;
+            if kind != "blob" {
+                return Ok(None);
+            }
+            if size > limit {
+                return Err(failed(format!(
+                    "{path} is {size} bytes, more than the limit of {limit}"
+                )));
+            }
+            let mut content = vec![0; size as usize];
+            out.read_exact(&mut content)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let _ = child.wait().await;
+            Ok(Some(content))
+        };
+        match tokio::time::timeout(LOCAL_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => Err(GitError::TimedOut {
                 command: "cat-file".into(),
-                reason: format!("{path} is {size} bytes, more than the limit of {limit}"),
-            });
+                seconds: LOCAL_TIMEOUT.as_secs(),
+            }),
         }
-        let out = self
-            .git
-            .run(
-                Some(&self.dir),
-                &["cat-file", "blob", &object],
-                LOCAL_TIMEOUT,
-            )
-            .await?;
-        Ok(Some(out))
     }
 
     /// The paths that differ between two commits (renames as both paths).
@@ -320,25 +363,34 @@ impl Cache {
         Ok((author.to_string(), message.trim_end().to_string()))
     }
 
-    /// A clean checkout of `commit` at `dest` (which must not exist or be empty), sharing the
-    /// cache's objects; its `origin` is the repository's own URL.
+    /// A clean checkout of `commit` at `dest` (which must not exist or be empty): a
+    /// worktree of the cache, which copies no objects; `origin` is the repository's URL.
+    /// [`Cache::release`] removes it.
     pub async fn checkout(&self, url: &str, commit: &str, dest: &Path) -> Result<(), GitError> {
-        let cache = self.dir.display().to_string();
+        // Worktrees are registered in the cache: one added at a time.
+        let _one = self.checking_out.lock().await;
+        {
+            let mut origin = self.origin.lock().await;
+            if origin.as_deref() != Some(url) {
+                let set = ["config", "remote.origin.url", url];
+                self.git.run(Some(&self.dir), &set, LOCAL_TIMEOUT).await?;
+                *origin = Some(url.to_string());
+            }
+        }
         let target = dest.display().to_string();
-        let clone = [
-            "clone",
-            "--quiet",
-            "--shared",
-            "--no-checkout",
-            &cache,
-            &target,
-        ];
-        self.git.run(None, &clone, LOCAL_TIMEOUT).await?;
-        let checkout = ["checkout", "--quiet", "--detach", commit, "--"];
-        self.git.run(Some(dest), &checkout, LOCAL_TIMEOUT).await?;
-        let origin = ["remote", "set-url", "origin", url];
-        self.git.run(Some(dest), &origin, LOCAL_TIMEOUT).await?;
+        let add = ["worktree", "add", "--quiet", "--detach", &target, commit];
+        self.git.run(Some(&self.dir), &add, LOCAL_TIMEOUT).await?;
         Ok(())
+    }
+
+    /// Removes a checkout made by [`Cache::checkout`], and forgets it in the cache.
+    pub async fn release(&self, dest: &Path) {
+        let _ = std::fs::remove_dir_all(dest);
+        let _one = self.checking_out.lock().await;
+        let _ = self
+            .git
+            .run(Some(&self.dir), &["worktree", "prune"], LOCAL_TIMEOUT)
+            .await;
     }
 }
 

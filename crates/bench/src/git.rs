@@ -62,6 +62,10 @@ pub fn run(params: Params) {
 
     // One warm-up push (the first fetch clones), then the measured ones.
     let mut lat = Vec::new();
+    // Where each push's time went: webhook → recorded (the answer), → run created (the
+    // trigger loop: fetch, read, filter, propose), → placed (the scheduler), → started (the
+    // agent: checkout, spawn).
+    let mut parts: [Vec<i64>; 4] = Default::default();
     for n in 0..=params.pushes {
         remote.commit(&[("n.txt", &n.to_string())], &format!("push {n}"));
         let push = remote.push("main");
@@ -69,9 +73,21 @@ pub fn run(params: Params) {
         let t0 = now_ms();
         let answer = post_hook(&http, "hooked", &headers, &body);
         assert_eq!(answer.status, 202, "{}", answer.body);
-        let (_, run) = wait_run(&mut cluster, "hooked", &push.after);
+        let (push, run) = wait_run(&mut cluster, "hooked", &push.after);
         if n > 0 {
-            lat.push(run["stages"][0]["started_ms"].as_i64().unwrap_or(0) - t0);
+            let at = |v: &Value| v.as_i64().unwrap_or(0);
+            let started = at(&run["stages"][0]["started_ms"]);
+            let marks = [
+                t0,
+                at(&push["received_ms"]),
+                at(&run["created_ms"]),
+                at(&run["stages"][0]["attempts"][0]["placed_ms"]),
+                started,
+            ];
+            for (i, part) in parts.iter_mut().enumerate() {
+                part.push(marks[i + 1] - marks[i]);
+            }
+            lat.push(started - t0);
         }
     }
     lat.sort_unstable();
@@ -90,6 +106,19 @@ pub fn run(params: Params) {
         } else {
             "MISSED"
         }
+    );
+
+    let median = |v: &mut Vec<i64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let [a, b, c, d] = &mut parts;
+    println!(
+        "  medians: webhook → recorded {} ms, → run created {} ms, → placed {} ms, → started {} ms",
+        median(a),
+        median(b),
+        median(c),
+        median(d)
     );
 
     if params.polls == 0 {

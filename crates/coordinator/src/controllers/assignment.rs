@@ -181,6 +181,7 @@ fn base(
         // The task's budget on a shared GPU; frameworks read it to cap their allocator.
         env.insert("KILN_GPU_MEMORY_BYTES".into(), share.to_string());
     }
+    thread_pools(&mut env, stage.resources.cpu_millis);
     pb::Assignment {
         task_id,
         attempt: p.attempt,
@@ -196,6 +197,26 @@ fn base(
         image,
         build,
         ..Default::default()
+    }
+}
+
+/// The variables thread pools size themselves by, set to the task's CPU reservation rounded
+/// up (as Ray does for its tasks), unless the spec set them: a task that reserved one core
+/// does not run BLAS on every core of the node beside its neighbours.
+pub const THREAD_POOL_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+fn thread_pools(env: &mut std::collections::BTreeMap<String, String>, cpu_millis: u64) {
+    let threads = cpu_millis.div_ceil(1000).max(1).to_string();
+    for var in THREAD_POOL_VARS {
+        env.entry(var.to_string())
+            .or_insert_with(|| threads.clone());
     }
 }
 
@@ -215,4 +236,23 @@ fn shard_env(env: &mut HashMap<String, String>, index: u32, count: u32, tests: b
     env.insert("TEST_TOTAL_SHARDS".into(), count.to_string());
     env.insert("CI_NODE_INDEX".into(), (index + 1).to_string());
     env.insert("CI_NODE_TOTAL".into(), count.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_pools_get_the_reservation_rounded_up_unless_the_spec_says() {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("OMP_NUM_THREADS".to_string(), "8".to_string());
+        thread_pools(&mut env, 1500);
+        assert_eq!(env["OMP_NUM_THREADS"], "8", "the spec's own value stays");
+        assert_eq!(env["OPENBLAS_NUM_THREADS"], "2");
+        assert_eq!(env["RAYON_NUM_THREADS"], "2");
+        let mut small = std::collections::BTreeMap::new();
+        thread_pools(&mut small, 100);
+        assert_eq!(small["MKL_NUM_THREADS"], "1", "at least one thread");
+        assert_eq!(small.len(), THREAD_POOL_VARS.len());
+    }
 }

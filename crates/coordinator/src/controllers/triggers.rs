@@ -284,15 +284,10 @@ async fn outcome(
         Err(e) => return Ok(fail(format!("{e} (at commit {commit})"))),
     };
     if !manual {
+        // Unknown (a new ref, or a `before` the remote no longer has): no path filter.
         let changed = match push.before.as_str() {
             ZERO_COMMIT => None,
-            before if cache.has(before).await => Some(
-                cache
-                    .changed(before, commit)
-                    .await
-                    .map_err(step("listing the changed paths"))?,
-            ),
-            _ => None,
+            before => cache.changed(before, commit).await.ok(),
         };
         let git_ref = GitRef::parse(&push.git_ref);
         if let Some(reason) = filter(pipeline.on.as_ref(), &git_ref, changed.as_deref()) {

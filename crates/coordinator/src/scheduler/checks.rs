@@ -7,7 +7,7 @@ use kiln_api::spec::{GpuRequest, Resources, Stage};
 
 use super::{Planned, gpus};
 use crate::state::fit::{Misfit, fits};
-use crate::state::{Node, NodeStatus};
+use crate::state::{Node, NodeStatus, TaskRef};
 
 /// What a task asks of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -16,8 +16,28 @@ pub struct Ask {
     pub driver: &'static str,
     pub constraints: BTreeMap<String, String>,
     pub gpu: Option<GpuRequest>,
-    /// For a service replica, the service: replicas of one service spread apart.
-    pub group: Option<u64>,
+    /// Siblings that spread apart: a service's replicas, a sharded stage's shards.
+    pub group: Option<Group>,
+}
+
+/// Tasks placed apart from each other where they fit ([`super::SpreadGroup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// The replicas of one service.
+    Service(u64),
+    /// The shards of one stage of one run.
+    Stage { run: u64, stage: u32 },
+}
+
+impl Group {
+    /// Whether `task` is one of the group.
+    pub fn holds(self, task: &TaskRef) -> bool {
+        match (self, task) {
+            (Group::Service(s), TaskRef::Replica(r)) => r.service == s,
+            (Group::Stage { run, stage }, TaskRef::Stage(at)) => at.run == run && at.stage == stage,
+            _ => false,
+        }
+    }
 }
 
 impl Ask {

@@ -20,7 +20,9 @@
 //! derived from the pass number, so a pass can be replayed exactly.
 //!
 //! Work that asks for no GPU looks at nodes without GPUs first and goes to a GPU node only
-//! when no CPU node fits, so GPUs are not blocked by CPU work.
+//! when no CPU node fits, so GPUs are not blocked by CPU work. Siblings spread apart
+//! (`SpreadGroup`, every feasible node scored): a service's replicas, and the shards of a
+//! sharded stage, which would gain nothing from sharing one node's cores.
 //!
 //! A task that fits nowhere is not an error: it stays pending, and the pass reports why,
 //! with the number of nodes that gave each reason ("cpu exhausted on 2 nodes"). Tasks with
@@ -42,7 +44,7 @@ use std::collections::{BTreeMap, HashMap};
 use kiln_api::spec::Resources;
 
 use crate::state::{ClusterState, GpuGrant, Node, NodeId, Placement, TaskRef};
-pub use checks::{Ask, Check, default_checks};
+pub use checks::{Ask, Check, Group, default_checks};
 pub use rank::{BinPack, GpuFit, Rank, Spread, SpreadGroup};
 
 #[derive(Debug, Clone)]
@@ -67,8 +69,8 @@ impl Default for SchedulerConfig {
 pub struct Planned {
     pub resources: Resources,
     pub gpus: Vec<GpuGrant>,
-    /// The services this pass placed a replica of on the node, one entry per replica.
-    pub groups: Vec<u64>,
+    /// The groups this pass placed a task of on the node, one entry per task.
+    pub groups: Vec<Group>,
 }
 
 /// What one pass decided.
@@ -97,6 +99,12 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
         checks: default_checks(),
         rankers: vec![Box::new(SpreadGroup), Box::new(Spread), Box::new(GpuFit)],
     };
+    // The shards of a stage spread too (on one node they would share its cores and gain
+    // nothing); otherwise they pack like any task.
+    let shards = Stack {
+        checks: default_checks(),
+        rankers: vec![Box::new(SpreadGroup), Box::new(BinPack), Box::new(GpuFit)],
+    };
     let (cpu_nodes, gpu_nodes): (Vec<&Node>, Vec<&Node>) =
         state.nodes.values().partition(|n| n.gpus.is_empty());
     let all: Vec<&Node> = state.nodes.values().collect();
@@ -113,9 +121,16 @@ pub fn schedule(state: &ClusterState, pass: u64, config: &SchedulerConfig) -> Pa
         };
         let mut ask = Ask::of(stage);
         let (stack, sample) = match task {
+            TaskRef::Stage(at) if state.stage_run(at).is_some_and(|s| s.is_sharded()) => {
+                ask.group = Some(Group::Stage {
+                    run: at.run,
+                    stage: at.stage,
+                });
+                (&shards, None)
+            }
             TaskRef::Stage(_) => (&stack, config.sample),
             TaskRef::Replica(r) => {
-                ask.group = Some(r.service);
+                ask.group = Some(Group::Service(r.service));
                 (&replicas, None)
             }
         };

@@ -1,7 +1,7 @@
 //! Ranking feasible nodes. Higher scores win; each ranker is one idea, and `pick` adds them.
 
 use super::{Ask, Planned, gpus};
-use crate::state::{Node, TaskRef};
+use crate::state::Node;
 
 pub trait Rank: Send + Sync {
     fn score(&self, node: &Node, planned: &Planned, ask: &Ask) -> f64;
@@ -56,11 +56,7 @@ impl Rank for SpreadGroup {
         let Some(group) = ask.group else {
             return 0.0;
         };
-        let held = node
-            .allocations
-            .iter()
-            .filter(|t| matches!(t, TaskRef::Replica(r) if r.service == group))
-            .count();
+        let held = node.allocations.iter().filter(|t| group.holds(t)).count();
         let planned = planned.groups.iter().filter(|&&g| g == group).count();
         -10.0 * (held + planned) as f64
     }

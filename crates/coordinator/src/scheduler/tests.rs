@@ -616,3 +616,25 @@ fn replicas_of_a_service_spread_over_nodes_while_pipeline_work_packs() {
     assert_eq!(nodes_of(true).len(), 3, "one replica per node");
     assert_eq!(nodes_of(false).len(), 1, "pipeline stages bin-pack");
 }
+
+#[test]
+fn the_shards_of_a_stage_spread_over_nodes_while_they_fit() {
+    let mut c = Cluster::new()
+        .node("a", 8000, vec![])
+        .node("b", 8000, vec![]);
+    let pipeline = kiln_api::validate::parse_pipeline(
+        "p.yaml",
+        "name: p\nstages:\n  - name: t\n    command: ./test\n    shards: 4\n    resources: { cpu: 1 }\n",
+    )
+    .unwrap();
+    c.state.apply(&Command::SubmitRun {
+        request_id: String::new(),
+        trigger: String::new(),
+        pipeline,
+        only_tests: Default::default(),
+        now_ms: 0,
+    });
+    let pass = c.pass(1);
+    let on = |node: &str| pass.placements.iter().filter(|p| p.node == node).count();
+    assert_eq!((on("a"), on("b")), (2, 2), "{:?}", pass.placements);
+}
