@@ -86,6 +86,19 @@ fn leader_http(cluster: &Cluster) -> String {
     cluster.coordinators[i].http.clone()
 }
 
+/// The run of `commit` once a push started it, and once it ended: its id and its status.
+fn finished_run_of(cluster: &mut Cluster, commit: &str) -> (String, Value) {
+    cluster.wait_for("the push's run", Duration::from_secs(60), |c| {
+        !runs_of(c, commit).is_empty()
+    });
+    let run = runs_of(cluster, commit)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let done = wait_run_ended(cluster, &run);
+    (run, done)
+}
+
 fn wait_run_ended(cluster: &mut Cluster, run: &str) -> Value {
     // Every stage ended (a superseded run is cancelled while its uninterruptible stages
     // still run).
@@ -143,14 +156,7 @@ fn a_signed_github_push_starts_one_run_on_its_commit_and_forged_deliveries_chang
     assert_eq!(again.status, 202, "{}", again.body);
     assert!(again.body.contains("\"created\":false"), "{}", again.body);
 
-    cluster.wait_for("the push's run", Duration::from_secs(30), |c| {
-        !runs_of(c, &after).is_empty()
-    });
-    let run = runs_of(&cluster, &after)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = wait_run_ended(&mut cluster, &run);
+    let (run, done) = finished_run_of(&mut cluster, &after);
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["trigger"], "webhook");
     assert_eq!(done["git"]["ref"], "refs/heads/main");
@@ -405,14 +411,7 @@ fn a_leader_killed_after_accepting_a_webhook_loses_nothing_and_the_run_starts_on
     cluster.wait_for("a new leader", Duration::from_secs(30), |c| {
         c.leader().is_some_and(|l| l != leader)
     });
-    cluster.wait_for("the push to start", Duration::from_secs(60), |c| {
-        !runs_of(c, &after).is_empty()
-    });
-    let run = runs_of(&cluster, &after)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = wait_run_ended(&mut cluster, &run);
+    let (_, done) = finished_run_of(&mut cluster, &after);
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(runs_of(&cluster, &after).len(), 1);
 }
@@ -568,14 +567,7 @@ stages:
     );
     let (h, b) = github_push(&remote.push("main"), "An image", SECRET, "img-1");
     assert_eq!(post_hook(&leader_http(&cluster), "app", &h, &b).status, 202);
-    cluster.wait_for("the run", Duration::from_secs(30), |c| {
-        !runs_of(c, &after).is_empty()
-    });
-    let run = runs_of(&cluster, &after)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = wait_run_ended(&mut cluster, &run);
+    let (run, done) = finished_run_of(&mut cluster, &after);
     assert_eq!(done["status"], "succeeded", "{done:#}");
     let logs = cluster.kiln(&["logs", &run, "smoke"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
@@ -622,14 +614,7 @@ fn a_private_remote_is_read_with_the_credentials_file_it_names() {
     let after = remote.commit(&[("hello.txt", "private hello\n")], "Private");
     let (h, b) = github_push(&remote.push("main"), "Private", SECRET, "private-1");
     assert_eq!(post_hook(&leader_http(&cluster), "app", &h, &b).status, 202);
-    cluster.wait_for("the run", Duration::from_secs(30), |c| {
-        !runs_of(c, &after).is_empty()
-    });
-    let run = runs_of(&cluster, &after)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = wait_run_ended(&mut cluster, &run);
+    let (run, done) = finished_run_of(&mut cluster, &after);
     assert_eq!(done["status"], "succeeded", "{done:#}");
     let logs = cluster.kiln(&["logs", &run, "check"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("private hello"));

@@ -5,6 +5,23 @@
 //! - Memory in bytes: `256Mi`, `1Gi`, `512M`, `1G`, `1024` (plain bytes); also `KiB`-style.
 //! - Durations: `250ms`, `30s`, `5m`, `2h`, or a plain number of seconds.
 
+/// Seconds since the Unix epoch as a UTC date and time, `(year, month, day, h, m, s)`
+/// (days to a civil date by Howard Hinnant's algorithm): how kiln prints times without a
+/// calendar crate.
+pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 /// Parses a CPU quantity into millicores.
 pub fn parse_cpu(text: &str) -> Result<u64, String> {
     let t = text.trim();
