@@ -108,6 +108,27 @@ pub fn run(params: Params) {
         }
     );
 
+    // The remote's own share: one fetch of a pushed commit into an empty clone, alone.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut fetches = Vec::new();
+    for n in 0..20 {
+        let dir = scratch.path().join(format!("c{n}"));
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(&dir)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        assert!(git(&["init", "--quiet", "--bare"]));
+        let head = remote.head("main").unwrap_or_default();
+        let t = Instant::now();
+        assert!(git(&["fetch", "--quiet", "--no-tags", &remote.url(), &head]));
+        fetches.push(t.elapsed().as_millis() as i64);
+    }
     let median = |v: &mut Vec<i64>| {
         v.sort_unstable();
         v[v.len() / 2]
@@ -119,6 +140,10 @@ pub fn run(params: Params) {
         median(b),
         median(c),
         median(d)
+    );
+    println!(
+        "  the remote alone: git fetch of one commit from it into an empty clone, median {} ms",
+        median(&mut fetches)
     );
 
     if params.polls == 0 {
