@@ -619,3 +619,42 @@ fn a_private_remote_is_read_with_the_credentials_file_it_names() {
     let logs = cluster.kiln(&["logs", &run, "check"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("private hello"));
 }
+
+#[test]
+fn a_local_repository_is_read_only_where_the_coordinator_allows_it() {
+    let remote = GitRemote::start();
+    remote.commit(
+        &[
+            (".kiln/pipeline.yaml", CHECK_PIPELINE),
+            ("hello.txt", "local\n"),
+        ],
+        "init",
+    );
+    let head = remote.push("main").after;
+    let path = remote.path().display().to_string();
+
+    // A shared cluster: a path on the coordinator is refused, naming the way to allow it.
+    let shared = cluster(1);
+    let out = shared.kiln(&["repo", "add", "app", &path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-local-repositories"), "{err}");
+    drop(shared);
+
+    // One user's machine (as kiln dev runs): it is read like a remote.
+    let cluster = Cluster::start(Options {
+        coordinators: 1,
+        agents: 1,
+        coordinator_args: vec!["--allow-local-repositories".into()],
+        ..Options::default()
+    });
+    add_repo(&cluster, "app", &path, &["--poll", "off"]);
+    let out = cluster.kiln(&["run", "--repo", "app", "--follow", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["git"]["commit"], head.as_str());
+}

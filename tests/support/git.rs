@@ -136,6 +136,11 @@ impl GitRemote {
         );
     }
 
+    /// The bare repository's path, for a coordinator that reads local repositories.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("srv").join("repo.git")
+    }
+
     /// The remote's URL, as kiln is given it.
     pub fn url(&self) -> String {
         format!("git://127.0.0.1:{}/repo.git", self.port)

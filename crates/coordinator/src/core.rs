@@ -28,6 +28,9 @@ pub struct Tuning {
     pub heartbeat: Duration,
     pub election_timeout_ms: u64,
     pub scheduler: SchedulerConfig,
+    /// Repositories may be paths on this machine (`kiln dev`, one user's machine); else
+    /// only remotes, so that no caller reads a repository on the coordinator's disk.
+    pub local_repositories: bool,
 }
 
 impl Default for Tuning {
@@ -37,6 +40,7 @@ impl Default for Tuning {
             heartbeat: Duration::from_secs(1),
             election_timeout_ms: 100,
             scheduler: SchedulerConfig::default(),
+            local_repositories: false,
         }
     }
 }

@@ -46,6 +46,10 @@ struct Args {
     /// Score every feasible node instead of a sample of two.
     #[arg(long)]
     exact_scoring: bool,
+    /// Take repositories that are paths (or file:// URLs) on this machine: for one user's
+    /// machine only; a caller could otherwise read any repository on the coordinator's disk.
+    #[arg(long)]
+    allow_local_repositories: bool,
 }
 
 #[tokio::main]
@@ -88,6 +92,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 sample: if args.exact_scoring { None } else { Some(2) },
                 ..Default::default()
             },
+            local_repositories: args.allow_local_repositories,
         },
     };
     let coordinator = kiln_coordinator::start(config, grpc, http).await?;

@@ -125,6 +125,8 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         join: None,
         tuning: Tuning {
             node_grace: Duration::from_secs(10),
+            // One user's machine: `kiln repo add app ~/src/app` works.
+            local_repositories: true,
             ..Default::default()
         },
     };

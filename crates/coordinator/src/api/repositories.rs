@@ -27,7 +27,7 @@ const SHOWN_PUSHES: usize = 50;
 
 pub async fn add(core: &Core, req: pb::AddRepositoryRequest) -> Result<pb::RepositoryView> {
     core.ensure_leader()?;
-    let repository = check(&req)?;
+    let repository = check(&req, core.tuning.local_repositories)?;
     if core.state.read().repositories.contains_key(&req.name) {
         return Err(Error::Conflict(format!(
             "repository {:?} already exists (remove it first)",
@@ -55,7 +55,7 @@ pub async fn add(core: &Core, req: pb::AddRepositoryRequest) -> Result<pb::Repos
 }
 
 /// The request, checked, as the repository it adds (without its heads).
-fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
+fn check(req: &pb::AddRepositoryRequest, local: bool) -> Result<Repository> {
     let bad = |field: &str, why: String| Err(Error::InvalidInput(format!("{field}: {why}")));
     if !valid_name(&req.name) {
         return bad(
@@ -66,7 +66,7 @@ fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
             ),
         );
     }
-    if let Err(why) = check_url(&req.url) {
+    if let Err(why) = check_url(&req.url, local) {
         return bad("url", format!("{:?} {why}", req.url));
     }
     let pipeline = match req.pipeline.trim_start_matches("./") {
@@ -148,14 +148,19 @@ fn check(req: &pb::AddRepositoryRequest) -> Result<Repository> {
 }
 
 /// A remote kiln may read: `https://`, `http://`, `ssh://`, `git://` or scp-like
-/// `user@host:path`, without a password in it (that goes in `--credentials`), and never a
-/// path on the coordinator (which would let a caller read any repository there).
-fn check_url(url: &str) -> Result<(), String> {
+/// `user@host:path`, without a password in it (that goes in `--credentials`); a path on
+/// the coordinator (or `file://`) only where `local` allows it, as `kiln dev` does (it would
+/// let any caller read any repository there).
+fn check_url(url: &str, local: bool) -> Result<(), String> {
     if url.is_empty()
         || url.starts_with('-')
         || url.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err("is not a git URL".into());
+    }
+    let path = url.starts_with('/') || url.starts_with("file://");
+    if local && path {
+        return Ok(());
     }
     if let Some((scheme, rest)) = url.split_once("://") {
         if !matches!(scheme, "https" | "http" | "ssh" | "git") {
@@ -175,7 +180,10 @@ fn check_url(url: &str) -> Result<(), String> {
     // scp-like: [user@]host:path, with no '/' before the ':'.
     match url.split_once(':') {
         Some((host, _)) if !host.is_empty() && !host.contains('/') => Ok(()),
-        _ => Err("is a local path: kiln reads remotes only (https, http, ssh, git)".into()),
+        _ => Err(
+            "is a local path: kiln reads remotes only (https, http, ssh, git), unless its coordinator runs with --allow-local-repositories (as kiln dev does)"
+                .into(),
+        ),
     }
 }
 
@@ -394,7 +402,7 @@ mod tests {
             "git@github.com:team/app.git",
             "https://token@host/app.git",
         ] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
+            assert_eq!(check_url(ok, false), Ok(()), "{ok}");
         }
         for bad in [
             "/srv/git/app.git",
@@ -405,7 +413,14 @@ mod tests {
             "https://host/a b",
             "",
         ] {
-            assert!(check_url(bad).is_err(), "{bad}");
+            assert!(check_url(bad, false).is_err(), "{bad}");
         }
+        assert_eq!(
+            check_url("/srv/git/app.git", true),
+            Ok(()),
+            "kiln dev reads paths"
+        );
+        assert_eq!(check_url("file:///srv/git/app.git", true), Ok(()));
+        assert!(check_url("https://user:secret@host/a.git", true).is_err());
     }
 }
