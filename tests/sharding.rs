@@ -156,6 +156,15 @@ fn a_dynamic_suite_runs_every_test_once_over_real_shards() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("flaky:") && text.contains("t05"), "{text}");
     assert!(text.contains("imbalance"), "{text}");
+
+    // One shard listed the suite; the others waited for its list.
+    let listed = (0..3)
+        .filter(|k| {
+            let out = cluster.kiln(&["logs", &run, "unit", "--shard", &k.to_string()]);
+            String::from_utf8_lossy(&out.stdout).contains("tests.list printed")
+        })
+        .count();
+    assert_eq!(listed, 1, "shards that ran list:");
 }
 
 #[test]

@@ -18,6 +18,9 @@ use crate::state::{
     Command, Run, StageRef, Submitted, TaskRef, TaskStatus, TestsReported, parse_run_id,
 };
 
+/// How long a shard waiting for another's list waits before asking again.
+const LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct TestQueueService {
     pub core: Arc<Core>,
 }
@@ -32,23 +35,38 @@ impl TestQueue for TestQueueService {
         let req = req.into_inner();
         let task = self.task(&req.task_id)?;
         let list = (!req.list.is_empty()).then_some(req.list);
-        let command = Command::TakeTests {
-            task,
-            attempt: req.attempt,
-            batch: req.batch,
-            list,
-        };
-        match self.core.write(command).await? {
-            Take::NeedList => Ok(Response::new(pb::NextTestsResponse {
-                need_list: true,
-                ids: Vec::new(),
-            })),
-            Take::Batch(ids) => {
-                tracing::debug!(tests = ids.len(), "batch taken");
-                Ok(Response::new(pb::NextTestsResponse {
-                    need_list: false,
-                    ids,
-                }))
+        let mut applied = self.core.state.subscribe();
+        loop {
+            let command = Command::TakeTests {
+                task,
+                attempt: req.attempt,
+                batch: req.batch,
+                list: list.clone(),
+            };
+            match self.core.write(command).await? {
+                Take::NeedList => {
+                    return Ok(Response::new(pb::NextTestsResponse {
+                        need_list: true,
+                        ids: Vec::new(),
+                    }));
+                }
+                Take::Batch(ids) => {
+                    tracing::debug!(tests = ids.len(), "batch taken");
+                    return Ok(Response::new(pb::NextTestsResponse {
+                        need_list: false,
+                        ids,
+                    }));
+                }
+                // Another shard lists the suite: ask again once its list arrived, or its
+                // attempt ended without one (read here, so waiting writes nothing).
+                Take::Wait => loop {
+                    let _ = tokio::time::timeout(LIST_WAIT, applied.changed()).await;
+                    let state = self.core.state.read();
+                    let suite = state.stage_run(task).and_then(|s| s.suite.as_ref());
+                    if suite.is_none_or(|s| s.ids.is_some() || s.lister.is_none()) {
+                        break;
+                    }
+                },
             }
         }
     }

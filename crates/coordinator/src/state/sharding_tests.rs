@@ -175,14 +175,14 @@ impl World {
     fn batch_listed(&mut self, shard: u32, list: Vec<String>) -> Vec<String> {
         match self.take(shard, 1, Some(list)) {
             Take::Batch(ids) => ids,
-            Take::NeedList => panic!("listed, still asked for the list"),
+            other => panic!("listed, still told {other:?}"),
         }
     }
 
     fn batch(&mut self, shard: u32, batch: u32) -> Vec<String> {
         match self.take(shard, batch, None) {
             Take::Batch(ids) => ids,
-            Take::NeedList => panic!("not listed"),
+            other => panic!("not listed: {other:?}"),
         }
     }
 
@@ -512,4 +512,29 @@ fn a_list_with_duplicates_queues_each_test_once_and_huge_times_are_capped() {
     assert_eq!(w.suite().tests.len(), 2);
     assert_eq!(w.suite().tests["a"].runs[0].time_ms, suite::MAX_TEST_MS);
     assert_eq!(w.s.test_history["p/unit"].tests["a"].ms, suite::MAX_TEST_MS);
+}
+
+#[test]
+fn one_shard_lists_the_suite_and_the_others_wait_for_its_list() {
+    let mut w = World::new(vec![suite_stage("unit", 3, Split::Dynamic, 0)]);
+    for k in 0..3 {
+        w.start(k);
+    }
+    assert_eq!(w.take(1, 1, None), Take::NeedList, "the first to ask lists");
+    assert_eq!(w.take(0, 1, None), Take::Wait);
+    assert_eq!(w.take(2, 1, None), Take::Wait);
+    assert_eq!(
+        w.take(1, 1, None),
+        Take::NeedList,
+        "asking again, it still lists"
+    );
+    // The lister's attempt ends without a list: the next to ask lists instead.
+    w.event(1, TaskStatus::Failed);
+    assert_eq!(w.take(2, 1, None), Take::NeedList);
+    assert_eq!(w.take(0, 1, None), Take::Wait);
+    assert!(matches!(w.take(2, 1, Some(ids(6))), Take::Batch(b) if !b.is_empty()));
+    assert!(
+        matches!(w.take(0, 1, None), Take::Batch(b) if !b.is_empty()),
+        "the list came"
+    );
 }

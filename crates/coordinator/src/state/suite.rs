@@ -3,10 +3,11 @@
 //!
 //! The life of a suite:
 //!
-//! 1. The stage's shards are placed like any tasks. The first shard to ask for work
-//!    ([`Command::TakeTests`](super::Command::TakeTests)) without a list is told to run the
-//!    suite's `list:` command and ask again with what it printed; the first list to arrive
-//!    is the suite (later ones are ignored), and its queues are built from the recorded
+//! 1. The stage's shards are placed (apart, where they fit). The first shard to ask for
+//!    work ([`Command::TakeTests`](super::Command::TakeTests)) without a list is told to run
+//!    the suite's `list:` command and ask again with what it printed; the others are told
+//!    to wait for that list (and one of them lists if the lister's attempt ends without
+//!    one); the first list to arrive is the suite (later ones are ignored), and its queues are built from the recorded
 //!    timings: one queue, longest first, for a dynamic split; one per shard for a static
 //!    split (LPT over the timings, by count without any) or a count split.
 //! 2. A shard takes a batch ([`kiln_sharding::split::Batching`] sizes it from the shared queue,
@@ -141,6 +142,10 @@ pub struct Suite {
     /// shards measured it, smoothed; sizes the dynamic batches.
     #[serde(default)]
     pub overhead_ms: Option<u64>,
+    /// The shard (and attempt) told to list the suite, until a list arrives: the others
+    /// wait for it rather than collect the suite again.
+    #[serde(default)]
+    pub lister: Option<(u32, u32)>,
 }
 
 /// What a shard asking for work is told.
@@ -148,6 +153,8 @@ pub struct Suite {
 pub enum Take {
     /// No list yet: run the suite's `list:` and ask again with it.
     NeedList,
+    /// No list yet, and another shard is making it: ask again once it has.
+    Wait,
     /// These ids; none means the shard is done.
     Batch(Vec<String>),
 }
@@ -162,6 +169,7 @@ impl Suite {
             held: vec![None; shards as usize],
             recorded: false,
             overhead_ms: None,
+            lister: None,
         }
     }
 
@@ -214,7 +222,14 @@ impl Suite {
     /// The next batch for `shard` at (`attempt`, `batch`).
     pub fn take(&mut self, shard: u32, attempt: u32, batch: u32) -> Take {
         if self.ids.is_none() {
-            return Take::NeedList;
+            // One shard lists; the others wait for its list.
+            return match self.lister {
+                Some(l) if l != (shard, attempt) => Take::Wait,
+                _ => {
+                    self.lister = Some((shard, attempt));
+                    Take::NeedList
+                }
+            };
         }
         let Some(slot) = self.held.get(shard as usize) else {
             return Take::Batch(Vec::new());
@@ -324,6 +339,10 @@ impl Suite {
     /// Puts what `shard` holds back at the front of its queue (its attempt ended without
     /// reporting it).
     pub fn release(&mut self, shard: u32) {
+        // A lister that ended without a list: the next shard to ask lists.
+        if self.ids.is_none() && self.lister.is_some_and(|(s, _)| s == shard) {
+            self.lister = None;
+        }
         let Some(held) = self.held.get_mut(shard as usize).and_then(Option::take) else {
             return;
         };
