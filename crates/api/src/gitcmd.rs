@@ -423,6 +423,35 @@ impl Caches {
         open.insert(repository.to_string(), cache.clone());
         Ok(cache)
     }
+
+    /// For reading commits only: a repository that is a path on this machine is read where
+    /// it is (no copy, no fetch); any other, through its cache ([`Caches::get`]). Never for
+    /// checkouts, which would register worktrees in the user's repository.
+    pub async fn reader(
+        &self,
+        repository: &str,
+        url: &str,
+        credentials: Option<&str>,
+    ) -> Result<std::sync::Arc<Cache>, GitError> {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        if !path.starts_with('/') {
+            return self.get(repository, credentials).await;
+        }
+        let key = format!("{repository} {path}");
+        let mut open = self.open.lock().await;
+        if let Some(c) = open.get(&key) {
+            return Ok(c.clone());
+        }
+        let cache = std::sync::Arc::new(Cache {
+            git: Git::new(credentials),
+            dir: PathBuf::from(path),
+            fetching: tokio::sync::Mutex::new(()),
+            checking_out: tokio::sync::Mutex::new(()),
+            origin: tokio::sync::Mutex::new(None),
+        });
+        open.insert(key, cache.clone());
+        Ok(cache)
+    }
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ async fn outcome(
 ) -> Result<PushOutcome, String> {
     let step = |what: &'static str| move |e: kiln_api::gitcmd::GitError| format!("{what}: {e}");
     let cache = caches
-        .get(&repo.name, repo.credentials.as_deref())
+        .reader(&repo.name, &repo.url, repo.credentials.as_deref())
         .await
         .map_err(step("opening the cached clone"))?;
     let commit = push.after.as_str();
