@@ -256,6 +256,9 @@ impl Runner {
     /// Fetches a commit a push is about to run into this node's cached clone, in the
     /// background: the checkouts of its stages then wait only for what is left of it.
     pub fn prefetch(self: &Arc<Self>, c: pb::Checkout) {
+        if kiln_api::gitcmd::local_path(&c.url).is_some_and(|p| p.exists()) {
+            return; // checked out from where it is
+        }
         let runner = self.clone();
         tokio::spawn(async move {
             let credentials = Some(c.credentials.as_str()).filter(|s| !s.is_empty());
@@ -276,6 +279,13 @@ impl Runner {
             Error::Checkout(format!("{} at {}: {e}", c.repository, c.commit))
         };
         let credentials = Some(c.credentials.as_str()).filter(|s| !s.is_empty());
+        // A repository on this machine (kiln dev): checked out from where it is.
+        if let Some(path) = kiln_api::gitcmd::local_path(&c.url).filter(|p| p.exists()) {
+            let git = kiln_api::gitcmd::Git::new(credentials);
+            return kiln_api::gitcmd::checkout_shared(&git, &path, &c.commit, work)
+                .await
+                .map_err(fail);
+        }
         let cache = self
             .repos
             .get(&c.repository, credentials)

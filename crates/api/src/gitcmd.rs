@@ -394,6 +394,35 @@ impl Cache {
     }
 }
 
+/// The path of a repository on this machine (`/srv/app` or `file:///srv/app`), if it is one.
+pub fn local_path(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+/// A clean checkout of `commit` at `dest` from a repository on this machine, sharing its
+/// objects (`clone --shared`: nothing is copied, and nothing is registered in it).
+pub async fn checkout_shared(
+    git: &Git,
+    source: &Path,
+    commit: &str,
+    dest: &Path,
+) -> Result<(), GitError> {
+    let (source, target) = (source.display().to_string(), dest.display().to_string());
+    let clone = [
+        "clone",
+        "--quiet",
+        "--shared",
+        "--no-checkout",
+        &source,
+        &target,
+    ];
+    git.run(None, &clone, LOCAL_TIMEOUT).await?;
+    let checkout = ["checkout", "--quiet", "--detach", commit];
+    git.run(Some(dest), &checkout, LOCAL_TIMEOUT).await?;
+    Ok(())
+}
+
 /// The cached clones of a node, one per repository under one directory.
 pub struct Caches {
     dir: PathBuf,
@@ -433,18 +462,17 @@ impl Caches {
         url: &str,
         credentials: Option<&str>,
     ) -> Result<std::sync::Arc<Cache>, GitError> {
-        let path = url.strip_prefix("file://").unwrap_or(url);
-        if !path.starts_with('/') {
+        let Some(path) = local_path(url) else {
             return self.get(repository, credentials).await;
-        }
-        let key = format!("{repository} {path}");
+        };
+        let key = format!("{repository} {}", path.display());
         let mut open = self.open.lock().await;
         if let Some(c) = open.get(&key) {
             return Ok(c.clone());
         }
         let cache = std::sync::Arc::new(Cache {
             git: Git::new(credentials),
-            dir: PathBuf::from(path),
+            dir: path,
             fetching: tokio::sync::Mutex::new(()),
             checking_out: tokio::sync::Mutex::new(()),
             origin: tokio::sync::Mutex::new(None),
