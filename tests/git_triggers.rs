@@ -35,6 +35,22 @@ fn add_repo(cluster: &Cluster, name: &str, url: &str, extra: &[&str]) {
     );
 }
 
+/// A remote whose `main` holds the checking pipeline and `hello.txt`, watched by `cluster`
+/// as `app` (polled every `poll`).
+fn watched(cluster: Cluster, poll: &str) -> (GitRemote, Cluster) {
+    let remote = GitRemote::start();
+    remote.commit(
+        &[
+            (".kiln/pipeline.yaml", CHECK_PIPELINE),
+            ("hello.txt", "v0\n"),
+        ],
+        "init",
+    );
+    remote.push("main");
+    add_repo(&cluster, "app", &remote.url(), &["--poll", poll]);
+    (remote, cluster)
+}
+
 fn repo(cluster: &Cluster, name: &str) -> Value {
     cluster.kiln_json(&["repo", "show", name])
 }
@@ -117,17 +133,7 @@ stages:
 
 #[test]
 fn a_signed_github_push_starts_one_run_on_its_commit_and_forged_deliveries_change_nothing() {
-    let remote = GitRemote::start();
-    remote.commit(
-        &[
-            (".kiln/pipeline.yaml", CHECK_PIPELINE),
-            ("hello.txt", "v0\n"),
-        ],
-        "init",
-    );
-    remote.push("main");
-    let mut cluster = cluster(1);
-    add_repo(&cluster, "app", &remote.url(), &["--poll", "off"]);
+    let (remote, mut cluster) = watched(cluster(1), "off");
 
     let after = remote.commit(&[("hello.txt", "hello from v1\n")], "Say hello");
     let push = remote.push("main");
@@ -198,17 +204,7 @@ fn a_signed_github_push_starts_one_run_on_its_commit_and_forged_deliveries_chang
 
 #[test]
 fn polling_starts_a_push_no_webhook_told_of_once_and_a_late_webhook_starts_nothing_more() {
-    let remote = GitRemote::start();
-    remote.commit(
-        &[
-            (".kiln/pipeline.yaml", CHECK_PIPELINE),
-            ("hello.txt", "v0\n"),
-        ],
-        "init",
-    );
-    remote.push("main");
-    let mut cluster = cluster(1);
-    add_repo(&cluster, "app", &remote.url(), &["--poll", "1s"]);
+    let (remote, mut cluster) = watched(cluster(1), "1s");
     // The baseline starts nothing.
     let base = remote.head("main").unwrap();
     assert!(runs_of(&cluster, &base).is_empty());
@@ -381,17 +377,7 @@ stages:
 
 #[test]
 fn a_leader_killed_after_accepting_a_webhook_loses_nothing_and_the_run_starts_once() {
-    let mut remote = GitRemote::start();
-    remote.commit(
-        &[
-            (".kiln/pipeline.yaml", CHECK_PIPELINE),
-            ("hello.txt", "v0\n"),
-        ],
-        "init",
-    );
-    remote.push("main");
-    let mut cluster = cluster(3);
-    add_repo(&cluster, "app", &remote.url(), &["--poll", "off"]);
+    let (mut remote, mut cluster) = watched(cluster(3), "off");
 
     let after = remote.commit(&[("hello.txt", "survived\n")], "Survive");
     let push = remote.push("main");
