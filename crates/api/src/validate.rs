@@ -50,17 +50,36 @@ impl fmt::Display for SpecError {
     }
 }
 
-/// Every problem found in a spec, one line each.
+/// Every problem found in a spec, one line each; shown, the first [`MAX_SHOWN_ERRORS`] and a
+/// count of the rest (a spec with 150,000 bad stages answers a few KiB, not 13 MB that no
+/// gRPC client would take).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SpecErrors(pub Vec<SpecError>);
 
+/// How many problems a message lists.
+pub const MAX_SHOWN_ERRORS: usize = 20;
+/// The longest one listed problem is shown.
+const MAX_ERROR_LINE: usize = 500;
+
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(MAX_SHOWN_ERRORS).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{e}")?;
+            let line = e.to_string();
+            match line.char_indices().nth(MAX_ERROR_LINE) {
+                Some((cut, _)) => write!(f, "{}…", &line[..cut])?,
+                None => f.write_str(&line)?,
+            }
+        }
+        let rest = self.0.len().saturating_sub(MAX_SHOWN_ERRORS);
+        if rest > 0 {
+            write!(
+                f,
+                "\n… and {rest} more problem{}",
+                if rest == 1 { "" } else { "s" }
+            )?;
         }
         Ok(())
     }

@@ -771,3 +771,19 @@ fn bad_triggers_and_concurrency_name_the_field_and_line() {
     assert!(unknown.starts_with("p.yaml:3: "), "{unknown}");
     assert!(unknown.contains("unknown field `branch`"), "{unknown}");
 }
+
+#[test]
+fn a_spec_with_thousands_of_problems_gets_a_short_message_that_counts_them() {
+    let mut src = String::from("name: p\nstages:\n");
+    for i in 0..5_000 {
+        src.push_str(&format!("  - name: s{i}\n"));
+    }
+    let errors = parse_pipeline("p.yaml", &src).unwrap_err();
+    let n = errors.0.len();
+    assert!(n >= 5_000, "every problem is kept: {n}");
+    let message = errors.to_string();
+    assert!(message.len() < 8 << 10, "{} bytes", message.len());
+    assert_eq!(message.lines().count(), MAX_SHOWN_ERRORS + 1);
+    let more = format!("… and {} more problems", n - MAX_SHOWN_ERRORS);
+    assert!(message.ends_with(&more), "{message}");
+}
