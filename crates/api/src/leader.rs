@@ -27,7 +27,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 /// The metadata key under which a follower names the leader's gRPC address.
@@ -87,6 +87,8 @@ pub struct LeaderClient {
     /// The pause after every address was tried without an answer.
     retry_pause: Duration,
     keep_alive: Option<(Duration, Duration)>,
+    /// TLS to the coordinators (`https`), or plaintext where `None` (`--insecure`).
+    tls: Option<ClientTlsConfig>,
     /// The address that answered last, with its channel once connected.
     current: Mutex<Option<(String, Option<Channel>)>>,
 }
@@ -99,8 +101,15 @@ impl LeaderClient {
             call_timeout: None,
             retry_pause: Duration::from_millis(100),
             keep_alive: None,
+            tls: None,
             current: Mutex::new(None),
         }
+    }
+
+    /// Speaks TLS to the coordinators with these settings (see [`crate::pki::TlsFiles`]).
+    pub fn tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn connect_timeout(mut self, d: Duration) -> Self {
@@ -134,6 +143,7 @@ impl LeaderClient {
             call_timeout: self.call_timeout,
             retry_pause: self.retry_pause,
             keep_alive: self.keep_alive,
+            tls: self.tls.clone(),
             current: Mutex::new(self.slot().clone()),
         }
     }
@@ -161,8 +171,7 @@ impl LeaderClient {
         {
             return Ok(c.clone());
         }
-        let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("{addr}: {e}"))?
+        let mut endpoint = crate::pki::endpoint(addr, self.tls.as_ref())?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
         if let Some((interval, timeout)) = self.keep_alive {

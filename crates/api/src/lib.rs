@@ -13,15 +13,19 @@
 //! - [`git`]: git triggers as pure functions: which pushes start a run, which commits ask
 //!   to skip CI, which environment a branch deploys to, a run's concurrency group.
 //! - [`gitcmd`]: the `git` program, run the same way by coordinators and agents.
+//! - [`auth`]: who is calling: the principals certificates name, the roles tokens carry.
+//! - [`pki`]: the cluster CA and its certificates, and the TLS settings clients use.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
 //!
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
 //! it touches the network and the coordinator rejects it again with the same words.
 
 pub mod artifact;
+pub mod auth;
 pub mod git;
 pub mod gitcmd;
 pub mod leader;
+pub mod pki;
 pub mod service;
 pub mod spec;
 pub mod units;
