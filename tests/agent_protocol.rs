@@ -32,6 +32,7 @@ fn an_event_the_leader_cannot_understand_is_refused_not_acknowledged() {
         ..Default::default()
     });
     let addr = cluster.coordinators[0].grpc.clone();
+    let tls = cluster.tls_files("agent", "fake");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = mpsc::unbounded_channel();
     let mut inbound = rt.block_on(async {
@@ -46,10 +47,13 @@ fn an_event_the_leader_cannot_understand_is_refused_not_acknowledged() {
             })),
         })
         .expect("send");
-        let mut client =
-            pb::agent_service_client::AgentServiceClient::connect(format!("http://{addr}"))
-                .await
-                .expect("connect");
+        let tls = tls.client_config().expect("TLS settings");
+        let channel = kiln_api::pki::endpoint(&addr, Some(&tls))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
         client
             .session(UnboundedReceiverStream::new(rx))
             .await

@@ -84,10 +84,19 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
 
     // The coordinator checks again for clients that did not: a generated gRPC client.
     let addr = cluster.coordinators[0].grpc.clone();
+    let tls = cluster
+        .tls_files("client", "admin")
+        .client_config()
+        .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for (name, yaml, expected) in CASES {
         let status = rt.block_on(async {
-            let mut client = KilnClient::connect(format!("http://{addr}")).await.unwrap();
+            let channel = kiln_api::pki::endpoint(&addr, Some(&tls))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = KilnClient::new(channel);
             let req = SubmitRunRequest {
                 pipeline_yaml: yaml.to_string(),
                 file_name: format!("{name}.yaml"),

@@ -24,6 +24,24 @@ fn ok(cluster: &Cluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kiln approve` by `client/release-manager`, not the `client/admin` who promoted.
+fn approve_as_release_manager(cluster: &Cluster, service: &str, env: &str) {
+    let (ca, cert, key) = cluster.tls("client", "release-manager");
+    let out = cluster.kiln_with(
+        &["approve", service, "--env", env],
+        &[
+            ("KILN_CA", ca.display().to_string()),
+            ("KILN_CERT", cert.display().to_string()),
+            ("KILN_KEY", key.display().to_string()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "kiln approve as release-manager: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs a kiln command that must fail with `code`, saying `words`; returns its stderr.
 fn refused(cluster: &Cluster, args: &[&str], code: i32, words: &str) -> String {
     let out = cluster.kiln(args);
@@ -103,7 +121,14 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
         4,
         "not found in production",
     );
-    ok(&cluster, &["approve", "web", "--env", "production"]);
+    // Whoever asked for it may not approve it: another principal does.
+    refused(
+        &cluster,
+        &["approve", "web", "--env", "production"],
+        6,
+        "another principal must approve it",
+    );
+    approve_as_release_manager(&cluster, "web", "production");
     wait_settled(
         &mut cluster,
         "web",
@@ -163,7 +188,7 @@ fn a_service_moves_from_staging_to_production_and_back_without_a_failed_request(
         &cluster,
         &["promote", "web", "--from", "staging", "--to", "production"],
     );
-    ok(&cluster, &["approve", "web", "--env", "production"]);
+    approve_as_release_manager(&cluster, "web", "production");
     wait_settled(
         &mut cluster,
         "web",

@@ -32,9 +32,9 @@ fn running_work_survives_a_leader_change_and_logs_follow_it() {
     });
 
     // Follow the stage's log from another process while the leader dies under it.
-    let follower = std::process::Command::new(kiln_e2e::bin("kiln"))
+    let follower = cluster
+        .kiln_command()
         .args(["logs", &run_id, "work", "-f", "--wait", "30"])
-        .env("KILN_ADDR", cluster.addrs())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("kiln logs -f");

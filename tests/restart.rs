@@ -51,7 +51,8 @@ fn every_run_and_its_history_survive_a_full_restart() {
     });
     // And every coordinator holds it, not only the one that answered.
     for c in &cluster.coordinators {
-        let out = std::process::Command::new(kiln_e2e::bin("kiln"))
+        let out = cluster
+            .kiln_command()
             .args(["status", "--json", "--addr", &c.grpc])
             .output()
             .unwrap();

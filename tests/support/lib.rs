@@ -6,6 +6,10 @@
 //! a crash fails the test at once with its log instead of timing out. On failure the temp dir
 //! is kept and its path printed: every process's output is there.
 //!
+//! Every cluster speaks TLS with a CA of its own, made with the real `kiln tls` commands:
+//! each coordinator, agent and gateway has its certificate, and the `kiln` the tests run is
+//! `client/admin` (see [`Cluster::tls`]).
+//!
 //! [`docker`] holds what the container tests need: skip-or-fail without Docker, the base
 //! image, a real registry. A dropped cluster also removes every container its agents own.
 
@@ -58,6 +62,9 @@ pub struct Options {
     pub agent_cpu: String,
     /// Extra flags for every agent (e.g. `--registry`).
     pub agent_args: Vec<String>,
+    /// Plaintext and no authentication (`--insecure`): only for a benchmark whose simulated
+    /// agents cannot each hold a certificate.
+    pub insecure: bool,
 }
 
 impl Default for Options {
@@ -70,6 +77,7 @@ impl Default for Options {
             heartbeat_ms: 250,
             agent_cpu: "4".into(),
             agent_args: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -213,6 +221,8 @@ impl Coordinator {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Where the cluster's CA and certificates are (`kiln tls init` / `issue`).
+    pub tls_dir: PathBuf,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Proc>,
     /// `kiln gateway` processes, with their HTTP addresses.
@@ -220,6 +230,7 @@ pub struct Cluster {
     node_grace_ms: u64,
     heartbeat_ms: u64,
     agent_args: Vec<String>,
+    insecure: bool,
 }
 
 impl Cluster {
@@ -228,7 +239,10 @@ impl Cluster {
             .prefix("kiln-e2e-")
             .tempdir()
             .expect("temp dir");
+        let tls_dir = dir.path().join("tls");
+        tls_init(&tls_dir);
         let mut cluster = Cluster {
+            tls_dir,
             dir,
             coordinators: Vec::new(),
             agents: Vec::new(),
@@ -236,6 +250,7 @@ impl Cluster {
             node_grace_ms: opts.node_grace_ms,
             heartbeat_ms: opts.heartbeat_ms,
             agent_args: opts.agent_args.clone(),
+            insecure: opts.insecure,
         };
         for i in 1..=opts.coordinators as u64 {
             let (grpc, http) = (
@@ -262,6 +277,7 @@ impl Cluster {
                 opts.heartbeat_ms.to_string(),
             ];
             args.extend(opts.coordinator_args.iter().cloned());
+            args.extend(cluster.tls_args("coordinator", &i.to_string()));
             if i == 1 {
                 args.push("--bootstrap".into());
             } else {
@@ -313,7 +329,7 @@ impl Cluster {
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
-        let args = vec![
+        let mut args = vec![
             "--id".into(),
             id.to_string(),
             "--listen".into(),
@@ -327,6 +343,7 @@ impl Cluster {
             "--heartbeat-ms".into(),
             self.heartbeat_ms.to_string(),
         ];
+        args.extend(self.tls_args("coordinator", &id.to_string()));
         let proc = Proc::spawn(
             &format!("coordinator-{id}"),
             bin("kiln-coordinator"),
@@ -355,6 +372,7 @@ impl Cluster {
     ) {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         args.extend(self.agent_args.iter().cloned());
+        args.extend(self.tls_args("agent", node_id));
         args.extend([
             "--node-id".into(),
             node_id.into(),
@@ -387,7 +405,8 @@ impl Cluster {
     pub fn start_gateway(&mut self) -> String {
         let addr = format!("127.0.0.1:{}", free_port());
         let name = format!("gateway-{}", self.gateways.len() + 1);
-        let args = vec![
+        let mut args = self.tls_args("gateway", &name);
+        args.extend([
             "--addr".into(),
             self.addrs(),
             "gateway".into(),
@@ -395,7 +414,7 @@ impl Cluster {
             addr.clone(),
             "--hold-secs".into(),
             "20".into(),
-        ];
+        ]);
         let proc = Proc::spawn(&name, bin("kiln"), args, self.dir.path());
         self.gateways.push((proc, addr.clone()));
         let target = addr.clone();
@@ -421,15 +440,100 @@ impl Cluster {
             .join(",")
     }
 
-    /// Runs the real `kiln` CLI against the cluster.
+    /// `--ca --cert --key` for the holder of a certificate issued (once) for `role/name`.
+    pub fn tls_args(&self, role: &str, name: &str) -> Vec<String> {
+        if self.insecure {
+            return vec!["--insecure".into()];
+        }
+        let (ca, cert, key) = self.tls(role, name);
+        vec![
+            "--ca".into(),
+            ca.display().to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]
+    }
+
+    /// The CA, certificate and key of `role/name`, issued with `kiln tls issue` if new.
+    pub fn tls(&self, role: &str, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        tls_issue(&self.tls_dir, role, name)
+    }
+
+    /// The same, as kiln-api's TLS files (for a test's own gRPC client).
+    pub fn tls_files(&self, role: &str, name: &str) -> kiln_api::pki::TlsFiles {
+        let (ca, cert, key) = self.tls(role, name);
+        kiln_api::pki::TlsFiles {
+            ca,
+            cert: Some(cert),
+            key: Some(key),
+        }
+    }
+
+    /// Runs the real `kiln` CLI against the cluster, as `client/admin`.
     pub fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(bin("kiln"))
+        if self.insecure {
+            let mut all = vec!["--insecure"];
+            all.extend_from_slice(args);
+            return self.kiln_with(&all, &[]);
+        }
+        let (ca, cert, key) = self.tls("client", "admin");
+        self.kiln_with(
+            args,
+            &[
+                ("KILN_CA", ca.display().to_string()),
+                ("KILN_CERT", cert.display().to_string()),
+                ("KILN_KEY", key.display().to_string()),
+            ],
+        )
+    }
+
+    /// Runs `kiln` with only the CA and this token: a person, not an operator.
+    pub fn kiln_token(&self, token: &str, args: &[&str]) -> Output {
+        self.kiln_with(
+            args,
+            &[
+                ("KILN_CA", self.tls_dir.join("ca.pem").display().to_string()),
+                ("KILN_TOKEN", token.to_string()),
+            ],
+        )
+    }
+
+    /// Runs `kiln` with exactly these credentials in its environment.
+    pub fn kiln_with(&self, args: &[&str], env: &[(&str, String)]) -> Output {
+        let mut command = Command::new(bin("kiln"));
+        command
             .args(args)
             .env("KILN_ADDR", self.addrs())
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kiln")
+            .env_remove("KILN_CA")
+            .env_remove("KILN_CERT")
+            .env_remove("KILN_KEY")
+            .env_remove("KILN_TOKEN")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null());
+        command.output().expect("running kiln")
+    }
+
+    /// A `kiln` command as `client/admin` (or `--insecure`), to spawn or run as the caller
+    /// likes (a follower in the background, one coordinator with `--addr`).
+    pub fn kiln_command(&self) -> Command {
+        let mut command = Command::new(bin("kiln"));
+        command
+            .env("KILN_ADDR", self.addrs())
+            .env_remove("RUST_LOG");
+        if self.insecure {
+            command.arg("--insecure");
+        } else {
+            let (ca, cert, key) = self.tls("client", "admin");
+            command
+                .env("KILN_CA", ca)
+                .env("KILN_CERT", cert)
+                .env("KILN_KEY", key)
+                .env_remove("KILN_TOKEN");
+        }
+        command
     }
 
     /// Runs `kiln ... --json` and parses its output; panics with stderr on failure.
@@ -549,6 +653,39 @@ impl Drop for Cluster {
             eprintln!("kiln e2e: logs and data kept in {}", kept.display());
         }
     }
+}
+
+/// Makes a cluster CA in `dir` with `kiln tls init`.
+pub fn tls_init(dir: &Path) {
+    let out = Command::new(bin("kiln"))
+        .args(["tls", "init"])
+        .arg(dir)
+        .output()
+        .expect("running kiln tls init");
+    assert!(
+        out.status.success(),
+        "kiln tls init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CA, certificate and key of `role/name` in `dir`, issued with `kiln tls issue` if new.
+pub fn tls_issue(dir: &Path, role: &str, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let cert = dir.join(format!("{role}-{name}.pem"));
+    let key = dir.join(format!("{role}-{name}.key"));
+    if !cert.is_file() {
+        let out = Command::new(bin("kiln"))
+            .args(["tls", "issue", role, name, "--dir"])
+            .arg(dir)
+            .output()
+            .expect("running kiln tls issue");
+        assert!(
+            out.status.success(),
+            "kiln tls issue {role} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (dir.join("ca.pem"), cert, key)
 }
 
 /// SIGKILL to every process whose working directory is inside `dir`.

@@ -67,6 +67,8 @@ pub struct Config {
     pub advertise: String,
     /// The service gateway's URL, given to every task as `KILN_GATEWAY`.
     pub gateway: Option<String>,
+    /// TLS to the coordinators with this node's agent certificate; `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 pub use error::Error;
@@ -92,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let drivers = Arc::new(drivers::Drivers::new(instance, config.registry.clone()));
     let leader = Arc::new(
         LeaderClient::new(config.coordinators.clone())
+            .tls(config.tls.clone())
             .connect_timeout(Duration::from_millis(300))
             .keep_alive(Duration::from_secs(1), Duration::from_secs(3))
             .retry_pause(Duration::from_millis(50)),

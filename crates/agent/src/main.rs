@@ -46,6 +46,19 @@ struct Args {
     /// `$KILN_GATEWAY/ENV/SERVICE/...`).
     #[arg(long, env = "KILN_GATEWAY")]
     gateway: Option<String>,
+    /// The cluster CA's certificate (`kiln tls init`).
+    #[arg(long, env = "KILN_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// This node's agent certificate (`kiln tls issue agent NODE`): it may speak for this
+    /// node only.
+    #[arg(long, env = "KILN_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// This node's key.
+    #[arg(long, env = "KILN_KEY")]
+    key: Option<std::path::PathBuf>,
+    /// Plaintext to coordinators on loopback addresses (they run with --insecure too).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -75,6 +88,11 @@ async fn main() {
             Some(id) => id,
             None => hostname::get().map_err(|e| format!("hostname: {e}"))?.to_string_lossy().into_owned(),
         };
+        let addrs: Vec<&str> = args.coordinators.iter().map(String::as_str).collect();
+        let tls = kiln_api::pki::tls_choice(args.ca, args.cert, args.key, args.insecure, &addrs)?
+            .map(|files| files.client_config())
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let config = kiln_agent::Config {
             node_id,
             coordinators: args.coordinators,
@@ -86,6 +104,7 @@ async fn main() {
             registry: args.registry,
             advertise: args.advertise,
             gateway: args.gateway,
+            tls,
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();

@@ -187,6 +187,8 @@ fn main() {
             let opts = Options {
                 agent_cpu: "64".into(),
                 heartbeat_ms: 500,
+                // Plaintext: its own gRPC clients (and simulated agents) hold no certificates.
+                insecure: true,
                 ..Default::default()
             };
             let mut cluster = Cluster::start(opts);
@@ -512,7 +514,8 @@ fn failover(rt: &tokio::runtime::Runtime, cluster: &mut Cluster, kills: usize) {
             c.cluster_status()
                 .is_some_and(|s| s["leader_id"].as_u64().unwrap_or(0) != 0)
                 && c.coordinators.iter().all(|co| {
-                    let out = std::process::Command::new(kiln_e2e::bin("kiln"))
+                    let out = c
+                        .kiln_command()
                         .args([
                             "cluster", "status", "--json", "--wait", "1", "--addr", &co.grpc,
                         ])

@@ -44,6 +44,8 @@ pub fn run(params: Params) {
         // process of the cluster and the load generator on 2 cores, a busy leader must not be
         // mistaken for a dead one while throughput is measured.
         coordinator_args: vec!["--election-timeout-ms".into(), "500".into()],
+        // Plaintext: its own gRPC clients (and simulated agents) hold no certificates.
+        insecure: true,
         ..Default::default()
     };
     let cluster = Cluster::start(opts);

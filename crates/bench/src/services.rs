@@ -56,6 +56,8 @@ pub fn run(rt: &tokio::runtime::Runtime, params: Params) {
         coordinators: 1,
         agents: 2,
         heartbeat_ms: 200,
+        // Plaintext: the bench's own gRPC client holds no certificate.
+        insecure: true,
         ..Default::default()
     });
     let gateway = cluster.start_gateway();

@@ -8,6 +8,7 @@
 //! | 3 | the cluster could not be reached, or has no leader; or `kiln dev` lacks what the pipeline needs (Docker, a registry) |
 //! | 4 | not found (a run, stage or attempt) |
 //! | 5 | refused: the request conflicts with the current state |
+//! | 6 | refused: no valid certificate or token, or not the role the call needs |
 
 use tonic::{Code, Status};
 
@@ -26,6 +27,9 @@ pub enum CliError {
     Conflict(String),
     #[error("{0}")]
     RunFailed(String),
+    /// Not authenticated, or not allowed.
+    #[error("refused: {0}")]
+    Denied(String),
     #[error("{0}")]
     Other(String),
 }
@@ -38,6 +42,7 @@ impl CliError {
             CliError::Unavailable(_) | CliError::Missing(_) => 3,
             CliError::NotFound(_) => 4,
             CliError::Conflict(_) => 5,
+            CliError::Denied(_) => 6,
         }
     }
 
@@ -48,6 +53,7 @@ impl CliError {
             Code::NotFound => CliError::NotFound(m),
             Code::FailedPrecondition | Code::AlreadyExists => CliError::Conflict(m),
             Code::Unavailable => CliError::Unavailable(m),
+            Code::Unauthenticated | Code::PermissionDenied => CliError::Denied(m),
             _ => CliError::Other(format!("{}: {m}", s.code())),
         }
     }

@@ -39,6 +39,21 @@ struct Cli {
     /// How long to keep retrying while no leader answers, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     wait: u64,
+    /// The cluster CA's certificate (default: ./.kiln/tls/ca.pem, as `kiln dev` writes it).
+    #[arg(long, global = true, env = "KILN_CA")]
+    ca: Option<PathBuf>,
+    /// A client certificate (`kiln tls issue client NAME`): the admin role.
+    #[arg(long, global = true, env = "KILN_CERT")]
+    cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, global = true, env = "KILN_KEY")]
+    key: Option<PathBuf>,
+    /// An API token (`kiln token create`): its role, instead of a certificate's.
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Plaintext to a cluster started with --insecure (loopback addresses only).
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Commands,
 }
@@ -180,6 +195,21 @@ enum Commands {
         #[command(subcommand)]
         command: Option<EnvCommand>,
     },
+    /// The cluster's certificates: `kiln tls init DIR`, `kiln tls issue ROLE NAME`.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+    /// API tokens for people and automation (role admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Who did what: every mutating call and every refused one (role admin).
+    Audit {
+        /// Only entries newer than this (`1h`, `30m`).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest this many entries (0: all kept).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
     /// Run the service gateway: an HTTP reverse proxy to every service's healthy replicas.
     Gateway {
         /// Where to listen for HTTP.
@@ -188,6 +218,52 @@ enum Commands {
         /// How long a request waits for a replica when none serves (scaled to zero).
         #[arg(long, default_value_t = 30)]
         hold_secs: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Make a cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600).
+    Init {
+        dir: PathBuf,
+        /// Replace a CA already there (every certificate it issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate from the CA in --dir: DIR/ROLE-NAME.pem and .key. ROLE is
+    /// coordinator (NAME: its Raft id), agent (NAME: its node id), gateway or client.
+    Issue {
+        role: String,
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// How long it is valid (default 365d).
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; prints its text once (only its hash is kept).
+    Create {
+        name: String,
+        /// read, submit, deploy, approve or admin.
+        #[arg(long)]
+        role: String,
+        /// It stops working after this long (`30d`, `1h`); default never.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id, or every live token of a name.
+    Revoke {
+        // Not `token`: that is the global --token.
+        #[arg(value_name = "ID_OR_NAME")]
+        which: String,
     },
 }
 
@@ -276,9 +352,50 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let json = cli.json;
-    let mut client = Client::new(cli.addr.clone(), Duration::from_secs(cli.wait));
+    // Commands that need no cluster.
     match cli.command {
-        Commands::Dev(args) => commands::dev::dev(args, json).await,
+        Commands::Dev(args) => return commands::dev::dev(args, json).await,
+        Commands::Tls(TlsCommand::Init { dir, force }) => {
+            return commands::access::init(&dir, force, json);
+        }
+        Commands::Tls(TlsCommand::Issue {
+            role,
+            name,
+            dir,
+            expires,
+            force,
+        }) => return commands::access::issue(&dir, &role, &name, expires.as_deref(), force, json),
+        _ => {}
+    }
+    let credentials = client::Credentials::from_flags(
+        cli.ca.clone(),
+        cli.cert.clone(),
+        cli.key.clone(),
+        cli.token.clone(),
+        cli.insecure,
+        &cli.addr,
+    )?;
+    let mut client = Client::new(
+        cli.addr.clone(),
+        &credentials,
+        Duration::from_secs(cli.wait),
+    )?;
+    match cli.command {
+        Commands::Dev(_) | Commands::Tls(_) => Ok(()),
+        Commands::Token(TokenCommand::Create {
+            name,
+            role,
+            expires,
+        }) => commands::access::create_token(&mut client, name, role, expires, json).await,
+        Commands::Token(TokenCommand::List) => {
+            commands::access::list_tokens(&mut client, json).await
+        }
+        Commands::Token(TokenCommand::Revoke { which }) => {
+            commands::access::revoke_token(&mut client, which, json).await
+        }
+        Commands::Audit { since, limit } => {
+            commands::access::audit(&mut client, since, limit, json).await
+        }
         Commands::Run {
             file: Some(file),
             follow,
@@ -425,8 +542,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Some(EnvCommand::List) | None => commands::environments::list(&mut client, json).await,
         },
         Commands::Gateway { listen, hold_secs } => {
-            commands::services::gateway(cli.addr.clone(), &listen, Duration::from_secs(hold_secs))
-                .await
+            commands::services::gateway(
+                cli.addr.clone(),
+                credentials.tls.clone(),
+                &listen,
+                Duration::from_secs(hold_secs),
+            )
+            .await
         }
         Commands::Cluster(c) => match c {
             ClusterCommand::Status => commands::cluster::status(&mut client, json).await,

@@ -14,6 +14,7 @@ use crate::leader::Liveness;
 use crate::leader::sessions::Sessions;
 use crate::leader::traffic::Traffic;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, Raft};
 use crate::scheduler::SchedulerConfig;
@@ -59,6 +60,8 @@ pub struct Core {
     pub tuning: Tuning,
     /// What the service gateways report (leader memory).
     pub traffic: Mutex<Traffic>,
+    /// How to dial the other coordinators.
+    pub peers: Peers,
     passes: AtomicU64,
 }
 
@@ -69,6 +72,7 @@ impl Core {
         raft: Raft,
         state: Arc<SharedState>,
         tuning: Tuning,
+        peers: Peers,
     ) -> Core {
         Core {
             id,
@@ -81,6 +85,7 @@ impl Core {
             metrics: Metrics::default(),
             tuning,
             traffic: Mutex::new(Traffic::new(now_ms())),
+            peers,
             passes: AtomicU64::new(0),
         }
     }

@@ -12,6 +12,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller is who they say, but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// This coordinator is not the leader; `leader` is the leader's gRPC address if known.
     #[error("not the leader{}", .leader.as_deref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is elected yet".into()))]
     NotLeader { leader: Option<String> },
@@ -33,6 +36,7 @@ impl Error {
             Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -46,6 +50,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(_) => tonic::Status::invalid_argument(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::Conflict(_) => tonic::Status::failed_precondition(message),
+            Error::Forbidden(_) => tonic::Status::permission_denied(message),
             // Distinct from a conflict: clients retry it, at the leader it names.
             Error::NotLeader { leader } => kiln_api::leader::not_leader(message, leader.as_deref()),
             Error::Unavailable(_) => tonic::Status::unavailable(message),

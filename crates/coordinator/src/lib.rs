@@ -19,12 +19,14 @@
 //! are plain data in, decisions out.
 
 pub mod api;
+pub mod auth;
 pub mod blobs;
 pub mod controllers;
 pub mod core;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod peers;
 pub mod raft;
 pub mod scheduler;
 pub mod server;

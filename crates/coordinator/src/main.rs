@@ -50,6 +50,19 @@ struct Args {
     /// machine only; a caller could otherwise read any repository on the coordinator's disk.
     #[arg(long)]
     allow_local_repositories: bool,
+    /// The cluster CA's certificate (`kiln tls init`).
+    #[arg(long, env = "KILN_CA")]
+    ca: Option<PathBuf>,
+    /// This coordinator's certificate (`kiln tls issue coordinator ID`).
+    #[arg(long, env = "KILN_CERT")]
+    cert: Option<PathBuf>,
+    /// This coordinator's key.
+    #[arg(long, env = "KILN_KEY")]
+    key: Option<PathBuf>,
+    /// Serve plaintext gRPC with no authentication at all: loopback addresses only, for
+    /// trying things on one machine.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -71,6 +84,19 @@ async fn main() {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.id == 0 {
         return Err("--id: must be non-zero".into());
+    }
+    let tls = kiln_api::pki::tls_choice(
+        args.ca.clone(),
+        args.cert.clone(),
+        args.key.clone(),
+        args.insecure,
+        &[
+            &args.listen,
+            args.advertise.as_deref().unwrap_or("127.0.0.1"),
+        ],
+    )?;
+    if tls.as_ref().is_some_and(|t| t.cert.is_none()) {
+        return Err("--cert and --key: a coordinator needs its own certificate".into());
     }
     let grpc = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -94,6 +120,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
             local_repositories: args.allow_local_repositories,
         },
+        tls,
     };
     let coordinator = kiln_coordinator::start(config, grpc, http).await?;
     println!(

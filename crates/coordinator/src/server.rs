@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kiln_api::leader::{self, LeaderClient};
 use kiln_api::pb;
+use kiln_api::pki::TlsFiles;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -18,10 +19,12 @@ use crate::api::{
     agent::AgentApi, blobs::BlobService, client::ClientService, gateway::GatewayService, http,
     raft_service::RaftService, test_queue::TestQueueService,
 };
+use crate::auth::{self, AuthLayer, Authenticator, audit::AuditSink, tls::ServerTls};
 use crate::blobs::BlobStore;
 use crate::controllers;
 use crate::core::{Core, Tuning};
 use crate::error::{Error, Result};
+use crate::peers::Peers;
 use crate::raft::{
     self, Raft, log_store::LogStore, network::Network, state_machine::StateMachineStore,
 };
@@ -38,6 +41,9 @@ pub struct Config {
     /// Ask the cluster at this address to add this coordinator, if it has no Raft state yet.
     pub join: Option<String>,
     pub tuning: Tuning,
+    /// The cluster CA and this coordinator's certificate; `None` serves plaintext without
+    /// authentication (`--insecure`, loopback only: `main.rs` checks).
+    pub tls: Option<TlsFiles>,
 }
 
 /// A running coordinator.
@@ -71,10 +77,22 @@ pub async fn start(
     let log = LogStore::open(&db).map_err(|e| Error::Storage(e.to_string()))?;
     let sm = StateMachineStore::open(&db).map_err(|e| Error::Storage(e.to_string()))?;
     let shared = sm.shared();
+    let server_tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
+    let peers = Peers::new(
+        config
+            .tls
+            .as_ref()
+            .map(|f| f.client_config())
+            .transpose()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?,
+    );
     let raft_config = raft::config(config.tuning.election_timeout_ms)
         .validate()
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), Network, log, sm)
+    let network = Network {
+        peers: peers.clone(),
+    };
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
         .map_err(|e| Error::Storage(e.to_string()))?;
 
@@ -96,6 +114,7 @@ pub async fn start(
         raft,
         shared,
         config.tuning.clone(),
+        peers.clone(),
     ));
     let blobs = BlobStore::open(&config.data_dir)?;
     let shutdown = CancellationToken::new();
@@ -109,9 +128,18 @@ pub async fn start(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    let (audit, audit_queue) = AuditSink::new();
+    let authenticator = Arc::new(Authenticator::new(
+        server_tls.as_ref().map(|t| t.verifier.clone()),
+        core.state.clone(),
+        audit,
+    ));
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(auth::tls::MAX_STREAMS_PER_CONNECTION)
         // A span for every RPC, named by its method path.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        // Every call is authenticated and authorised before any service sees it.
+        .layer(AuthLayer::new(authenticator))
         .add_service(
             pb::kiln_server::KilnServer::new(ClientService {
                 core: core.clone(),
@@ -139,16 +167,45 @@ pub async fn start(
         ))
         .add_service(health_service)
         .add_service(reflection);
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let stop = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "gRPC server stopped");
+    match server_tls {
+        Some(server_tls) => {
+            let acceptor = server_tls.acceptor;
+            let incoming = auth::tls::incoming(
+                grpc,
+                move |conn| {
+                    let acceptor = acceptor.clone();
+                    Box::pin(async move { acceptor.accept(conn).await })
+                },
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
         }
-    });
+        None => {
+            let incoming =
+                auth::tls::incoming(grpc, |conn| Box::pin(async move { Ok(conn) }), stop.clone());
+            tasks.spawn(async move {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
+        }
+    }
+    tasks.spawn(auth::audit::run(
+        core.clone(),
+        audit_queue,
+        shutdown.clone(),
+    ));
     let stop = shutdown.clone();
     let app = http::router(core.clone());
     tasks.spawn(async move {
@@ -174,7 +231,13 @@ pub async fn start(
     ));
     tasks.spawn(controllers::polling::run(core.clone(), shutdown.clone()));
     if let (Some(target), false) = (config.join.clone(), initialized) {
-        tasks.spawn(join_cluster(target, config.id, addr, shutdown.clone()));
+        tasks.spawn(join_cluster(
+            target,
+            config.id,
+            addr,
+            peers.tls(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(id = config.id, grpc = %grpc_addr, http = %http_addr, "coordinator started");
     Ok(Coordinator {
@@ -196,8 +259,16 @@ impl Coordinator {
 }
 
 /// Asks the cluster to add this coordinator, through the leader, until it succeeds.
-async fn join_cluster(target: String, id: u64, addr: String, shutdown: CancellationToken) {
-    let leader = LeaderClient::new(vec![target]).retry_pause(Duration::from_millis(200));
+async fn join_cluster(
+    target: String,
+    id: u64,
+    addr: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    shutdown: CancellationToken,
+) {
+    let leader = LeaderClient::new(vec![target])
+        .tls(tls)
+        .retry_pause(Duration::from_millis(200));
     loop {
         let join = leader.call(leader::forever(), |channel| {
             let req = pb::JoinClusterRequest {

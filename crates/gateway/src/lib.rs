@@ -32,6 +32,8 @@ pub struct Config {
     pub id: String,
     /// How long a request waits for a replica when none serves.
     pub hold: Duration,
+    /// TLS to the coordinators (a gateway or client certificate); `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Serves on `listener` until `shutdown`.
@@ -40,6 +42,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     tokio::spawn(table::follow(
         table.clone(),
         config.coordinators.clone(),
+        config.tls.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(report::run(table.clone(), config.clone(), shutdown.clone()));

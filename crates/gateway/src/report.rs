@@ -19,6 +19,7 @@ pub async fn run(table: Arc<Table>, config: Config, shutdown: CancellationToken)
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let leader = LeaderClient::new(config.coordinators.clone())
+        .tls(config.tls.clone())
         .connect_timeout(Duration::from_millis(300))
         .retry_pause(Duration::from_millis(20));
     let mut last = Instant::now();

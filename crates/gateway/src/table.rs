@@ -191,7 +191,12 @@ pub struct Snapshot {
 
 /// Follows the coordinators' endpoint stream, reconnecting (to the next address) whenever
 /// it breaks.
-pub async fn follow(table: Arc<Table>, coordinators: Vec<String>, shutdown: CancellationToken) {
+pub async fn follow(
+    table: Arc<Table>,
+    coordinators: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    shutdown: CancellationToken,
+) {
     let mut next = 0usize;
     loop {
         if shutdown.is_cancelled() || coordinators.is_empty() {
@@ -200,8 +205,10 @@ pub async fn follow(table: Arc<Table>, coordinators: Vec<String>, shutdown: Canc
         let addr = &coordinators[next % coordinators.len()];
         next += 1;
         let watch = async {
-            let mut client =
-                pb::gateway_client::GatewayClient::connect(format!("http://{addr}")).await?;
+            let channel = kiln_api::pki::endpoint(addr, tls.as_ref())?
+                .connect()
+                .await?;
+            let mut client = pb::gateway_client::GatewayClient::new(channel);
             let mut stream = client
                 .watch_endpoints(pb::WatchEndpointsRequest {})
                 .await?

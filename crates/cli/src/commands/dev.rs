@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use kiln_api::auth::Principal;
+use kiln_api::pki::TlsFiles;
 use kiln_coordinator::core::Tuning;
 use tokio_util::sync::CancellationToken;
 
@@ -117,6 +119,13 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
     let http = tokio::net::TcpListener::bind(&args.http)
         .await
         .map_err(|e| CliError::Invalid(format!("--http {}: {e}", args.http)))?;
+    let tls_dir = args.data_dir.join("tls");
+    ensure_certificates(&tls_dir)?;
+    let client_tls = |p: &Principal| {
+        TlsFiles::in_dir(&tls_dir, p)
+            .client_config()
+            .map_err(|e| CliError::Other(e.to_string()))
+    };
     let config = kiln_coordinator::Config {
         id: 1,
         data_dir: args.data_dir.join("coordinator"),
@@ -129,6 +138,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
             local_repositories: true,
             ..Default::default()
         },
+        tls: Some(TlsFiles::in_dir(&tls_dir, &Principal::Coordinator(1))),
     };
     let coordinator = kiln_coordinator::start(config, grpc, http)
         .await
@@ -140,7 +150,10 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         coordinator.http_addr,
         args.data_dir.display()
     );
-    eprintln!("kiln dev: KILN_ADDR={addr} kiln status   # from another terminal");
+    eprintln!(
+        "kiln dev: TLS with its own CA in {}; `kiln status` from another terminal here uses it",
+        tls_dir.display()
+    );
 
     let shutdown = CancellationToken::new();
     let gateway = tokio::net::TcpListener::bind(&args.gateway)
@@ -156,6 +169,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         coordinators: vec![addr.clone()],
         id: "dev".into(),
         hold: Duration::from_secs(30),
+        tls: Some(client_tls(&Principal::Gateway("dev".into()))?),
     };
     tokio::spawn(kiln_gateway::run(gateway, gateway_config, shutdown.clone()));
 
@@ -170,10 +184,15 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         registry,
         advertise: "127.0.0.1".into(),
         gateway: Some(format!("http://{gateway_addr}")),
+        tls: Some(client_tls(&Principal::Agent("dev".into()))?),
     };
     let agent = tokio::spawn(kiln_agent::run(agent_config.clone(), shutdown.clone()));
 
-    let mut client = Client::new(vec![addr], Duration::from_secs(15));
+    let credentials = crate::client::Credentials {
+        tls: Some(client_tls(&crate::client::dev_client())?),
+        token: None,
+    };
+    let mut client = Client::new(vec![addr], &credentials, Duration::from_secs(15))?;
     ensure_environments(&mut client).await?;
     let work = async {
         match &args.run {
@@ -265,4 +284,26 @@ impl Needs {
         }
         needs
     }
+}
+
+/// The CA and certificates `kiln dev` uses, made on its first start (and any that went
+/// missing since): the coordinator, the agent and the gateway each with their own, and one
+/// for the CLI (`client/dev`, admin) that `kiln` finds in `./.kiln/tls`.
+fn ensure_certificates(dir: &std::path::Path) -> Result<(), CliError> {
+    let fail = |e: kiln_api::pki::PkiError| CliError::Other(format!("kiln dev: {e}"));
+    if !kiln_api::pki::ca_cert_path(dir).is_file() {
+        kiln_api::pki::init(dir, false).map_err(fail)?;
+    }
+    for p in [
+        Principal::Coordinator(1),
+        Principal::Agent("dev".into()),
+        Principal::Gateway("dev".into()),
+        crate::client::dev_client(),
+    ] {
+        let (cert, key) = kiln_api::pki::leaf_paths(dir, &p);
+        if !cert.is_file() || !key.is_file() {
+            kiln_api::pki::issue(dir, &p, kiln_api::pki::LEAF_VALIDITY, dir, true).map_err(fail)?;
+        }
+    }
+    Ok(())
 }

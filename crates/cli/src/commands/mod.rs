@@ -1,5 +1,6 @@
 //! One file per group of commands.
 
+pub mod access;
 pub mod cluster;
 pub mod context;
 pub mod dev;

@@ -383,6 +383,7 @@ pub async fn promote(
 /// `kiln gateway`: the service gateway, until Ctrl-C or SIGTERM.
 pub async fn gateway(
     coordinators: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     listen: &str,
     hold: Duration,
 ) -> Result<(), CliError> {
@@ -397,6 +398,7 @@ pub async fn gateway(
         // Unique per process: two gateways on different hosts may bind the same address.
         id: format!("gateway-{addr}-{:08x}", rand::random::<u32>()),
         hold,
+        tls,
     };
     println!("kiln gateway listening on {addr}");
     let shutdown = tokio_util::sync::CancellationToken::new();

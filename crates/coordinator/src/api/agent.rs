@@ -44,6 +44,7 @@ impl AgentService for AgentApi {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<OutStream>, Status> {
         self.core.ensure_leader()?;
+        let caller = crate::auth::Caller::of(&req).cloned();
         let mut inbound = req.into_inner();
         let register = match inbound.message().await? {
             Some(pb::AgentMessage {
@@ -66,6 +67,18 @@ impl AgentService for AgentApi {
             return Err(Status::invalid_argument(
                 "register.node_id: must not be empty",
             ));
+        }
+        if let Some(caller) = caller {
+            caller.set_target(format!("node {node}"));
+            // An agent speaks for the node its certificate names, and no other.
+            if let crate::auth::Who::Agent(own) = &caller.who
+                && *own != node
+            {
+                return Err(Status::permission_denied(format!(
+                    "{} may not register as node {node:?}",
+                    caller.principal
+                )));
+            }
         }
         let span = tracing::info_span!("agent_session", %node);
         let _e = span.enter();

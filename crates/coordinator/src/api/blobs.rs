@@ -106,7 +106,7 @@ impl Blobs for BlobService {
 impl BlobService {
     async fn fetch_from_peers(&self, digest: &str) -> Result<Vec<u8>, Error> {
         for addr in peers(&self.core, false) {
-            match fetch_from(&addr, digest).await {
+            match fetch_from(&self.core, &addr, digest).await {
                 Ok(bytes) if digest_of(&bytes) == digest => {
                     self.blobs.put(&bytes)?;
                     return Ok(bytes);
@@ -132,7 +132,7 @@ pub async fn replicate(core: &Core, digest: &str, bytes: &[u8]) -> Result<(), Er
     let need = voters / 2 + 1;
     let peers = peers(core, true);
     let pushes = peers.iter().map(|addr| async move {
-        let r = tokio::time::timeout(PEER_TIMEOUT, put_to(addr, digest, bytes)).await;
+        let r = tokio::time::timeout(PEER_TIMEOUT, put_to(core, addr, digest, bytes)).await;
         match r {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -186,8 +186,8 @@ fn peers(core: &Core, voters_only: bool) -> Vec<String> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn fetch_from(addr: &str, digest: &str) -> Result<Vec<u8>, BoxError> {
-    let mut client = BlobsClient::connect(format!("http://{addr}")).await?;
+async fn fetch_from(core: &Core, addr: &str, digest: &str) -> Result<Vec<u8>, BoxError> {
+    let mut client = BlobsClient::new(core.peers.channel(addr).await?);
     let mut req = Request::new(pb::FetchBlobRequest {
         digest: digest.to_string(),
     });
@@ -204,8 +204,8 @@ async fn fetch_from(addr: &str, digest: &str) -> Result<Vec<u8>, BoxError> {
     Ok(bytes)
 }
 
-async fn put_to(addr: &str, digest: &str, bytes: &[u8]) -> Result<(), BoxError> {
-    let mut client = BlobsClient::connect(format!("http://{addr}")).await?;
+async fn put_to(core: &Core, addr: &str, digest: &str, bytes: &[u8]) -> Result<(), BoxError> {
+    let mut client = BlobsClient::new(core.peers.channel(addr).await?);
     let chunks = kiln_api::artifact::put_chunks(digest, bytes);
     client.put_blob(futures::stream::iter(chunks)).await?;
     Ok(())

@@ -14,6 +14,7 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::auth::{principal_of, target};
 use crate::blobs::BlobStore;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
@@ -33,6 +34,8 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        // The run's id is known at the end, after the request is taken apart.
+        let caller = crate::auth::Caller::of(&req).cloned();
         let req = req.into_inner();
         let file = if req.file_name.is_empty() {
             "pipeline"
@@ -80,6 +83,9 @@ impl Kiln for ClientService {
         };
         let Submitted { run, created } = self.core.write(command).await?;
         tracing::info!(run, created, "run submitted");
+        if let Some(caller) = caller {
+            caller.set_target(format!("run {}", crate::state::run_id(run)));
+        }
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: crate::state::run_id(run),
             created,
@@ -115,6 +121,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        target(&req, format!("run {}", req.get_ref().run_id));
         let id = req.into_inner().run_id;
         let run = parse_run_id(&id)
             .ok_or_else(|| Error::InvalidInput(format!("{id:?} is not a run id")))?;
@@ -274,6 +281,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        target(&req, format!("run {}", req.get_ref().run_id));
         Ok(Response::new(
             super::test_queue::rerun(&self.core, req.into_inner()).await?,
         ))
@@ -284,8 +292,17 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        target(
+            &req,
+            format!(
+                "service file {} in {}",
+                req.get_ref().file_name,
+                req.get_ref().environment
+            ),
+        );
+        let by = principal_of(&req);
         Ok(Response::new(
-            super::services::deploy(&self.core, &self.blobs, req.into_inner()).await?,
+            super::services::deploy(&self.core, &self.blobs, req.into_inner(), by).await?,
         ))
     }
 
@@ -311,6 +328,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ServiceView>, Status> {
+        target(&req, format!("service {}", req.get_ref().service));
         Ok(Response::new(
             super::services::rollback(&self.core, req.into_inner()).await?,
         ))
@@ -321,6 +339,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ServiceView>, Status> {
+        target(&req, format!("service {}", req.get_ref().service));
         Ok(Response::new(
             super::services::scale(&self.core, req.into_inner()).await?,
         ))
@@ -331,6 +350,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::ServiceView>, Status> {
+        target(&req, format!("service {}", req.get_ref().service));
         Ok(Response::new(
             super::services::promote(&self.core, req.into_inner()).await?,
         ))
@@ -341,6 +361,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::AddRepositoryRequest>,
     ) -> Result<Response<pb::RepositoryView>, Status> {
+        target(&req, format!("repository {}", req.get_ref().name));
         Ok(Response::new(
             super::repositories::add(&self.core, req.into_inner()).await?,
         ))
@@ -350,6 +371,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::RemoveRepositoryRequest>,
     ) -> Result<Response<pb::RemoveRepositoryResponse>, Status> {
+        target(&req, format!("repository {}", req.get_ref().name));
         super::repositories::remove(&self.core, req.into_inner()).await?;
         Ok(Response::new(pb::RemoveRepositoryResponse {}))
     }
@@ -368,6 +390,14 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::TriggerRepositoryRequest>,
     ) -> Result<Response<pb::TriggerRepositoryResponse>, Status> {
+        target(
+            &req,
+            format!(
+                "repository {} at {}",
+                req.get_ref().repository,
+                req.get_ref().r#ref
+            ),
+        );
         Ok(Response::new(
             super::repositories::trigger(&self.core, req.into_inner()).await?,
         ))
@@ -386,6 +416,7 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::CreateEnvironmentRequest>,
     ) -> Result<Response<pb::EnvironmentView>, Status> {
+        target(&req, format!("environment {}", req.get_ref().name));
         Ok(Response::new(
             super::services::create_environment(&self.core, req.into_inner()).await?,
         ))
@@ -405,8 +436,18 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::PromoteRevisionRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        target(
+            &req,
+            format!(
+                "service {} from {} to {}",
+                req.get_ref().service,
+                req.get_ref().from,
+                req.get_ref().to
+            ),
+        );
+        let by = principal_of(&req);
         Ok(Response::new(
-            super::services::promote_revision(&self.core, req.into_inner()).await?,
+            super::services::promote_revision(&self.core, req.into_inner(), by).await?,
         ))
     }
 
@@ -415,8 +456,17 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        target(
+            &req,
+            format!(
+                "service {} in {}",
+                req.get_ref().service,
+                req.get_ref().environment
+            ),
+        );
+        let by = principal_of(&req);
         Ok(Response::new(
-            super::services::approve(&self.core, req.into_inner()).await?,
+            super::services::approve(&self.core, req.into_inner(), by).await?,
         ))
     }
 
@@ -425,6 +475,23 @@ impl Kiln for ClientService {
         &self,
         req: Request<pb::JoinClusterRequest>,
     ) -> Result<Response<pb::JoinClusterResponse>, Status> {
+        target(
+            &req,
+            format!("coordinator {} at {}", req.get_ref().id, req.get_ref().addr),
+        );
+        // A coordinator joins as itself: its certificate names its Raft id.
+        if let Some(crate::auth::Caller {
+            who: crate::auth::Who::Coordinator(id),
+            ..
+        }) = crate::auth::Caller::of(&req)
+            && *id != req.get_ref().id
+        {
+            return Err(Error::Forbidden(format!(
+                "coordinator {id} may not join the cluster as coordinator {}",
+                req.get_ref().id
+            ))
+            .into());
+        }
         self.core.ensure_leader()?;
         let req = req.into_inner();
         if req.id == 0 || req.addr.is_empty() {
@@ -451,11 +518,60 @@ impl Kiln for ClientService {
         }))
     }
 
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        target(
+            &req,
+            format!("token {} ({})", req.get_ref().name, req.get_ref().role),
+        );
+        let by = principal_of(&req);
+        Ok(Response::new(
+            super::access::create_token(&self.core, req.into_inner(), by).await?,
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Ok(Response::new(super::access::list_tokens(&self.core)))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        target(&req, format!("token {}", req.get_ref().token));
+        super::access::revoke_token(&self.core, req.into_inner()).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::AuditEntries>, Status> {
+        Ok(Response::new(super::access::list_audit(
+            &self.core,
+            req.into_inner(),
+        )))
+    }
+
+    async fn record_audit(
+        &self,
+        req: Request<pb::AuditEntries>,
+    ) -> Result<Response<pb::RecordAuditResponse>, Status> {
+        super::access::record_audit(&self.core, req.into_inner()).await?;
+        Ok(Response::new(pb::RecordAuditResponse {}))
+    }
+
     #[tracing::instrument(skip_all, fields(id = req.get_ref().id))]
     async fn leave_cluster(
         &self,
         req: Request<pb::LeaveClusterRequest>,
     ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        target(&req, format!("coordinator {}", req.get_ref().id));
         self.core.ensure_leader()?;
         let id = req.into_inner().id;
         let mut was_voter = false;

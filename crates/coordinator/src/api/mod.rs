@@ -5,6 +5,7 @@
 //! [`webhooks`]). Handlers translate between
 //! the wire and [`crate::core::Core`]; errors become gRPC statuses in `error.rs` only.
 
+pub mod access;
 pub mod agent;
 pub mod blobs;
 pub mod client;

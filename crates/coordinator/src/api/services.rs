@@ -20,6 +20,7 @@ pub async fn deploy(
     core: &Core,
     blobs: &BlobStore,
     mut req: pb::DeployRequest,
+    by: Option<String>,
 ) -> Result<pb::DeployResponse> {
     let file = if req.file_name.is_empty() {
         "service".to_string()
@@ -51,6 +52,7 @@ pub async fn deploy(
         model_digest,
         commit: (!req.commit.is_empty()).then_some(req.commit),
         force: req.force,
+        deployed_by: by,
         ..Deploy::new(spec, &environment)
     };
     let name = deploy.spec.name.clone();
@@ -121,6 +123,7 @@ async fn deployed(
 pub async fn promote_revision(
     core: &Core,
     req: pb::PromoteRevisionRequest,
+    by: Option<String>,
 ) -> Result<pb::DeployResponse> {
     let (from, to) = {
         let state = core.state.read();
@@ -134,18 +137,35 @@ pub async fn promote_revision(
         to: to.clone(),
         force: req.force,
         request_id: req.request_id.clone(),
+        by,
         now_ms: now_ms(),
     };
     deployed(core, command, &req.service, &to).await
 }
 
-pub async fn approve(core: &Core, req: pb::ApproveRequest) -> Result<pb::DeployResponse> {
+/// Releases a held deploy; `by` (the caller) may not be the one who asked for it.
+pub async fn approve(
+    core: &Core,
+    req: pb::ApproveRequest,
+    by: Option<String>,
+) -> Result<pb::DeployResponse> {
     let env = {
         let state = core.state.read();
         let env = environment(&state, &req.environment)?.to_string();
-        let awaits = state
+        let held = state
             .environment(&env)
-            .is_some_and(|e| e.awaiting.contains_key(&req.service));
+            .and_then(|mut e| e.awaiting.remove(&req.service));
+        if let (Some(asked), Some(by)) = (
+            held.as_ref().and_then(|h| h.deploy.deployed_by.as_deref()),
+            &by,
+        ) && asked == by
+        {
+            return Err(Error::Forbidden(format!(
+                "{by} asked for this deploy of {} in {env}: another principal must approve it",
+                req.service
+            )));
+        }
+        let awaits = held.is_some();
         let answered = state.deploy_requests.contains_key(&req.request_id);
         if !awaits && !answered {
             return Err(Error::Conflict(format!(

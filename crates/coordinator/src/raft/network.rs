@@ -16,23 +16,26 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::peers::Peers;
 
 use super::{NodeId, TypeConfig};
 
 /// Makes a [`PeerClient`] per peer; openraft asks for one per replication stream.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub peers: Peers,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|e| {
-            e.connect_timeout(Duration::from_millis(250))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        });
+        let channel = self
+            .peers
+            .endpoint(&node.addr)
+            .map(|e| e.connect_timeout(Duration::from_millis(250)).connect_lazy());
         PeerClient {
             target,
             channel: channel.ok(),

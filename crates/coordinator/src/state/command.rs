@@ -111,6 +111,9 @@ pub enum Command {
         force: bool,
         #[serde(default)]
         request_id: String,
+        /// Who asked: they may not approve it themselves.
+        #[serde(default)]
+        by: Option<String>,
         now_ms: i64,
     },
     /// Releases the deploy of `service` held for approval in `environment`.
@@ -132,6 +135,19 @@ pub enum Command {
     },
     RemoveRepository {
         name: String,
+    },
+    /// A new API token (its hash only).
+    CreateToken {
+        token: super::access::Token,
+    },
+    /// Revokes a token by id, or every live token of a name.
+    RevokeToken {
+        token: String,
+        now_ms: i64,
+    },
+    /// Calls made or refused, for the audit log.
+    RecordAudit {
+        entries: Vec<super::access::AuditEntry>,
     },
     /// A poll of the repository's remote ended, failed or not.
     RepositoryPolled {
@@ -183,6 +199,9 @@ impl Command {
             Command::AddRepository { .. } => "add_repository",
             Command::RemoveRepository { .. } => "remove_repository",
             Command::RepositoryPolled { .. } => "repository_polled",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::RecordAudit { .. } => "record_audit",
             Command::RecordPush { .. } => "record_push",
             Command::StartPush { .. } => "start_push",
             Command::PushFailed { .. } => "push_failed",
@@ -303,6 +322,7 @@ responses!(
     RepositoryChanged(RepositoryChanged),
     PushRecorded(PushRecorded),
     PushStarted(PushStarted),
+    AccessChanged(AccessChanged),
 );
 
 impl Response {
@@ -315,6 +335,10 @@ impl Response {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistered;
+
+/// A token was created or revoked, or audit entries recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessChanged;
 
 /// A node was marked down; these of its tasks were lost with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

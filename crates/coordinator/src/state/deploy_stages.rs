@@ -133,7 +133,7 @@ impl ClusterState {
                 from,
                 environment,
             } => {
-                let answer = self.promote(&service, &from, &environment, false, now_ms);
+                let answer = self.promote(&service, &from, &environment, false, None, now_ms);
                 (answer, environment, service)
             }
         };

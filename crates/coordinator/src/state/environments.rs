@@ -175,6 +175,7 @@ impl ClusterState {
         from: &str,
         to: &str,
         force: bool,
+        by: Option<&str>,
         now_ms: i64,
     ) -> Response {
         if from == to {
@@ -205,6 +206,7 @@ impl ClusterState {
             approved: false,
             run: None,
             git: r.git.clone(),
+            deployed_by: by.map(str::to_string),
         };
         self.deploy(&d, now_ms)
     }

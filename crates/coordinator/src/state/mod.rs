@@ -27,6 +27,7 @@
 //! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
 //!   controllers' decisions about them.
 //! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
+//! - `access.rs`: API tokens (hashes only) and the audit log.
 //! - `placement.rs`, `fit.rs`, `nodes.rs`: placing a pass, the fit rules, nodes.
 //!
 //! # What it does not do
@@ -34,6 +35,7 @@
 //! It does not decide where work goes (that is `scheduler/`), does not talk to agents, and
 //! does not know about Raft. Heartbeats and live usage never come here.
 
+pub mod access;
 pub mod command;
 pub mod deploy_stages;
 pub mod environments;
@@ -63,9 +65,9 @@ use kiln_sharding::history::StageHistory;
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Cancelled, Command, Deployed, EnvironmentCreated, EventsApplied, GpuDevice, Kill, NodeDown,
-    NodeRegistered, NodeRegistration, Placed, Placement, PushRecorded, PushStarted, Reply,
-    RepositoryChanged, Response, ServiceChanged, Submitted, TaskEvent, TestsReported,
+    AccessChanged, Cancelled, Command, Deployed, EnvironmentCreated, EventsApplied, GpuDevice,
+    Kill, NodeDown, NodeRegistered, NodeRegistration, Placed, Placement, PushRecorded, PushStarted,
+    Reply, RepositoryChanged, Response, ServiceChanged, Submitted, TaskEvent, TestsReported,
 };
 pub use model::{
     Attempt, Gpu, GpuGrant, Node, NodeId, NodeStatus, ReplicaRef, Run, RunStatus, StageRef,
@@ -116,6 +118,14 @@ pub struct ClusterState {
     /// trigger's request id.
     #[serde(default)]
     pub push_keys: BTreeMap<String, u64>,
+    /// API tokens by id (hashes only).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, access::Token>,
+    /// The newest audit entries, oldest first.
+    #[serde(default)]
+    pub audit: access::AuditLog,
+    #[serde(default)]
+    pub audit_seq: u64,
 }
 
 impl ClusterState {
@@ -183,9 +193,10 @@ impl ClusterState {
                 to,
                 force,
                 request_id,
+                by,
                 now_ms,
             } => self.once(request_id, |s| {
-                s.promote(service, from, to, *force, *now_ms)
+                s.promote(service, from, to, *force, by.as_deref(), *now_ms)
             }),
             Command::Approve {
                 environment,
@@ -198,6 +209,9 @@ impl ClusterState {
             }
             Command::AddRepository { repository } => self.add_repository(repository),
             Command::RemoveRepository { name } => self.remove_repository(name),
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { token, now_ms } => self.revoke_token(token, *now_ms),
+            Command::RecordAudit { entries } => self.record_audit(entries),
             Command::RepositoryPolled {
                 name,
                 error,

@@ -532,6 +532,9 @@ pub struct Deploy {
     pub run: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<super::repositories::GitInfo>,
+    /// The principal who asked for it (`token/alice`): not the one who may approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_by: Option<String>,
 }
 
 impl Deploy {
@@ -548,6 +551,7 @@ impl Deploy {
             approved: false,
             run: None,
             git: None,
+            deployed_by: None,
         }
     }
 }

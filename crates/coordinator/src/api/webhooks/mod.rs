@@ -173,11 +173,14 @@ async fn relay(core: &Core, repository: String, headers: &HeaderMap, body: Bytes
         body: body.to_vec(),
     };
     let call = async {
-        let mut client = pb::kiln_client::KilnClient::connect(format!("http://{leader}"))
-            .await
-            .map_err(|e| e.to_string())?
-            .max_decoding_message_size(MAX_BODY + (1 << 20))
-            .max_encoding_message_size(MAX_BODY + (1 << 20));
+        let mut client = pb::kiln_client::KilnClient::new(
+            core.peers
+                .channel(&leader)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+        .max_decoding_message_size(MAX_BODY + (1 << 20))
+        .max_encoding_message_size(MAX_BODY + (1 << 20));
         client
             .deliver_webhook(delivery)
             .await

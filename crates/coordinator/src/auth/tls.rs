@@ -1,0 +1,278 @@
+//! The coordinator's side of TLS: its certificate, the cluster CA as the only root, and the
+//! accept loop that bounds what an unauthenticated stranger can hold.
+//!
+//! The handshake asks every caller for a certificate but lets one without a certificate in:
+//! a person may come with a token instead. A certificate that is offered must be signed with
+//! the key it names (the handshake checks that); whether the cluster CA issued it is checked
+//! per call in `layer.rs`, which can answer with a status and an audit entry.
+//!
+//! Before a caller is authenticated it can hold at most [`MAX_CONNECTIONS_PER_PEER`]
+//! connections from one IP address, each of which must finish its handshake within
+//! [`HANDSHAKE_TIMEOUT`]; tonic bounds the streams on one connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use kiln_api::pki::TlsFiles;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::error::{Error, Result};
+
+/// Connections one IP address may hold at once.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 512;
+/// How long a new connection has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// The coordinator's TLS: the server settings and the verifier the auth layer uses.
+pub struct ServerTls {
+    pub acceptor: TlsAcceptor,
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+fn config_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{}: {e}", path.display()))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ServerTls {
+    pub fn load(files: &TlsFiles) -> Result<ServerTls> {
+        let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
+            return Err(Error::InvalidInput(
+                "a coordinator needs its certificate and key (--cert, --key)".into(),
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        for ca in
+            CertificateDer::pem_file_iter(&files.ca).map_err(|e| config_error(&files.ca, e))?
+        {
+            roots
+                .add(ca.map_err(|e| config_error(&files.ca, e))?)
+                .map_err(|e| config_error(&files.ca, e))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| config_error(&files.ca, e))?;
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| config_error(cert, e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| config_error(cert, e))?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| config_error(key, e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(Deferred {
+                inner: verifier.clone(),
+            }))
+            .with_single_cert(chain, key_der)
+            .map_err(|e| config_error(cert, e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier,
+        })
+    }
+}
+
+/// Takes any certificate whose holder proves its key, leaving the question of who issued
+/// it to the auth layer (see the module note).
+#[derive(Debug)]
+struct Deferred {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for Deferred {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Live connections per IP address.
+#[derive(Default, Clone)]
+struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PeerCounts {
+    fn enter(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its peer's count, given back when the connection closes.
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A TCP connection that holds its peer's slot while it is open.
+pub struct Conn {
+    stream: TcpStream,
+    _slot: PeerSlot,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections (within the per-peer cap) and hands them on: through the TLS
+/// handshake (within its timeout) when `tls` is set.
+pub fn incoming<T: Send + 'static>(
+    listener: TcpListener,
+    handshake: impl Fn(Conn) -> futures::future::BoxFuture<'static, io::Result<T>>
+    + Send
+    + Sync
+    + 'static,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<T>> {
+    let (tx, rx) = mpsc::channel(64);
+    let counts = PeerCounts::default();
+    let handshake = Arc::new(handshake);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = counts.enter(addr.ip()) else {
+                tracing::warn!(peer = %addr, "too many connections from one address; closed");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                stream,
+                _slot: slot,
+            };
+            let (tx, handshake) = (tx.clone(), handshake.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(conn)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
