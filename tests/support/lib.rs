@@ -278,6 +278,7 @@ impl Cluster {
             ];
             args.extend(opts.coordinator_args.iter().cloned());
             args.extend(cluster.tls_args("coordinator", &i.to_string()));
+            args.extend(cluster.secrets_args());
             if i == 1 {
                 args.push("--bootstrap".into());
             } else {
@@ -344,6 +345,7 @@ impl Cluster {
             self.heartbeat_ms.to_string(),
         ];
         args.extend(self.tls_args("coordinator", &id.to_string()));
+        args.extend(self.secrets_args());
         let proc = Proc::spawn(
             &format!("coordinator-{id}"),
             bin("kiln-coordinator"),
@@ -453,6 +455,17 @@ impl Cluster {
             cert.display().to_string(),
             "--key".into(),
             key.display().to_string(),
+        ]
+    }
+
+    /// `--secrets-key` for a coordinator: the key `kiln tls init` wrote.
+    pub fn secrets_args(&self) -> Vec<String> {
+        if self.insecure {
+            return Vec::new();
+        }
+        vec![
+            "--secrets-key".into(),
+            self.tls_dir.join("secrets.key").display().to_string(),
         ]
     }
 

@@ -34,6 +34,7 @@ pub mod health;
 pub mod logs;
 pub mod outbox;
 pub mod process;
+pub mod redact;
 pub mod runner;
 pub mod session;
 pub mod shard;

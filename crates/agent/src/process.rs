@@ -21,14 +21,74 @@ pub struct Outcome {
     pub message: String,
 }
 
+/// A started task process, and (for a task with secrets) the thread that copies its output
+/// into the log with every secret value masked.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    copier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    /// Waits (briefly) until the output the process wrote is in the log.
+    pub async fn flushed(copier: Option<std::thread::JoinHandle<()>>) {
+        if let Some(h) = copier {
+            let joined = tokio::task::spawn_blocking(move || {
+                let _ = h.join();
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
+        }
+    }
+
+    pub fn into_parts(self) -> (tokio::process::Child, Option<std::thread::JoinHandle<()>>) {
+        (self.child, self.copier)
+    }
+}
+
 /// Starts the task's process. Returns the child, or the reason it could not start.
-pub fn spawn(
+///
+/// Its output goes straight into the log file, except for a task with secrets: then through
+/// a pipe and a thread that masks each value (`redact.rs`) before it is written.
+pub fn spawn(a: &pb::Assignment, work_dir: &Path, log: &Path) -> Result<Spawned, String> {
+    let file =
+        std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let (out, copier) = if a.secrets.is_empty() {
+        (std::os::fd::OwnedFd::from(file), None)
+    } else {
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| format!("a pipe for the output: {e}"))?;
+        let redactor = crate::redact::Redactor::new(a.secrets.values());
+        let copier = std::thread::spawn(move || copy_redacted(reader, file, redactor));
+        (std::os::fd::OwnedFd::from(writer), Some(copier))
+    };
+    let child = spawn_with_output(a, work_dir, out)?;
+    Ok(Spawned { child, copier })
+}
+
+fn copy_redacted(
+    mut reader: std::io::PipeReader,
+    mut file: std::fs::File,
+    mut redactor: crate::redact::Redactor,
+) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = file.write_all(&redactor.push(&buf[..n]));
+            }
+        }
+    }
+    let _ = file.write_all(&redactor.finish());
+}
+
+/// Runs the command with stdout and stderr both on `out` (the log file, or the pipe).
+fn spawn_with_output(
     a: &pb::Assignment,
     work_dir: &Path,
-    log: &Path,
+    out: std::os::fd::OwnedFd,
 ) -> Result<tokio::process::Child, String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
+    let err = out.try_clone().map_err(|e| format!("log output: {e}"))?;
     let mut cmd = if !a.shell.is_empty() {
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(&a.shell);
@@ -41,6 +101,7 @@ pub fn spawn(
     };
     cmd.current_dir(work_dir)
         .envs(&a.env)
+        .envs(&a.secrets)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
@@ -175,7 +236,7 @@ mod tests {
     async fn run(shell: &str, timeout: Duration) -> (Outcome, String) {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
-        let child = spawn(&assignment(shell), dir.path(), &log).unwrap();
+        let child = spawn(&assignment(shell), dir.path(), &log).unwrap().child;
         let (_tx, mut rx) = oneshot::channel();
         let outcome = wait(child, timeout, &mut rx).await;
         (outcome, std::fs::read_to_string(log).unwrap())
@@ -220,7 +281,9 @@ mod tests {
     async fn a_kill_request_stops_the_task_with_its_reason() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
-        let child = spawn(&assignment("sleep 30"), dir.path(), &log).unwrap();
+        let child = spawn(&assignment("sleep 30"), dir.path(), &log)
+            .unwrap()
+            .child;
         let (tx, mut rx) = oneshot::channel();
         tx.send("run cancelled".to_string()).unwrap();
         let outcome = wait(child, Duration::from_secs(60), &mut rx).await;
@@ -235,6 +298,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_with_secrets_gets_them_and_its_log_masks_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let mut a = assignment("echo \"token=$API_TOKEN\"; printf %s \"$API_TOKEN\" | wc -c");
+        a.secrets.insert("API_TOKEN".into(), "s3cr3t-value".into());
+        let (child, copier) = spawn(&a, dir.path(), &log).unwrap().into_parts();
+        let (_tx, mut rx) = oneshot::channel();
+        let outcome = wait(child, Duration::from_secs(10), &mut rx).await;
+        Spawned::flushed(copier).await;
+        assert!(outcome.succeeded);
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            out.trim_end(),
+            "token=***\n12",
+            "the task saw all 12 bytes: {out}"
+        );
+    }
+
+    #[tokio::test]
     async fn argv_commands_run_without_a_shell_and_bad_programs_fail_to_spawn() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
@@ -242,7 +324,7 @@ mod tests {
             argv: vec!["/definitely/not/here".into()],
             ..Default::default()
         };
-        let err = spawn(&a, dir.path(), &log).unwrap_err();
+        let err = spawn(&a, dir.path(), &log).err().unwrap();
         assert!(err.contains("cannot start /definitely/not/here"), "{err}");
     }
 }

@@ -416,7 +416,9 @@ impl Runner {
             a.env
                 .insert("TEST_SHARD_STATUS_FILE".into(), path.display().to_string());
         }
-        let child = process::spawn(&a, &dir.work, &dir.log).map_err(Error::Spawn)?;
+        let (child, copier) = process::spawn(&a, &dir.work, &dir.log)
+            .map_err(Error::Spawn)?
+            .into_parts();
         match &endpoint {
             Some(endpoint) => self.emit_replica(&a, endpoint, &metrics, None, ""),
             None => self.event(&a, pb::TaskState::Running, None, String::new()),
@@ -443,6 +445,7 @@ impl Runner {
         tokio::spawn(async move {
             let mut kill_rx = kill_rx;
             let mut outcome = process::wait(child, timeout, &mut kill_rx).await;
+            process::Spawned::flushed(copier).await;
             if let Some(path) = status_file
                 && outcome.succeeded
                 && !path.exists()
@@ -696,9 +699,14 @@ impl Runner {
             }
             let runner = self.clone();
             let d = d.clone();
+            let logs = if c.secrets {
+                docker::container::Logs::Skip
+            } else {
+                docker::container::Logs::Rewrite
+            };
             tokio::spawn(async move {
                 let outcome =
-                    docker::container::supervise(&d, &c.id, &log, true, c.deadline_ms, kill_rx)
+                    docker::container::supervise(&d, &c.id, &log, logs, c.deadline_ms, kill_rx)
                         .await;
                 runner.finish(&key, outcome, Published::default(), done_tx);
             });

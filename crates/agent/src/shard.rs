@@ -169,7 +169,8 @@ impl Shard<'_> {
         let stderr = log
             .try_clone()
             .map_err(|e| failed(format!("log file: {e}")))?;
-        let child = process::spawn_shell(&self.spec.list, &self.a.env, self.work, stdout, stderr)
+        let env = self.a.env.iter().chain(&self.a.secrets);
+        let child = process::spawn_shell(&self.spec.list, env, self.work, stdout, stderr)
             .map_err(|e| failed(format!("tests.list: {e}")))?;
         let outcome = process::wait(child, self.remaining(), kill).await;
         if !outcome.succeeded {
@@ -210,6 +211,7 @@ impl Shard<'_> {
                 .map_err(|e| failed(format!("log file: {e}")))
         };
         let mut env = self.a.env.clone();
+        env.extend(self.a.secrets.clone());
         env.insert("KILN_TESTS_FILE".into(), list_path.display().to_string());
         env.insert("KILN_TESTS_BATCH".into(), batch.to_string());
         let child = process::spawn_shell(&self.spec.run, &env, self.work, open_log()?, open_log()?)

@@ -55,6 +55,12 @@ pub fn ca_key_path(dir: &Path) -> PathBuf {
     dir.join("ca.key")
 }
 
+/// The cluster's secrets key (32 random bytes, hex), which every coordinator is given with
+/// `--secrets-key`: what stage and service secrets are encrypted with at rest.
+pub fn secrets_key_path(dir: &Path) -> PathBuf {
+    dir.join("secrets.key")
+}
+
 /// The certificate and key file of `principal` in `dir`: `agent-gpu-box-1.pem` and `.key`.
 pub fn leaf_paths(dir: &Path, principal: &Principal) -> (PathBuf, PathBuf) {
     let stem = format!("{}-{}", principal.kind(), principal.name());
@@ -178,6 +184,7 @@ pub fn init(dir: &Path, replace: bool) -> Result<Issued, PkiError> {
     let (_, issued) = Ca::generate()?;
     std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     write_pair(&ca_cert_path(dir), &ca_key_path(dir), &issued, replace)?;
+    ensure_secrets_key(dir)?;
     Ok(issued)
 }
 
@@ -195,6 +202,19 @@ pub fn issue(
     let (cert, key) = leaf_paths(out, principal);
     write_pair(&cert, &key, &issued, replace)?;
     Ok((cert, key, issued))
+}
+
+/// Writes a new secrets key into `dir` unless one is there (a new one would make every
+/// secret already set unreadable).
+pub fn ensure_secrets_key(dir: &Path) -> Result<PathBuf, PkiError> {
+    let path = secrets_key_path(dir);
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| cert_error("no randomness for a secrets key"))?;
+        write_file(&path, format!("{}\n", hex::encode(key)).as_bytes(), 0o600)?;
+    }
+    Ok(path)
 }
 
 fn write_pair(cert: &Path, key: &Path, issued: &Issued, replace: bool) -> Result<(), PkiError> {

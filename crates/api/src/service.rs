@@ -54,6 +54,9 @@ pub struct ServiceFile {
     pub update: Option<UpdateFile>,
     /// The model artifact, a file beside the service file; the CLI records its digest.
     pub model: Option<String>,
+    /// Cluster secrets every replica gets as environment variables of their names.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -122,6 +122,10 @@ pub struct StageFile {
     /// `false`: a run superseded by a newer one of its concurrency group lets this stage
     /// finish (a migration, a deploy) instead of cancelling it. `true` by default.
     pub interruptible: Option<bool>,
+    /// Cluster secrets (`kiln secret set NAME`) the stage gets, each as the environment
+    /// variable of its name, and redacted (`***`) from its log.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// `deploy:` as written: a service file deployed into an environment (optionally with the
@@ -314,6 +318,9 @@ pub struct Stage {
     /// is left to finish rather than cancelled.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub interruptible: bool,
+    /// The names of the cluster secrets it gets as environment variables (never values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `interruptible`'s default (state written before the field existed deserialises to it).

@@ -279,6 +279,14 @@ impl<'a> Checker<'a> {
                 self.push(line("env"), &format!("{path}.env"), reason);
             }
         }
+        for (i, name) in s.secrets.iter().enumerate() {
+            if let Err(reason) = check_env_name(name) {
+                self.push(line("secrets"), &format!("{path}.secrets[{i}]"), reason);
+            } else if s.env.contains_key(name) {
+                let reason = format!("{name} is also in env: a secret's variable is its own");
+                self.push(line("secrets"), &format!("{path}.secrets[{i}]"), reason);
+            }
+        }
         // `VAR: ${{ stages.X.artifacts.NAME }}`: an input, not a value.
         let mut env = s.env.clone();
         let mut inputs = BTreeMap::new();
@@ -324,6 +332,7 @@ impl<'a> Checker<'a> {
             artifacts: artifacts?,
             inputs,
             interruptible: s.interruptible.unwrap_or(true),
+            secrets: s.secrets.clone(),
         })
     }
 

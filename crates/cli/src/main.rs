@@ -201,6 +201,9 @@ enum Commands {
     /// API tokens for people and automation (role admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Secrets stages and services get as environment variables (`secrets: [NAME]`).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Who did what: every mutating call and every refused one (role admin).
     Audit {
         /// Only entries newer than this (`1h`, `30m`).
@@ -243,6 +246,16 @@ enum TlsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretCommand {
+    /// Set (or replace) a secret; the value is read from stdin and never shown again.
+    Set { name: String },
+    /// List secrets: names, when and by whom they were set (never values).
+    List,
+    /// Remove a secret (stages that ask for it are refused from now on).
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -392,6 +405,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Commands::Token(TokenCommand::Revoke { which }) => {
             commands::access::revoke_token(&mut client, which, json).await
+        }
+        Commands::Secret(SecretCommand::Set { name }) => {
+            commands::access::set_secret(&mut client, name, json).await
+        }
+        Commands::Secret(SecretCommand::List) => {
+            commands::access::list_secrets(&mut client, json).await
+        }
+        Commands::Secret(SecretCommand::Remove { name }) => {
+            commands::access::remove_secret(&mut client, name, json).await
         }
         Commands::Audit { since, limit } => {
             commands::access::audit(&mut client, since, limit, json).await

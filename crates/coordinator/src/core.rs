@@ -18,7 +18,8 @@ use crate::peers::Peers;
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, Raft};
 use crate::scheduler::SchedulerConfig;
-use crate::state::{Command, Reply, Response, TaskRef};
+use crate::secrets::Keyring;
+use crate::state::{ClusterState, Command, Placement, Reply, Response, TaskRef};
 
 /// Settings that shape a coordinator's behaviour (not where it listens).
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct Core {
     pub traffic: Mutex<Traffic>,
     /// How to dial the other coordinators.
     pub peers: Peers,
+    /// The cluster's secrets key.
+    pub keyring: Keyring,
     passes: AtomicU64,
 }
 
@@ -73,6 +76,7 @@ impl Core {
         state: Arc<SharedState>,
         tuning: Tuning,
         peers: Peers,
+        keyring: Keyring,
     ) -> Core {
         Core {
             id,
@@ -86,6 +90,7 @@ impl Core {
             tuning,
             traffic: Mutex::new(Traffic::new(now_ms())),
             peers,
+            keyring,
             passes: AtomicU64::new(0),
         }
     }
@@ -149,6 +154,34 @@ impl Core {
 
     pub fn traffic(&self) -> MutexGuard<'_, Traffic> {
         self.traffic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The assignment of a placed task, with the secrets it names opened for it (here, at
+    /// the edge: the state never holds them in clear). A secret that cannot be opened is
+    /// left out, and the task runs without the variable.
+    pub fn assignment(
+        &self,
+        state: &ClusterState,
+        p: &Placement,
+    ) -> Option<kiln_api::pb::Assignment> {
+        let mut a = crate::controllers::assignment::assignment(state, p)?;
+        a.secrets.retain(|name, value| {
+            match state
+                .secrets
+                .get(name)
+                .and_then(|s| self.keyring.open(name, &s.sealed))
+            {
+                Some(v) => {
+                    *value = v;
+                    true
+                }
+                None => {
+                    tracing::warn!(secret = %name, task = %a.task_id, "a secret the task asks for cannot be opened");
+                    false
+                }
+            }
+        });
+        Some(a)
     }
 
     pub fn waiting(&self) -> MutexGuard<'_, BTreeMap<TaskRef, String>> {

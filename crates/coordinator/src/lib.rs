@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod peers;
 pub mod raft;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod state;
 

@@ -59,6 +59,10 @@ struct Args {
     /// This coordinator's key.
     #[arg(long, env = "KILN_KEY")]
     key: Option<PathBuf>,
+    /// The cluster's secrets key (`kiln tls init` writes DIR/secrets.key): the same file on
+    /// every coordinator. Without it, secrets cannot be set.
+    #[arg(long, env = "KILN_SECRETS_KEY")]
+    secrets_key: Option<PathBuf>,
     /// Serve plaintext gRPC with no authentication at all: loopback addresses only, for
     /// trying things on one machine.
     #[arg(long)]
@@ -121,6 +125,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             local_repositories: args.allow_local_repositories,
         },
         tls,
+        secrets_key: args.secrets_key,
     };
     let coordinator = kiln_coordinator::start(config, grpc, http).await?;
     println!(

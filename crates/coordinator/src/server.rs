@@ -28,6 +28,7 @@ use crate::peers::Peers;
 use crate::raft::{
     self, Raft, log_store::LogStore, network::Network, state_machine::StateMachineStore,
 };
+use crate::secrets::Keyring;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +45,8 @@ pub struct Config {
     /// The cluster CA and this coordinator's certificate; `None` serves plaintext without
     /// authentication (`--insecure`, loopback only: `main.rs` checks).
     pub tls: Option<TlsFiles>,
+    /// The cluster's secrets key file (`kiln tls init` writes one); `None`: no secrets.
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// A running coordinator.
@@ -78,6 +81,10 @@ pub async fn start(
     let sm = StateMachineStore::open(&db).map_err(|e| Error::Storage(e.to_string()))?;
     let shared = sm.shared();
     let server_tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
+    let keyring = match &config.secrets_key {
+        Some(path) => Keyring::load(path)?,
+        None => Keyring::none(),
+    };
     let peers = Peers::new(
         config
             .tls
@@ -115,6 +122,7 @@ pub async fn start(
         shared,
         config.tuning.clone(),
         peers.clone(),
+        keyring,
     ));
     let blobs = BlobStore::open(&config.data_dir)?;
     let shutdown = CancellationToken::new();

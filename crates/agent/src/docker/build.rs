@@ -212,7 +212,7 @@ async fn run_before(
     mut killed: watch::Receiver<Option<String>>,
 ) -> Result<(), String> {
     let prep_log = log_path.with_file_name("prepare.log");
-    let child = process::spawn(a, dir, &prep_log)?;
+    let (child, copier) = process::spawn(a, dir, &prep_log)?.into_parts();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         if let Ok(k) = killed.wait_for(|k| k.is_some()).await {
@@ -221,6 +221,7 @@ async fn run_before(
     });
     let mut rx = rx;
     let outcome = process::wait(child, Duration::from_millis(a.timeout_ms.max(1)), &mut rx).await;
+    process::Spawned::flushed(copier).await;
     // The command's output belongs in the task's log, before the build's.
     if let Ok(out) = std::fs::read(&prep_log) {
         Log::append(log_path).write(&out);

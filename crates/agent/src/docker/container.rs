@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::{
     DockerDriver, LABEL_AGENT, LABEL_ATTEMPT, LABEL_DEADLINE, LABEL_ENDPOINT, LABEL_REPLICA,
-    LABEL_TASK, Log, STOP_GRACE, message,
+    LABEL_SECRETS, LABEL_TASK, Log, STOP_GRACE, message,
 };
 use crate::process::Outcome;
 
@@ -87,6 +87,7 @@ pub fn config(
     let mut binds = vec![format!("{}:{WORK_MOUNT}", work.display())];
     binds.extend(model.map(|m| format!("{m}:{MODEL_MOUNT}:ro")));
     env.push(format!("KILN_WORK_DIR={WORK_MOUNT}"));
+    env.extend(a.secrets.iter().map(|(k, v)| format!("{k}={v}")));
     let device_requests = if a.gpu_indices.is_empty() {
         // Images built on NVIDIA's bases default to every GPU: a task without GPUs sees none.
         env.push("NVIDIA_VISIBLE_DEVICES=void".into());
@@ -108,6 +109,9 @@ pub fn config(
         (LABEL_ATTEMPT.to_string(), a.attempt.to_string()),
         (LABEL_DEADLINE.to_string(), deadline_ms.to_string()),
     ]);
+    if !a.secrets.is_empty() {
+        labels.insert(LABEL_SECRETS.to_string(), a.secrets.len().to_string());
+    }
     if let Some(p) = publish {
         labels.insert(LABEL_ENDPOINT.to_string(), p.endpoint.clone());
     }
@@ -253,26 +257,45 @@ pub async fn run(
         return failed(None, format!("cannot start the container: {}", message(&e)));
     }
     started(&pinned);
-    supervise(d, &id, log_path, false, Some(deadline_ms), kill).await
+    let logs = Logs::Follow(a.secrets.values().cloned().collect());
+    supervise(d, &id, log_path, logs, Some(deadline_ms), kill).await
+}
+
+/// How a supervised container's output reaches the task's log.
+pub enum Logs {
+    /// Appended as it comes, with these secret values masked.
+    Follow(Vec<String>),
+    /// Written again from the container's first line (an adopted container).
+    Rewrite,
+    /// Not copied: an adopted container that holds secrets this agent cannot mask.
+    Skip,
 }
 
 /// Waits for a started (or adopted) container to end, enforcing the deadline and honouring a
-/// kill, with its output copied into the log; then reports and removes it. With `rewrite`,
-/// the log is written again from the container's first line (an adopted container).
+/// kill, with its output copied into the log as `logs` says; then reports and removes it.
 pub async fn supervise(
     d: &DockerDriver,
     id: &str,
     log_path: &Path,
-    rewrite: bool,
+    logs: Logs,
     deadline_ms: Option<i64>,
     kill: oneshot::Receiver<String>,
 ) -> Outcome {
-    let log = if rewrite {
-        Log::create(log_path).unwrap_or_else(|_| Log::append(log_path))
-    } else {
-        Log::append(log_path)
+    let log = match &logs {
+        Logs::Follow(secrets) => Log::append(log_path).redacting(secrets),
+        Logs::Rewrite => Log::create(log_path).unwrap_or_else(|_| Log::append(log_path)),
+        Logs::Skip => {
+            let mut log = Log::append(log_path);
+            log.line(
+                "kiln: the agent restarted; the output of a task with secrets is not copied again",
+            );
+            log
+        }
     };
-    let pump = tokio::spawn(pump_logs(d.client.clone(), id.to_string(), log));
+    let pump = match logs {
+        Logs::Skip => tokio::spawn(async {}),
+        _ => tokio::spawn(pump_logs(d.client.clone(), id.to_string(), log)),
+    };
     let oom = watch_oom(d, id);
     let left = deadline_ms
         .map(|ms| Duration::from_millis(ms.saturating_sub(crate::now_ms()).max(0) as u64));
@@ -410,6 +433,7 @@ async fn pump_logs(client: bollard::Docker, id: String, mut log: Log) {
     while let Some(Ok(chunk)) = stream.next().await {
         log.write(&chunk.into_bytes());
     }
+    log.finish();
 }
 
 pub async fn remove(d: &DockerDriver, id: &str) {

@@ -46,6 +46,9 @@ pub const LABEL_ENDPOINT: &str = "kiln.endpoint";
 /// A service replica's `pb::ReplicaSpec` (protobuf, hex), so an adopted replica's health is
 /// checked again.
 pub const LABEL_REPLICA: &str = "kiln.replica";
+/// On a container given secrets: an agent that adopts it cannot mask them (it never stores
+/// the values), so it does not copy that container's output again.
+pub const LABEL_SECRETS: &str = "kiln.secrets";
 
 /// How long a stopped container gets between SIGTERM and SIGKILL, as for processes.
 pub const STOP_GRACE: Duration = crate::process::STOP_GRACE;
@@ -70,6 +73,8 @@ pub struct Owned {
     /// For a service replica: where it serves, and its spec.
     pub endpoint: Option<String>,
     pub replica: Option<kiln_api::pb::ReplicaSpec>,
+    /// It was given secrets (`LABEL_SECRETS`).
+    pub secrets: bool,
 }
 
 impl DockerDriver {
@@ -121,6 +126,7 @@ impl DockerDriver {
                     replica: labels
                         .get(LABEL_REPLICA)
                         .and_then(|h| container::decode_replica(h)),
+                    secrets: labels.contains_key(LABEL_SECRETS),
                 })
             })
             .collect())
@@ -211,12 +217,17 @@ pub fn message(e: &bollard::errors::Error) -> String {
 /// The task's log file, appended to by the driver (kiln's own lines start with `kiln:`).
 pub struct Log {
     file: Option<std::fs::File>,
+    /// Masks the task's secret values, where it has any.
+    redactor: Option<crate::redact::Redactor>,
 }
 
 impl Log {
     pub fn create(path: &std::path::Path) -> Result<Log, String> {
         std::fs::File::create(path)
-            .map(|f| Log { file: Some(f) })
+            .map(|f| Log {
+                file: Some(f),
+                redactor: None,
+            })
             .map_err(|e| format!("creating {}: {e}", path.display()))
     }
 
@@ -227,13 +238,37 @@ impl Log {
                 .append(true)
                 .open(path)
                 .ok(),
+            redactor: None,
         }
+    }
+
+    /// Masks these values in everything written from now on.
+    pub fn redacting<'a>(mut self, secrets: impl IntoIterator<Item = &'a String>) -> Log {
+        let r = crate::redact::Redactor::new(secrets);
+        self.redactor = Some(r);
+        self
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
         use std::io::Write;
+        let masked;
+        let bytes = match self.redactor.as_mut() {
+            Some(r) => {
+                masked = r.push(bytes);
+                &masked[..]
+            }
+            None => bytes,
+        };
         if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(bytes);
+        }
+    }
+
+    /// Writes what the redactor held back (the end of the output).
+    pub fn finish(&mut self) {
+        use std::io::Write;
+        if let (Some(r), Some(f)) = (self.redactor.as_mut(), self.file.as_mut()) {
+            let _ = f.write_all(&r.finish());
         }
     }
 

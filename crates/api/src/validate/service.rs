@@ -50,6 +50,7 @@ impl Checker<'_> {
             tests: None,
             deploy: None,
             artifacts: None,
+            secrets: s.secrets.clone(),
         };
         let before = self.errors.len();
         let replica = if self.errors.is_empty() {

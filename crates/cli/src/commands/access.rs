@@ -233,3 +233,87 @@ pub async fn audit(
     }
     Ok(())
 }
+
+/// `kiln secret set NAME`: the value from stdin (one trailing newline dropped, so that
+/// `echo VALUE | kiln secret set NAME` stores VALUE).
+pub async fn set_secret(client: &mut Client, name: String, json: bool) -> Result<(), CliError> {
+    use std::io::Read;
+    let mut value = String::new();
+    std::io::stdin()
+        .take(MAX_SECRET_READ)
+        .read_to_string(&mut value)
+        .map_err(|e| CliError::Invalid(format!("reading the value from stdin: {e}")))?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    let req = pb::SetSecretRequest { name, value };
+    let view = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.set_secret(req).await }
+        })
+        .await?;
+    if json {
+        print_json(&serde_json::json!({
+            "name": view.name,
+            "updated_ms": view.updated_ms,
+            "updated_by": view.updated_by,
+        }));
+    } else {
+        println!("secret {} set", view.name);
+    }
+    Ok(())
+}
+
+/// Read at most this much from stdin (the coordinator refuses more than 64 KiB anyway).
+const MAX_SECRET_READ: u64 = 1 << 20;
+
+pub async fn list_secrets(client: &mut Client, json: bool) -> Result<(), CliError> {
+    let list = client
+        .call(|mut c| async move { c.list_secrets(pb::ListSecretsRequest {}).await })
+        .await?;
+    if json {
+        let all: Vec<_> = list
+            .secrets
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "updated_ms": s.updated_ms,
+                    "updated_by": s.updated_by,
+                })
+            })
+            .collect();
+        print_json(&all);
+        return Ok(());
+    }
+    println!("{:<32} {:<20} UPDATED BY", "NAME", "UPDATED");
+    for s in &list.secrets {
+        println!(
+            "{:<32} {:<20} {}",
+            s.name,
+            clock_ms(s.updated_ms),
+            s.updated_by
+        );
+    }
+    Ok(())
+}
+
+pub async fn remove_secret(client: &mut Client, name: String, json: bool) -> Result<(), CliError> {
+    let req = pb::RemoveSecretRequest { name: name.clone() };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.remove_secret(req).await }
+        })
+        .await?;
+    if json {
+        print_json(&serde_json::json!({ "removed": name }));
+    } else {
+        println!("secret {name} removed");
+    }
+    Ok(())
+}

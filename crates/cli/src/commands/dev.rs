@@ -139,6 +139,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
             ..Default::default()
         },
         tls: Some(TlsFiles::in_dir(&tls_dir, &Principal::Coordinator(1))),
+        secrets_key: Some(kiln_api::pki::secrets_key_path(&tls_dir)),
     };
     let coordinator = kiln_coordinator::start(config, grpc, http)
         .await
@@ -294,6 +295,7 @@ fn ensure_certificates(dir: &std::path::Path) -> Result<(), CliError> {
     if !kiln_api::pki::ca_cert_path(dir).is_file() {
         kiln_api::pki::init(dir, false).map_err(fail)?;
     }
+    kiln_api::pki::ensure_secrets_key(dir).map_err(fail)?;
     for p in [
         Principal::Coordinator(1),
         Principal::Agent("dev".into()),

@@ -20,7 +20,6 @@ use kiln_api::spec::Resources;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::controllers::assignment::assignment;
 use crate::core::{Core, now_ms};
 use crate::error::Error;
 use crate::leader::sessions::Session;
@@ -167,7 +166,7 @@ fn reconcile(core: &Core, node: &str, known: &[pb::TaskRef], session: &Session) 
                     node: node.to_string(),
                     gpus: t.current().map(|a| a.gpus.clone()).unwrap_or_default(),
                 };
-                if let Some(a) = assignment(&state, &p) {
+                if let Some(a) = core.assignment(&state, &p) {
                     session.send(Out::Assign(a));
                 }
             }

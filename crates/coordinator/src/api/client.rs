@@ -566,6 +566,34 @@ impl Kiln for ClientService {
         Ok(Response::new(pb::RecordAuditResponse {}))
     }
 
+    // The request holds a value: no span records its fields.
+    async fn set_secret(
+        &self,
+        req: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SecretView>, Status> {
+        target(&req, format!("secret {}", req.get_ref().name));
+        let by = principal_of(&req);
+        Ok(Response::new(
+            super::secrets::set(&self.core, req.into_inner(), by).await?,
+        ))
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        Ok(Response::new(super::secrets::list(&self.core)))
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<pb::RemoveSecretRequest>,
+    ) -> Result<Response<pb::RemoveSecretResponse>, Status> {
+        target(&req, format!("secret {}", req.get_ref().name));
+        super::secrets::remove(&self.core, req.into_inner()).await?;
+        Ok(Response::new(pb::RemoveSecretResponse {}))
+    }
+
     #[tracing::instrument(skip_all, fields(id = req.get_ref().id))]
     async fn leave_cluster(
         &self,
@@ -682,12 +710,9 @@ where
     Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
 }
 
-/// A GPU share larger than every GPU in the cluster could never be placed: refuse it now,
-/// naming the field, rather than leaving it pending for ever. (With no GPU node registered
-/// yet, the stage waits with its reason instead.)
 /// What every submission of a parsed pipeline is checked and completed with, whoever read
 /// the file (a client, or the trigger loop from a commit): GPU shares that some GPU can
-/// hold, and the text of each service file its deploy stages name.
+/// hold, secrets that are set, and the text of each service file its deploy stages name.
 pub(crate) fn complete(
     core: &Core,
     pipeline: &mut kiln_api::spec::Pipeline,
@@ -695,9 +720,30 @@ pub(crate) fn complete(
     service_files: std::collections::HashMap<String, String>,
 ) -> Result<(), Error> {
     check_gpu_shares(core, pipeline, file)?;
+    for stage in &pipeline.stages {
+        check_secrets(
+            core,
+            &stage.secrets,
+            &format!("{file}: stages.{}", stage.name),
+        )?;
+    }
     super::service_files::attach(pipeline, file, service_files)
 }
 
+/// A stage or service asking for a secret nobody set is refused now, by name.
+pub(crate) fn check_secrets(core: &Core, names: &[String], at: &str) -> Result<(), Error> {
+    let state = core.state.read();
+    match state.missing_secrets(names).first() {
+        Some(name) => Err(Error::InvalidInput(format!(
+            "{at}.secrets: {name} is not set (kiln secret set {name})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A GPU share larger than every GPU in the cluster could never be placed: refuse it now,
+/// naming the field, rather than leaving it pending for ever. (With no GPU node registered
+/// yet, the stage waits with its reason instead.)
 fn check_gpu_shares(
     core: &Core,
     pipeline: &kiln_api::spec::Pipeline,

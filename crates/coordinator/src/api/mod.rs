@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod http;
 pub mod raft_service;
 pub mod repositories;
+pub mod secrets;
 pub mod service_files;
 pub mod services;
 pub mod test_queue;

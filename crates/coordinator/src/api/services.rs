@@ -42,6 +42,7 @@ pub async fn deploy(
             .entry("KILN_SERVICE_DIR".into())
             .or_insert(req.source_dir.clone());
     }
+    super::client::check_secrets(core, &spec.replica.secrets, &spec.name)?;
     let environment = {
         let state = core.state.read();
         let env = environment(&state, &req.environment)?;

@@ -129,12 +129,12 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("kiln.v1.Kiln", method) => match method {
             "GetRun" | "ListRuns" | "ListNodes" | "StreamLogs" | "ClusterStatus"
             | "GetTestReport" | "ListServices" | "GetService" | "ListEnvironments"
-            | "ListRepositories" => read(Read),
+            | "ListRepositories" | "ListSecrets" => read(Read),
             "SubmitRun" | "CancelRun" | "RerunRun" | "TriggerRepository" => write(Submit),
             "Deploy" | "Rollback" | "Scale" | "Promote" | "PromoteRevision" => write(Deploy),
             "Approve" => write(Approve),
             "LeaveCluster" | "CreateEnvironment" | "AddRepository" | "RemoveRepository"
-            | "CreateToken" | "RevokeToken" => write(Admin),
+            | "CreateToken" | "RevokeToken" | "SetSecret" | "RemoveSecret" => write(Admin),
             "ListTokens" | "ListAudit" => read(Admin),
             // A new coordinator asks to join with its own certificate.
             "JoinCluster" => Rule {

@@ -196,6 +196,12 @@ fn base(
         gpu_memory_bytes: share,
         image,
         build,
+        // Names only: `Core::assignment` opens the values.
+        secrets: stage
+            .secrets
+            .iter()
+            .map(|name| (name.clone(), String::new()))
+            .collect(),
         ..Default::default()
     }
 }

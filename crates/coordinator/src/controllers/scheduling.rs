@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::assignment::assignment;
 use crate::core::{Core, now_ms};
 use crate::scheduler;
 use crate::state::{Command, Placed};
@@ -73,7 +72,7 @@ async fn pass(core: &Core) -> crate::error::Result<()> {
     let state = core.state.read();
     let assignments = accepted
         .iter()
-        .filter_map(|p| Some((p.node.clone(), assignment(&state, p)?)));
+        .filter_map(|p| Some((p.node.clone(), core.assignment(&state, p)?)));
     core.sessions.assign(assignments);
     Ok(())
 }

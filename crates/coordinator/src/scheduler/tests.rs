@@ -121,6 +121,7 @@ impl Cluster {
             .enumerate()
             .map(|(i, (cpu, gpu))| Stage {
                 interruptible: true,
+                secrets: Vec::new(),
                 name: format!("s{i}"),
                 needs: vec![],
                 command: Cmd::Shell("true".into()),

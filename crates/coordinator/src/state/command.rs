@@ -149,6 +149,14 @@ pub enum Command {
     RecordAudit {
         entries: Vec<super::access::AuditEntry>,
     },
+    /// Sets (or replaces) a secret, sealed before it was proposed.
+    SetSecret {
+        name: String,
+        secret: super::secrets::Secret,
+    },
+    RemoveSecret {
+        name: String,
+    },
     /// A poll of the repository's remote ended, failed or not.
     RepositoryPolled {
         name: String,
@@ -202,6 +210,8 @@ impl Command {
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::RecordAudit { .. } => "record_audit",
+            Command::SetSecret { .. } => "set_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
             Command::RecordPush { .. } => "record_push",
             Command::StartPush { .. } => "start_push",
             Command::PushFailed { .. } => "push_failed",
@@ -336,7 +346,7 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistered;
 
-/// A token was created or revoked, or audit entries recorded.
+/// A token was created or revoked, audit entries recorded, or a secret set or removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessChanged;
 

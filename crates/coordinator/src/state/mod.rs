@@ -27,7 +27,7 @@
 //! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
 //!   controllers' decisions about them.
 //! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
-//! - `access.rs`: API tokens (hashes only) and the audit log.
+//! - `access.rs`: API tokens (hashes only) and the audit log; `secrets.rs`: sealed secrets.
 //! - `placement.rs`, `fit.rs`, `nodes.rs`: placing a pass, the fit rules, nodes.
 //!
 //! # What it does not do
@@ -45,6 +45,7 @@ mod nodes;
 mod placement;
 pub mod repositories;
 mod runs;
+pub mod secrets;
 mod service_actions;
 pub mod services;
 pub mod suite;
@@ -126,6 +127,9 @@ pub struct ClusterState {
     pub audit: access::AuditLog,
     #[serde(default)]
     pub audit_seq: u64,
+    /// Cluster secrets by name, sealed.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, secrets::Secret>,
 }
 
 impl ClusterState {
@@ -212,6 +216,8 @@ impl ClusterState {
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { token, now_ms } => self.revoke_token(token, *now_ms),
             Command::RecordAudit { entries } => self.record_audit(entries),
+            Command::SetSecret { name, secret } => self.set_secret(name, secret),
+            Command::RemoveSecret { name } => self.remove_secret(name),
             Command::RepositoryPolled {
                 name,
                 error,

@@ -10,6 +10,7 @@ use super::*;
 fn suite_stage(name: &str, shards: u32, split: Split, retries: u32) -> Stage {
     Stage {
         interruptible: true,
+        secrets: Vec::new(),
         name: name.into(),
         needs: vec![],
         command: Cmd::None,

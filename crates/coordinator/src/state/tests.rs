@@ -8,6 +8,7 @@ use proptest::prelude::*;
 fn stage(name: &str, needs: &[&str], cpu: u64, retries: u32) -> Stage {
     Stage {
         interruptible: true,
+        secrets: Vec::new(),
         name: name.into(),
         needs: needs.iter().map(|s| s.to_string()).collect(),
         command: Cmd::Shell("true".into()),
