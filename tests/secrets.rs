@@ -108,7 +108,9 @@ fn a_secret_reaches_its_stage_and_appears_nowhere_else() {
         "{}",
         String::from_utf8_lossy(&submitted.stderr)
     );
-    let run = String::from_utf8_lossy(&submitted.stdout).trim().to_string();
+    let run = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .to_string();
     cluster.wait_for("the run to end", Duration::from_secs(30), |c| {
         c.run_status(&run)["status"] == "succeeded"
     });

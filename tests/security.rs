@@ -236,6 +236,28 @@ fn every_door_is_closed_to_the_wrong_caller_and_open_to_the_right_one() {
         "role read",
         "agent → ListRuns",
     );
+    let mut as_agent = pb::kiln_client::KilnClient::new(agent.clone());
+    refused(
+        code(rt.block_on(as_agent.create_token(pb::CreateTokenRequest {
+            name: "sneaky".into(),
+            role: "admin".into(),
+            expires_in_ms: 0,
+        }))),
+        Code::PermissionDenied,
+        "role admin",
+        "agent → CreateToken",
+    );
+    audited(
+        &cluster,
+        "agent/agent-1",
+        "/CreateToken",
+        "PermissionDenied",
+    );
+    assert_eq!(
+        cluster.kiln_json(&["token", "list"]),
+        serde_json::json!([]),
+        "no token was made"
+    );
     audited(
         &cluster,
         "agent/agent-1",
@@ -251,6 +273,7 @@ fn every_door_is_closed_to_the_wrong_caller_and_open_to_the_right_one() {
         "coordinator certificate",
         "client → Raft",
     );
+    audited(&cluster, "client/admin", "/Vote", "PermissionDenied");
     admitted(list_runs(&rt, &admin), "client → ListRuns");
     // A coordinator's certificate gets to Raft itself (which then judges the payload).
     let peer = channel(&rt, &addr, &cluster.tls_files("coordinator", "2"));
@@ -329,6 +352,10 @@ fn every_door_is_closed_to_the_wrong_caller_and_open_to_the_right_one() {
     let ran = cluster.kiln_token(&submitter, &["run", &pipeline]);
     assert!(ran.status.success(), "{}", exit(&ran).1);
     audited(&cluster, "token/ci", "/SubmitRun", "ok");
+    let deployer = token(&cluster, "release", "deploy", None);
+    let deployed = cluster.kiln_token(&deployer, &["deploy", &service]);
+    assert!(deployed.status.success(), "{}", exit(&deployed).1);
+    audited(&cluster, "token/release", "/Deploy", "ok");
 
     // A revoked token, and one used after it expired.
     let gone = token(&cluster, "gone", "admin", None);
@@ -362,6 +389,11 @@ fn every_door_is_closed_to_the_wrong_caller_and_open_to_the_right_one() {
         );
     }
     assert!(shown.contains("\"revoked_ms\""), "{shown}");
+
+    // The admin certificate may do what the agent could not: remove a voter.
+    admitted(leave(&rt, &admin, 3), "client → LeaveCluster");
+    eventually("coordinator 3 to leave", || voters(&cluster) == 2);
+    audited(&cluster, "client/admin", "/LeaveCluster", "ok");
 
     // Plaintext is refused off loopback, before anything is dialled.
     let out = std::process::Command::new(bin("kiln"))

@@ -181,6 +181,7 @@ pub async fn start(
             let acceptor = server_tls.acceptor;
             let incoming = auth::tls::incoming(
                 grpc,
+                auth::tls::Limits::default(),
                 move |conn| {
                     let acceptor = acceptor.clone();
                     Box::pin(async move { acceptor.accept(conn).await })
@@ -197,8 +198,12 @@ pub async fn start(
             });
         }
         None => {
-            let incoming =
-                auth::tls::incoming(grpc, |conn| Box::pin(async move { Ok(conn) }), stop.clone());
+            let incoming = auth::tls::incoming(
+                grpc,
+                auth::tls::Limits::default(),
+                |conn| Box::pin(async move { Ok(conn) }),
+                stop.clone(),
+            );
             tasks.spawn(async move {
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

@@ -38,6 +38,22 @@ use crate::error::{Error, Result};
 pub const MAX_CONNECTIONS_PER_PEER: usize = 512;
 /// How long a new connection has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the accept loop allows a peer before it is authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_peer: usize,
+    pub handshake: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_peer: MAX_CONNECTIONS_PER_PEER,
+            handshake: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
 /// HTTP/2 streams one connection may have open at once.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -152,10 +168,10 @@ impl ClientCertVerifier for Deferred {
 struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 impl PeerCounts {
-    fn enter(&self, ip: IpAddr) -> Option<PeerSlot> {
+    fn enter(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry(ip).or_default();
-        if *n >= MAX_CONNECTIONS_PER_PEER {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -186,8 +202,10 @@ impl Drop for PeerSlot {
 
 /// A TCP connection that holds its peer's slot while it is open.
 pub struct Conn {
-    stream: TcpStream,
+    // Fields drop in order: the slot is given back before the socket closes, so a peer that
+    // sees its connection end may open another at once.
     _slot: PeerSlot,
+    stream: TcpStream,
 }
 
 impl Connected for Conn {
@@ -230,6 +248,7 @@ impl AsyncWrite for Conn {
 /// handshake (within its timeout) when `tls` is set.
 pub fn incoming<T: Send + 'static>(
     listener: TcpListener,
+    limits: Limits,
     handshake: impl Fn(Conn) -> futures::future::BoxFuture<'static, io::Result<T>>
     + Send
     + Sync
@@ -253,18 +272,18 @@ pub fn incoming<T: Send + 'static>(
                     continue;
                 }
             };
-            let Some(slot) = counts.enter(addr.ip()) else {
+            let Some(slot) = counts.enter(addr.ip(), limits.per_peer) else {
                 tracing::warn!(peer = %addr, "too many connections from one address; closed");
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn {
-                stream,
                 _slot: slot,
+                stream,
             };
             let (tx, handshake) = (tx.clone(), handshake.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(conn)).await {
+                match tokio::time::timeout(limits.handshake, handshake(conn)).await {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -275,4 +294,61 @@ pub fn incoming<T: Send + 'static>(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    /// Reads until the server closes the connection (0 bytes), within `within`.
+    async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stranger_holds_few_connections_and_none_for_long_before_its_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            per_peer: 2,
+            handshake: Duration::from_millis(300),
+        };
+        let stop = CancellationToken::new();
+        // A handshake that never finishes: a peer that connects and says nothing.
+        let mut conns = incoming(
+            listener,
+            limits,
+            |conn: Conn| {
+                Box::pin(async move {
+                    let _held = conn;
+                    std::future::pending::<io::Result<()>>().await
+                })
+            },
+            stop.clone(),
+        );
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        // Over the cap: closed at once, while the first two are still waiting.
+        assert!(closed(&mut third, Duration::from_millis(200)).await);
+        // Past the handshake timeout: both closed, and none was ever served.
+        assert!(closed(&mut first, Duration::from_secs(5)).await);
+        assert!(closed(&mut second, Duration::from_secs(5)).await);
+        // Their slots were given back: a new connection is let in (and times out again).
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(!closed(&mut fourth, Duration::from_millis(100)).await);
+        stop.cancel();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), conns.next())
+                .await
+                .map_or(true, |c| c.is_none()),
+            "no connection got through"
+        );
+    }
 }
