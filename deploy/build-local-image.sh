@@ -126,7 +126,7 @@ changes=(
   --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin'
   --change 'WORKDIR /'
   --change 'EXPOSE 7470 7471'
-  --change 'CMD ["kiln-coordinator", "--id", "1", "--bootstrap", "--listen", "0.0.0.0:7470", "--http", "0.0.0.0:7471", "--data-dir", "/data"]'
+  --change 'CMD ["/bin/sh", "-c", "T=/data/tls; [ -f $T/ca.pem ] || { kiln tls init $T && kiln tls issue coordinator 1 --dir $T && kiln tls issue client admin --dir $T; } && exec kiln-coordinator --id 1 --bootstrap --listen 0.0.0.0:7470 --http 0.0.0.0:7471 --data-dir /data --ca $T/ca.pem --cert $T/coordinator-1.pem --key $T/coordinator-1.key --secrets-key $T/secrets.key"]'
 )
 tar -C "$root" --numeric-owner --owner=0 --group=0 --sort=name -cf "$work/rootfs.tar" .
 layer="sha256:$(sha256sum "$work/rootfs.tar" | cut -d' ' -f1)"

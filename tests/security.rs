@@ -322,6 +322,35 @@ fn every_door_is_closed_to_the_wrong_caller_and_open_to_the_right_one() {
     // Tokens: a read token reads and may not deploy or run; a submit token runs.
     let reader = token(&cluster, "reader", "read", None);
     assert!(reader.starts_with("kiln_"), "{reader}");
+    // The HTTP port is HTTPS with the same CA; /metrics needs the read role, probes not.
+    let http = cluster.coordinators[0].http.clone();
+    let get = |headers: &[(&str, &str)], path: &str| {
+        kiln_e2e::http::request_with_headers(&http, "GET", path, headers, b"")
+    };
+    let bare = get(&[], "/metrics");
+    assert_eq!(bare.status, 401, "{}", bare.body);
+    assert!(
+        bare.body.contains("no client certificate or token"),
+        "{}",
+        bare.body
+    );
+    let bearer = format!("Bearer {reader}");
+    let scraped = get(&[("Authorization", bearer.as_str())], "/metrics");
+    assert_eq!(scraped.status, 200, "{}", scraped.body);
+    assert!(scraped.body.contains("kiln_raft_term"), "{}", scraped.body);
+    assert_eq!(get(&[], "/healthz").status, 200);
+    audited(&cluster, "anonymous", "/metrics", "Unauthenticated");
+    let plain = std::net::TcpStream::connect(&http).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(out)
+    });
+    assert!(
+        !String::from_utf8_lossy(&plain.unwrap_or_default()).contains("200 OK"),
+        "plaintext HTTP is not served"
+    );
     let listed = cluster.kiln_token(&reader, &["status", "--json"]);
     assert!(listed.status.success(), "{}", exit(&listed).1);
     let service = cluster.write(

@@ -1,9 +1,14 @@
 //! A minimal HTTP/1.1 client and a steady load generator, for driving services through the
 //! gateway: every request and its outcome is kept, so a test can count failures and see
 //! which revision answered when.
+//!
+//! A coordinator's HTTP port speaks TLS: [`trust`] registers its address with the cluster's
+//! CA, and requests to it go over rustls, checking the name `coordinator.kiln`.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,6 +38,51 @@ pub fn request_to_host(addr: &str, host: &str, method: &str, path: &str, body: &
     )
 }
 
+/// The addresses that speak HTTPS, with the CA that signs their certificates.
+static HTTPS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+/// Requests to `addr` go over TLS, trusting the CA in `ca` (a coordinator's HTTP port).
+pub fn trust(addr: &str, ca: &Path) {
+    HTTPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(addr.to_string(), ca.to_path_buf());
+}
+
+fn tls_to(addr: &str, tcp: TcpStream) -> Result<Option<Box<dyn ReadWrite>>, String> {
+    let ca = HTTPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(addr).cloned());
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&ca).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name =
+        rustls_pki_types::ServerName::try_from("coordinator.kiln").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    Ok(Some(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Sends one request with exactly these headers, in this order, and reads the answer. It
 /// adds `Host: ADDR` first unless `headers` hold a `Host`, and then `Content-Length` and
 /// `Connection: close`; nothing else (no `Content-Type` unless given).
@@ -49,11 +99,16 @@ pub fn request_with_headers(
         status: 0,
         body: e,
     };
-    let mut stream = match TcpStream::connect(addr) {
+    let tcp = match TcpStream::connect(addr) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut stream: Box<dyn ReadWrite> = match tls_to(addr, tcp.try_clone().expect("socket")) {
+        Ok(Some(tls)) => tls,
+        Ok(None) => Box::new(tcp),
+        Err(e) => return fail(e),
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         head.push_str(&format!("Host: {addr}\r\n"));
@@ -69,7 +124,10 @@ pub fn request_with_headers(
         return fail(e.to_string());
     }
     let mut raw = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut raw) {
+    // A TLS server may close without close_notify: what was read is the answer.
+    if let Err(e) = stream.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
         return fail(e.to_string());
     }
     let text = String::from_utf8_lossy(&raw).into_owned();

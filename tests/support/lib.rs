@@ -285,6 +285,9 @@ impl Cluster {
                 args.push("--join".into());
                 args.push(cluster.coordinators[0].grpc.clone());
             }
+            if !cluster.insecure {
+                http::trust(&http, &cluster.tls_dir.join("ca.pem"));
+            }
             let proc = Proc::spawn(
                 &format!("coordinator-{i}"),
                 bin("kiln-coordinator"),
@@ -346,6 +349,9 @@ impl Cluster {
         ];
         args.extend(self.tls_args("coordinator", &id.to_string()));
         args.extend(self.secrets_args());
+        if !self.insecure {
+            http::trust(&http, &self.tls_dir.join("ca.pem"));
+        }
         let proc = Proc::spawn(
             &format!("coordinator-{id}"),
             bin("kiln-coordinator"),

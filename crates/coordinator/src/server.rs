@@ -147,7 +147,7 @@ pub async fn start(
         // A span for every RPC, named by its method path.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         // Every call is authenticated and authorised before any service sees it.
-        .layer(AuthLayer::new(authenticator))
+        .layer(AuthLayer::new(authenticator.clone()))
         .add_service(
             pb::kiln_server::KilnServer::new(ClientService {
                 core: core.clone(),
@@ -176,6 +176,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(reflection);
     let stop = shutdown.clone();
+    let https = server_tls.as_ref().map(|t| t.http_acceptor.clone());
     match server_tls {
         Some(server_tls) => {
             let acceptor = server_tls.acceptor;
@@ -220,13 +221,30 @@ pub async fn start(
         shutdown.clone(),
     ));
     let stop = shutdown.clone();
-    let app = http::router(core.clone());
-    tasks.spawn(async move {
-        let serve = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    let app = http::router(core.clone(), authenticator);
+    match https {
+        Some(acceptor) => {
+            let incoming = auth::tls::incoming(
+                http_listener,
+                auth::tls::Limits::default(),
+                move |conn| {
+                    let acceptor = acceptor.clone();
+                    Box::pin(async move { acceptor.accept(conn).await })
+                },
+                stop.clone(),
+            );
+            tasks.spawn(http::serve_tls(app, incoming, stop));
         }
-    });
+        None => {
+            tasks.spawn(async move {
+                let serve =
+                    axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+        }
+    }
 
     tasks.spawn(controllers::leadership::run(core.clone(), shutdown.clone()));
     tasks.spawn(controllers::scheduling::run(core.clone(), shutdown.clone()));

@@ -1,5 +1,11 @@
 //! HTTP: `/healthz` for probes, `/metrics` for Prometheus, and `/hooks/REPOSITORY` for the
 //! forges' webhooks ([`super::webhooks`]).
+//!
+//! Where the coordinator has TLS, so does this port (HTTPS with the same certificate and the
+//! same accept loop, [`serve_tls`]), and every route passes the same authenticator as the
+//! gRPC calls (`auth/policy.rs` has the HTTP routes too): `/metrics` needs the read role (a
+//! client certificate or a Bearer token), probes and webhooks are open (a webhook proves
+//! itself with the forge's signature).
 
 use std::sync::Arc;
 
@@ -10,10 +16,15 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::tls::Conn;
+use crate::auth::{Authenticator, HttpPeer};
 use crate::core::Core;
 use crate::state::NodeStatus;
 
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(core: Arc<Core>, auth: Arc<Authenticator>) -> Router {
     let hooks = Router::new()
         .route("/hooks/{repository}", post(super::webhooks::http))
         .layer(DefaultBodyLimit::max(super::webhooks::MAX_BODY));
@@ -22,6 +33,55 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/metrics", get(metrics))
         .merge(hooks)
         .with_state(core)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let auth = auth.clone();
+                async move {
+                    match auth.check_http(&req) {
+                        Ok(()) => next.run(req).await,
+                        Err(refused) => refused.into_response(),
+                    }
+                }
+            },
+        ))
+}
+
+/// Serves `router` on TLS connections from `incoming` until `stop`: each request carries
+/// its connection's peer and certificates ([`HttpPeer`]) for the authenticator.
+pub async fn serve_tls(
+    router: Router,
+    mut incoming: impl futures::Stream<Item = std::io::Result<TlsStream<Conn>>> + Unpin,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            s = incoming.next() => match s {
+                Some(Ok(s)) => s,
+                Some(Err(_)) => continue,
+                None => return,
+            },
+        };
+        let (conn, session) = stream.get_ref();
+        let peer = HttpPeer {
+            addr: conn.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            certs: session.peer_certificates().map(|c| Arc::new(c.to_vec())),
+        };
+        let app = router.clone().layer(axum::Extension(peer));
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
 }
 
 /// 200 while this coordinator knows a leader (itself or another), 503 otherwise.

@@ -28,6 +28,13 @@ pub struct Authenticator {
     audit: AuditSink,
 }
 
+/// Who is at the other end of an HTTPS connection (the HTTP port's own connection info).
+#[derive(Debug, Clone)]
+pub struct HttpPeer {
+    pub addr: String,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
 /// A refused call: the status to answer and what to record.
 struct Refusal {
     status: Status,
@@ -49,6 +56,9 @@ impl Authenticator {
 
     fn peer<B>(req: &http::Request<B>) -> (String, Option<Arc<Vec<CertificateDer<'static>>>>) {
         let ext = req.extensions();
+        if let Some(p) = ext.get::<HttpPeer>() {
+            return (p.addr.clone(), p.certs.clone());
+        }
         match ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
             Some(tls) => (
                 tls.get_ref()
@@ -189,6 +199,33 @@ impl Authenticator {
             ));
         }
         Ok(Some(Caller::new(who, principal, peer.into())))
+    }
+
+    /// For the HTTP port: who sent `req`, or the refusal as an HTTP answer (and an audit
+    /// entry).
+    pub fn check_http<B>(&self, req: &http::Request<B>) -> Result<(), (http::StatusCode, String)> {
+        let (peer, _) = Self::peer(req);
+        match self.check(req, &peer) {
+            Ok(_) => Ok(()),
+            Err(refusal) => {
+                self.record(
+                    refusal.principal,
+                    req.uri().path(),
+                    String::new(),
+                    format!(
+                        "refused: {:?}: {}",
+                        refusal.status.code(),
+                        refusal.status.message()
+                    ),
+                    &peer,
+                );
+                let status = match refusal.status.code() {
+                    Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+                    _ => http::StatusCode::FORBIDDEN,
+                };
+                Err((status, format!("{}\n", refusal.status.message())))
+            }
+        }
     }
 
     fn record(&self, principal: String, call: &str, target: String, result: String, peer: &str) {

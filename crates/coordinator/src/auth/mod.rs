@@ -30,7 +30,7 @@ pub mod tokens;
 
 use std::sync::{Arc, Mutex};
 
-pub use layer::{AuthLayer, Authenticator};
+pub use layer::{AuthLayer, Authenticator, HttpPeer};
 pub use policy::Who;
 
 /// The authenticated caller of one request, in its extensions for the handlers.

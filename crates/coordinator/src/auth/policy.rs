@@ -66,8 +66,23 @@ const fn write(role: Role) -> Rule {
     }
 }
 
-/// The rule for a gRPC method path (`/kiln.v1.Kiln/Deploy`), or `None`: refused.
+/// The rule for a gRPC method path (`/kiln.v1.Kiln/Deploy`) or an HTTP route, or `None`:
+/// refused.
 pub fn rule(path: &str) -> Option<Rule> {
+    // The HTTP port: probes, metrics, and webhooks (which prove themselves with the forge's
+    // signature or token, checked by `api/webhooks`).
+    if path == "/healthz" || path.starts_with("/hooks/") {
+        return Some(Rule {
+            need: Need {
+                public: true,
+                ..NOBODY
+            },
+            mutates: false,
+        });
+    }
+    if path == "/metrics" {
+        return Some(read(Role::Read));
+    }
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     use Role::*;
     let rule = match (service, method) {
@@ -243,6 +258,14 @@ mod tests {
         assert_eq!(least("/kiln.v1.Kiln/CreateToken"), Role::Admin);
         assert!(rule("/kiln.v1.Kiln/Deploy").is_some_and(|r| r.mutates));
         assert!(rule("/kiln.v1.Kiln/ListRuns").is_some_and(|r| !r.mutates));
+    }
+
+    #[test]
+    fn metrics_need_read_while_probes_and_webhooks_are_open() {
+        assert_eq!(rule("/metrics").and_then(|r| r.need.role), Some(Role::Read));
+        assert!(rule("/healthz").is_some_and(|r| r.need.public));
+        assert!(rule("/hooks/app").is_some_and(|r| r.need.public));
+        assert_eq!(rule("/hooks"), None);
     }
 
     #[test]

@@ -59,7 +59,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The coordinator's TLS: the server settings and the verifier the auth layer uses.
 pub struct ServerTls {
+    /// For gRPC (HTTP/2 only).
     pub acceptor: TlsAcceptor,
+    /// For the HTTP port: HTTP/1.1 too (forges, Prometheus, curl).
+    pub http_acceptor: TlsAcceptor,
     pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
@@ -103,9 +106,12 @@ impl ServerTls {
             }))
             .with_single_cert(chain, key_der)
             .map_err(|e| config_error(cert, e))?;
+        let mut http = config.clone();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            http_acceptor: TlsAcceptor::from(Arc::new(http)),
             verifier,
         })
     }
@@ -206,6 +212,12 @@ pub struct Conn {
     // sees its connection end may open another at once.
     _slot: PeerSlot,
     stream: TcpStream,
+}
+
+impl Conn {
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
 }
 
 impl Connected for Conn {
