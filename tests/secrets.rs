@@ -13,6 +13,15 @@ use sha2::{Digest, Sha256};
 
 const VALUE: &str = "pw-7Hq2-unguessable-Zx91";
 
+/// A `tests:` stage that prints the secret while listing and while running its batch.
+const SUITE: &str = r#"  - name: suite
+    secrets: [DB_PASSWORD]
+    tests:
+      list: echo "listing with $DB_PASSWORD" >&2; echo t1
+      run: echo "running with $DB_PASSWORD"; mkdir -p reports && printf '<testsuites><testsuite name="s"><testcase name="t1"/></testsuite></testsuites>' > reports/junit.xml
+      report: reports/*.xml
+"#;
+
 fn set_secret(cluster: &Cluster, name: &str, value: &str) -> std::process::Output {
     let mut child = cluster
         .kiln_command()
@@ -100,7 +109,7 @@ fn a_secret_reaches_its_stage_and_appears_nowhere_else() {
     };
     let pipeline = cluster.write(
         "p.yaml",
-        &format!("name: p\nstages:\n  - name: use\n    secrets: [DB_PASSWORD]\n    command: |\n      echo \"password is $DB_PASSWORD.\"\n      printf %s \"$DB_PASSWORD\" | sha256sum | cut -c1-64\n  - name: without\n    command: test -z \"$DB_PASSWORD\" && echo absent\n{container}"),
+        &format!("name: p\nstages:\n  - name: use\n    secrets: [DB_PASSWORD]\n    command: |\n      echo \"password is $DB_PASSWORD.\"\n      printf %s \"$DB_PASSWORD\" | sha256sum | cut -c1-64\n  - name: without\n    command: test -z \"$DB_PASSWORD\" && echo absent\n{SUITE}{container}"),
     );
     let submitted = cluster.kiln(&["run", &pipeline]);
     assert!(
@@ -122,6 +131,10 @@ fn a_secret_reaches_its_stage_and_appears_nowhere_else() {
     assert!(log.contains(&hash), "the stage read the whole value: {log}");
     assert!(log.contains("password is ***."), "{log}");
     assert!(!log.contains(VALUE), "{log}");
+    let suite = cluster.kiln(&["logs", &run, "suite"]);
+    let suite = String::from_utf8_lossy(&suite.stdout);
+    assert!(suite.contains("listing with ***"), "{suite}");
+    assert!(suite.contains("running with ***"), "{suite}");
     let without = cluster.kiln(&["logs", &run, "without"]);
     assert_eq!(String::from_utf8_lossy(&without.stdout), "absent\n");
     if !container.is_empty() {

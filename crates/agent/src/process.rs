@@ -51,17 +51,25 @@ impl Spawned {
 pub fn spawn(a: &pb::Assignment, work_dir: &Path, log: &Path) -> Result<Spawned, String> {
     let file =
         std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let (out, copier) = if a.secrets.is_empty() {
-        (std::os::fd::OwnedFd::from(file), None)
-    } else {
-        let (reader, writer) =
-            std::io::pipe().map_err(|e| format!("a pipe for the output: {e}"))?;
-        let redactor = crate::redact::Redactor::new(a.secrets.values());
-        let copier = std::thread::spawn(move || copy_redacted(reader, file, redactor));
-        (std::os::fd::OwnedFd::from(writer), Some(copier))
-    };
+    let (out, copier) = output_into(file, &a.secrets)?;
     let child = spawn_with_output(a, work_dir, out)?;
     Ok(Spawned { child, copier })
+}
+
+/// What a task's output is written to: `file` itself, or (for a task with secrets) a pipe
+/// whose far end a thread copies into `file` with every value masked. Join the thread
+/// ([`Spawned::flushed`]) once the process is gone to have all of its output.
+pub fn output_into(
+    file: std::fs::File,
+    secrets: &std::collections::HashMap<String, String>,
+) -> Result<(std::os::fd::OwnedFd, Option<std::thread::JoinHandle<()>>), String> {
+    if secrets.is_empty() {
+        return Ok((std::os::fd::OwnedFd::from(file), None));
+    }
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("a pipe for the output: {e}"))?;
+    let redactor = crate::redact::Redactor::new(secrets.values());
+    let copier = std::thread::spawn(move || copy_redacted(reader, file, redactor));
+    Ok((std::os::fd::OwnedFd::from(writer), Some(copier)))
 }
 
 fn copy_redacted(
@@ -121,8 +129,8 @@ pub fn spawn_shell<'a>(
     script: &str,
     env: impl IntoIterator<Item = (&'a String, &'a String)>,
     work_dir: &Path,
-    stdout: std::fs::File,
-    stderr: std::fs::File,
+    stdout: impl Into<Stdio>,
+    stderr: impl Into<Stdio>,
 ) -> Result<tokio::process::Child, String> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -130,8 +138,8 @@ pub fn spawn_shell<'a>(
         .current_dir(work_dir)
         .envs(env)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
+        .stdout(stdout)
+        .stderr(stderr);
     start(cmd, "/bin/sh")
 }
 

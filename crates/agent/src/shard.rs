@@ -169,10 +169,12 @@ impl Shard<'_> {
         let stderr = log
             .try_clone()
             .map_err(|e| failed(format!("log file: {e}")))?;
+        let (stderr, copier) = process::output_into(stderr, &self.a.secrets).map_err(failed)?;
         let env = self.a.env.iter().chain(&self.a.secrets);
         let child = process::spawn_shell(&self.spec.list, env, self.work, stdout, stderr)
             .map_err(|e| failed(format!("tests.list: {e}")))?;
         let outcome = process::wait(child, self.remaining(), kill).await;
+        process::Spawned::flushed(copier).await;
         if !outcome.succeeded {
             return Err(Outcome {
                 message: format!("tests.list `{}` {}", self.spec.list, outcome.message),
@@ -214,9 +216,14 @@ impl Shard<'_> {
         env.extend(self.a.secrets.clone());
         env.insert("KILN_TESTS_FILE".into(), list_path.display().to_string());
         env.insert("KILN_TESTS_BATCH".into(), batch.to_string());
-        let child = process::spawn_shell(&self.spec.run, &env, self.work, open_log()?, open_log()?)
+        let (out, copier) = process::output_into(open_log()?, &self.a.secrets).map_err(failed)?;
+        let err = out
+            .try_clone()
+            .map_err(|e| failed(format!("log file: {e}")))?;
+        let child = process::spawn_shell(&self.spec.run, &env, self.work, out, err)
             .map_err(|e| failed(format!("tests.run: {e}")))?;
         let outcome = process::wait(child, self.remaining(), kill).await;
+        process::Spawned::flushed(copier).await;
         if outcome.exit_code.is_none() {
             // Stopped (timeout, kill) or killed by a signal: nothing to believe in a report.
             return Err(Outcome {
