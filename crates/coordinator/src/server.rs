@@ -179,24 +179,8 @@ pub async fn start(
     let https = server_tls.as_ref().map(|t| t.http_acceptor.clone());
     match server_tls {
         Some(server_tls) => {
-            let acceptor = server_tls.acceptor;
-            let incoming = auth::tls::incoming(
-                grpc,
-                auth::tls::Limits::default(),
-                move |conn| {
-                    let acceptor = acceptor.clone();
-                    Box::pin(async move { acceptor.accept(conn).await })
-                },
-                stop.clone(),
-            );
-            tasks.spawn(async move {
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "gRPC server stopped");
-                }
-            });
+            let incoming = auth::tls::tls_incoming(grpc, server_tls.acceptor, stop.clone());
+            tasks.spawn(serve_grpc(router, incoming, stop));
         }
         None => {
             let incoming = auth::tls::incoming(
@@ -205,14 +189,7 @@ pub async fn start(
                 |conn| Box::pin(async move { Ok(conn) }),
                 stop.clone(),
             );
-            tasks.spawn(async move {
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "gRPC server stopped");
-                }
-            });
+            tasks.spawn(serve_grpc(router, incoming, stop));
         }
     }
     tasks.spawn(auth::audit::run(
@@ -224,15 +201,7 @@ pub async fn start(
     let app = http::router(core.clone(), authenticator);
     match https {
         Some(acceptor) => {
-            let incoming = auth::tls::incoming(
-                http_listener,
-                auth::tls::Limits::default(),
-                move |conn| {
-                    let acceptor = acceptor.clone();
-                    Box::pin(async move { acceptor.accept(conn).await })
-                },
-                stop.clone(),
-            );
+            let incoming = auth::tls::tls_incoming(http_listener, acceptor, stop.clone());
             tasks.spawn(http::serve_tls(app, incoming, stop));
         }
         None => {
@@ -286,6 +255,37 @@ impl Coordinator {
         self.core.sessions.close_all();
         let _ = self.core.raft.shutdown().await;
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Serves gRPC on the connections `incoming` hands over until `stop`.
+async fn serve_grpc<L, IO>(
+    router: tonic::transport::server::Router<L>,
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<IO>>,
+    stop: CancellationToken,
+) where
+    L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
+    L::Service: tower::Service<
+            ::http::Request<tonic::body::Body>,
+            Response = ::http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<::http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<::http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    if let Err(e) = router
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "gRPC server stopped");
     }
 }
 

@@ -208,17 +208,7 @@ impl Authenticator {
         match self.check(req, &peer) {
             Ok(_) => Ok(()),
             Err(refusal) => {
-                self.record(
-                    refusal.principal,
-                    req.uri().path(),
-                    String::new(),
-                    format!(
-                        "refused: {:?}: {}",
-                        refusal.status.code(),
-                        refusal.status.message()
-                    ),
-                    &peer,
-                );
+                let refusal = self.refused(refusal, req.uri().path(), &peer);
                 let status = match refusal.status.code() {
                     Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
                     _ => http::StatusCode::FORBIDDEN,
@@ -226,6 +216,23 @@ impl Authenticator {
                 Err((status, format!("{}\n", refusal.status.message())))
             }
         }
+    }
+
+    /// Logs and audits a refusal; hands it back to be answered.
+    fn refused(&self, refusal: Refusal, call: &str, peer: &str) -> Refusal {
+        tracing::warn!(principal = %refusal.principal, %call, %peer, status = %refusal.status.message(), "call refused");
+        self.record(
+            refusal.principal.clone(),
+            call,
+            String::new(),
+            format!(
+                "refused: {:?}: {}",
+                refusal.status.code(),
+                refusal.status.message()
+            ),
+            peer,
+        );
+        refusal
     }
 
     fn record(&self, principal: String, call: &str, target: String, result: String, peer: &str) {
@@ -368,21 +375,7 @@ where
             let call = req.uri().path().to_string();
             let caller = match auth.check(&req, &peer) {
                 Ok(caller) => caller,
-                Err(refusal) => {
-                    tracing::warn!(principal = %refusal.principal, %call, %peer, status = %refusal.status.message(), "call refused");
-                    auth.record(
-                        refusal.principal,
-                        &call,
-                        String::new(),
-                        format!(
-                            "refused: {:?}: {}",
-                            refusal.status.code(),
-                            refusal.status.message()
-                        ),
-                        &peer,
-                    );
-                    return Ok(refusal.status.into_http());
-                }
+                Err(refusal) => return Ok(auth.refused(refusal, &call, &peer).status.into_http()),
             };
             let mutates = policy::rule(&call).is_some_and(|r| r.mutates);
             if let Some(caller) = &caller {

@@ -256,6 +256,23 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// The TLS connections of `listener`, through [`incoming`] with the default limits.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<tokio_rustls::server::TlsStream<Conn>>> {
+    incoming(
+        listener,
+        Limits::default(),
+        move |conn| {
+            let acceptor = acceptor.clone();
+            Box::pin(async move { acceptor.accept(conn).await })
+        },
+        stop,
+    )
+}
+
 /// Accepts connections (within the per-peer cap) and hands them on: through the TLS
 /// handshake (within its timeout) when `tls` is set.
 pub fn incoming<T: Send + 'static>(
