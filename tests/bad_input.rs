@@ -130,3 +130,39 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
         state_after.1.as_array().unwrap().len()
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let cluster = Cluster::start(Options {
+        coordinators: 1,
+        agents: 0,
+        ..Default::default()
+    });
+    let file = cluster.write(
+        "p.yaml",
+        "name: p\nstages:\n  - name: a\n    command: \"true\"\n",
+    );
+    for _ in 0..3 {
+        assert!(cluster.kiln(&["run", &file]).status.success());
+    }
+    for args in [vec!["status", "--json"], vec!["status"], vec!["nodes"]] {
+        let mut child = cluster
+            .kiln_command()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kiln");
+        // The reader is gone before kiln writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("kiln");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "kiln {args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "kiln {args:?} ended by {:?}: {stderr}",
+            out.status
+        );
+    }
+}

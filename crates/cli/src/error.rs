@@ -9,6 +9,8 @@
 //! | 4 | not found (a run, stage or attempt) |
 //! | 5 | refused: the request conflicts with the current state |
 //! | 6 | refused: no valid certificate or token, or not the role the call needs |
+//!
+//! A reader that closes kiln's output early ends it by SIGPIPE, as it ends any Unix filter.
 
 use tonic::{Code, Status};
 

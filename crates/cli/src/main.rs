@@ -353,6 +353,18 @@ enum ClusterCommand {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Dev(_) | Commands::Gateway { .. }) {
+        // A reader that goes away (`kiln status | head`) ends kiln as it ends `cat`: quietly,
+        // by SIGPIPE, rather than with a panic from println!. Not for the long-running
+        // commands, whose sockets and children must not take the process down.
+        // SAFETY: restores the default disposition before any thread of ours writes.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let code = match run(cli).await {
         Ok(()) => 0,
         Err(e) => {
