@@ -65,6 +65,9 @@ pub struct Options {
     /// Plaintext and no authentication (`--insecure`): only for a benchmark whose simulated
     /// agents cannot each hold a certificate.
     pub insecure: bool,
+    /// A backup (`kiln snapshot save`) the first coordinator is made from, with
+    /// `kiln snapshot restore` into its data dir before it starts.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -78,6 +81,7 @@ impl Default for Options {
             agent_cpu: "4".into(),
             agent_args: Vec::new(),
             insecure: false,
+            restore_from: None,
         }
     }
 }
@@ -279,6 +283,21 @@ impl Cluster {
             args.extend(opts.coordinator_args.iter().cloned());
             args.extend(cluster.tls_args("coordinator", &i.to_string()));
             args.extend(cluster.secrets_args());
+            if let (1, Some(backup)) = (i, &opts.restore_from) {
+                let data = cluster.dir.path().join("c1");
+                let out = Command::new(bin("kiln"))
+                    .args(["snapshot", "restore"])
+                    .arg(backup)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .output()
+                    .expect("kiln snapshot restore");
+                assert!(
+                    out.status.success(),
+                    "kiln snapshot restore: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             if i == 1 {
                 args.push("--bootstrap".into());
             } else {

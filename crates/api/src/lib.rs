@@ -13,6 +13,8 @@
 //! - [`git`]: git triggers as pure functions: which pushes start a run, which commits ask
 //!   to skip CI, which environment a branch deploys to, a run's concurrency group.
 //! - [`gitcmd`]: the `git` program, run the same way by coordinators and agents.
+//! - [`backup`]: the backup file (`kiln snapshot`): a tar of a manifest, the state and its
+//!   blobs, each checked by its SHA-256.
 //! - [`auth`]: who is calling: the principals certificates name, the roles tokens carry.
 //! - [`pki`]: the cluster CA and its certificates, and the TLS settings clients use.
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
@@ -22,6 +24,7 @@
 
 pub mod artifact;
 pub mod auth;
+pub mod backup;
 pub mod git;
 pub mod gitcmd;
 pub mod leader;

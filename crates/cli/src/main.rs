@@ -204,6 +204,9 @@ enum Commands {
     /// Secrets stages and services get as environment variables (`secrets: [NAME]`).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Backups: `save FILE` (role admin), `inspect FILE`, `restore FILE --data-dir DIR`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Who did what: every mutating call and every refused one (role admin).
     Audit {
         /// Only entries newer than this (`1h`, `30m`).
@@ -245,6 +248,21 @@ enum TlsCommand {
         expires: Option<String>,
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Write a backup: the state and every build context, model and artifact it names, each
+    /// with its SHA-256; read back and checked before it is kept.
+    Save { file: PathBuf },
+    /// Check a backup and say what it holds.
+    Inspect { file: PathBuf },
+    /// Make DIR (new, empty) the data dir of a new cluster's first coordinator from a backup.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -390,6 +408,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             expires,
             force,
         }) => return commands::access::issue(&dir, &role, &name, expires.as_deref(), force, json),
+        Commands::Snapshot(SnapshotCommand::Inspect { file }) => {
+            return commands::backup::inspect(&file, json);
+        }
+        Commands::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
+            return commands::backup::restore(&file, &data_dir, json);
+        }
         _ => {}
     }
     let credentials = client::Credentials::from_flags(
@@ -406,7 +430,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Duration::from_secs(cli.wait),
     )?;
     match cli.command {
-        Commands::Dev(_) | Commands::Tls(_) => Ok(()),
+        Commands::Dev(_)
+        | Commands::Tls(_)
+        | Commands::Snapshot(SnapshotCommand::Inspect { .. } | SnapshotCommand::Restore { .. }) => {
+            Ok(())
+        }
+        Commands::Snapshot(SnapshotCommand::Save { file }) => {
+            commands::backup::save(&mut client, &file, json).await
+        }
         Commands::Token(TokenCommand::Create {
             name,
             role,

@@ -230,6 +230,17 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(controllers::polling::run(core.clone(), shutdown.clone()));
+    // A first member made from a backup (`kiln snapshot restore`) puts its state in place.
+    if crate::api::backup::restore_file(&config.data_dir).exists() {
+        let restore = crate::api::backup::restore_on_start(core.clone(), config.data_dir.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = restore => {}
+            }
+        });
+    }
     if let (Some(target), false) = (config.join.clone(), initialized) {
         tasks.spawn(join_cluster(
             target,

@@ -1,6 +1,7 @@
 //! One file per group of commands.
 
 pub mod access;
+pub mod backup;
 pub mod cluster;
 pub mod context;
 pub mod dev;

@@ -46,12 +46,13 @@ impl Blobs for BlobService {
     ) -> Result<Response<BlobStream>, Status> {
         let local_only = req.metadata().contains_key(LOCAL_ONLY);
         let digest = req.into_inner().digest;
-        let bytes = match self.blobs.get(&digest)? {
-            Some(path) => tokio::fs::read(&path)
-                .await
-                .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?,
-            None if !local_only => self.fetch_from_peers(&digest).await?,
-            None => return Err(Error::NotFound(format!("blob {digest} not found")).into()),
+        let bytes = if local_only {
+            match self.blobs.get(&digest)? {
+                Some(path) => read_local(&path).await?,
+                None => return Err(Error::NotFound(format!("blob {digest} not found")).into()),
+            }
+        } else {
+            read_anywhere(&self.core, &self.blobs, &digest).await?
         };
         let chunks: Vec<Result<pb::BlobChunk, Status>> = bytes
             .chunks(CHUNK)
@@ -103,12 +104,26 @@ impl Blobs for BlobService {
     }
 }
 
-impl BlobService {
-    async fn fetch_from_peers(&self, digest: &str) -> Result<Vec<u8>, Error> {
-        for addr in peers(&self.core, false) {
-            match fetch_from(&self.core, &addr, digest).await {
+async fn read_local(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))
+}
+
+/// A blob's bytes: from this coordinator's store, or else from a peer's (then kept here).
+pub async fn read_anywhere(core: &Core, blobs: &BlobStore, digest: &str) -> Result<Vec<u8>, Error> {
+    match blobs.get(digest)? {
+        Some(path) => read_local(&path).await,
+        None => fetch_from_peers(core, blobs, digest).await,
+    }
+}
+
+async fn fetch_from_peers(core: &Core, blobs: &BlobStore, digest: &str) -> Result<Vec<u8>, Error> {
+    {
+        for addr in peers(core, false) {
+            match fetch_from(core, &addr, digest).await {
                 Ok(bytes) if digest_of(&bytes) == digest => {
-                    self.blobs.put(&bytes)?;
+                    blobs.put(&bytes)?;
                     return Ok(bytes);
                 }
                 Ok(_) => {

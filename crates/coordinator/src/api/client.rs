@@ -26,6 +26,7 @@ pub struct ClientService {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Kiln for ClientService {
@@ -564,6 +565,20 @@ impl Kiln for ClientService {
     ) -> Result<Response<pb::RecordAuditResponse>, Status> {
         super::access::record_audit(&self.core, req.into_inner()).await?;
         Ok(Response::new(pb::RecordAuditResponse {}))
+    }
+
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        _: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let bytes = super::backup::save(&self.core, &self.blobs).await?;
+        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = bytes
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     // The request holds a value: no span records its fields.

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod backup;
 pub mod blobs;
 pub mod client;
 pub(crate) mod convert;

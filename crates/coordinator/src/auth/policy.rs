@@ -150,7 +150,7 @@ pub fn rule(path: &str) -> Option<Rule> {
             "Approve" => write(Approve),
             "LeaveCluster" | "CreateEnvironment" | "AddRepository" | "RemoveRepository"
             | "CreateToken" | "RevokeToken" | "SetSecret" | "RemoveSecret" => write(Admin),
-            "ListTokens" | "ListAudit" => read(Admin),
+            "ListTokens" | "ListAudit" | "SaveSnapshot" => read(Admin),
             // A new coordinator asks to join with its own certificate.
             "JoinCluster" => Rule {
                 need: Need {

@@ -157,6 +157,10 @@ pub enum Command {
     RemoveSecret {
         name: String,
     },
+    /// A new cluster's first command when it is made from a backup: the state it held.
+    Restore {
+        state: Box<super::ClusterState>,
+    },
     /// A poll of the repository's remote ended, failed or not.
     RepositoryPolled {
         name: String,
@@ -212,6 +216,7 @@ impl Command {
             Command::RecordAudit { .. } => "record_audit",
             Command::SetSecret { .. } => "set_secret",
             Command::RemoveSecret { .. } => "remove_secret",
+            Command::Restore { .. } => "restore",
             Command::RecordPush { .. } => "record_push",
             Command::StartPush { .. } => "start_push",
             Command::PushFailed { .. } => "push_failed",

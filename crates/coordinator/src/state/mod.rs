@@ -27,6 +27,7 @@
 //! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
 //!   controllers' decisions about them.
 //! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
+//! - `backup.rs`: the blobs a backup must hold; a restored state put in place.
 //! - `access.rs`: API tokens (hashes only) and the audit log; `secrets.rs`: sealed secrets.
 //! - `placement.rs`, `fit.rs`, `nodes.rs`: placing a pass, the fit rules, nodes.
 //!
@@ -36,6 +37,7 @@
 //! does not know about Raft. Heartbeats and live usage never come here.
 
 pub mod access;
+mod backup;
 pub mod command;
 pub mod deploy_stages;
 pub mod environments;
@@ -218,6 +220,7 @@ impl ClusterState {
             Command::RecordAudit { entries } => self.record_audit(entries),
             Command::SetSecret { name, secret } => self.set_secret(name, secret),
             Command::RemoveSecret { name } => self.remove_secret(name),
+            Command::Restore { state } => self.restore(state),
             Command::RepositoryPolled {
                 name,
                 error,
