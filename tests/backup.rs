@@ -160,3 +160,68 @@ fn a_backup_restores_a_new_cluster_with_every_run_token_and_blob() {
             .exists()
     );
 }
+
+#[test]
+fn scheduled_backups_are_verified_before_they_are_kept_and_only_the_newest_stay() {
+    let backups = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(Options {
+        coordinators: 1,
+        agents: 0,
+        coordinator_args: vec![
+            "--snapshot-dir".into(),
+            backups.path().display().to_string(),
+            "--snapshot-every".into(),
+            "1s".into(),
+            "--keep".into(),
+            "2".into(),
+        ],
+        ..Default::default()
+    });
+    let reader = ok(cluster.kiln(&["token", "create", "scraper", "--role", "read"]))
+        .trim()
+        .to_string();
+    let bearer = format!("Bearer {reader}");
+    let http = cluster.coordinators[0].http.clone();
+    let verified = || {
+        let m = kiln_e2e::http::request_with_headers(
+            &http,
+            "GET",
+            "/metrics",
+            &[("Authorization", bearer.as_str())],
+            b"",
+        );
+        m.body
+            .lines()
+            .find(|l| l.starts_with("kiln_snapshots_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    cluster.wait_for("three verified backups", Duration::from_secs(30), |_| {
+        verified() >= 3
+    });
+    cluster.coordinators[0].proc.stop();
+    let names: Vec<String> = std::fs::read_dir(backups.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let kept: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".kiln-backup"))
+        .collect();
+    assert!(
+        (1..=2).contains(&kept.len()),
+        "the newest two at most: {names:?}"
+    );
+    for name in kept {
+        let path = backups.path().join(name);
+        let summary: Value = serde_json::from_str(&ok(cluster.kiln(&[
+            "snapshot",
+            "inspect",
+            path.to_str().unwrap(),
+            "--json",
+        ])))
+        .expect("JSON");
+        assert_eq!(summary["tokens"], 1, "{summary}");
+    }
+}

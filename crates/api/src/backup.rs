@@ -158,6 +158,32 @@ pub fn read(bytes: &[u8]) -> Result<Backup, BackupError> {
     })
 }
 
+/// The file a new cluster's first coordinator finds its state to restore in.
+pub fn restore_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("restore.json")
+}
+
+/// Makes `data_dir` (new or empty, else refused) the data dir of a new cluster's first
+/// coordinator: the blobs where its blob store keeps them, the state in [`restore_file`].
+pub fn unpack_into(backup: &Backup, data_dir: &std::path::Path) -> Result<(), String> {
+    let occupied = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        return Err(format!(
+            "{}: not empty; a backup is restored only into a new data dir",
+            data_dir.display()
+        ));
+    }
+    let blobs = data_dir.join("blobs").join("sha256");
+    let fail = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(&blobs).map_err(|e| fail(&blobs, e))?;
+    for (digest, bytes) in &backup.blobs {
+        let path = blobs.join(digest.trim_start_matches("sha256:"));
+        std::fs::write(&path, bytes).map_err(|e| fail(&path, e))?;
+    }
+    let state = restore_file(data_dir);
+    std::fs::write(&state, &backup.state_json).map_err(|e| fail(&state, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

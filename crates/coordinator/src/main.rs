@@ -63,6 +63,15 @@ struct Args {
     /// every coordinator. Without it, secrets cannot be set.
     #[arg(long, env = "KILN_SECRETS_KEY")]
     secrets_key: Option<PathBuf>,
+    /// Take a verified backup into this directory every --snapshot-every (on the leader).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// How often to take a scheduled backup (`1h`, `30m`).
+    #[arg(long, default_value = "1h", requires = "snapshot_dir")]
+    snapshot_every: String,
+    /// How many scheduled backups to keep (the oldest go first).
+    #[arg(long, default_value_t = 24, requires = "snapshot_dir")]
+    keep: usize,
     /// Serve plaintext gRPC with no authentication at all: loopback addresses only, for
     /// trying things on one machine.
     #[arg(long)]
@@ -102,6 +111,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if tls.as_ref().is_some_and(|t| t.cert.is_none()) {
         return Err("--cert and --key: a coordinator needs its own certificate".into());
     }
+    let snapshots = match &args.snapshot_dir {
+        Some(dir) => {
+            let every = kiln_api::units::parse_duration_ms(&args.snapshot_every)
+                .ok()
+                .filter(|ms| *ms >= 1000)
+                .ok_or_else(|| {
+                    format!(
+                        "--snapshot-every {}: a duration of at least 1s (30m, 1h)",
+                        args.snapshot_every
+                    )
+                })?;
+            if args.keep == 0 {
+                return Err("--keep: at least 1".into());
+            }
+            Some(kiln_coordinator::controllers::backups::Schedule {
+                dir: dir.clone(),
+                every: Duration::from_millis(every),
+                keep: args.keep,
+            })
+        }
+        None => None,
+    };
     let grpc = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -126,6 +157,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         tls,
         secrets_key: args.secrets_key,
+        snapshots,
     };
     let coordinator = kiln_coordinator::start(config, grpc, http).await?;
     println!(

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub gpu_memory_total: Family<Labels, FloatGauge>,
     pub gpu_temperature: Family<Labels, FloatGauge>,
     pub gpu_power: Family<Labels, FloatGauge>,
+    /// Scheduled backups, by result (`ok`: taken and verified).
+    pub snapshots: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             gpu_memory_total: Family::default(),
             gpu_temperature: Family::default(),
             gpu_power: Family::default(),
+            snapshots: Family::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
@@ -67,6 +70,11 @@ impl Default for Metrics {
         );
         registry.register("raft_is_leader", "1 on the leader", m.is_leader.clone());
         registry.register("tasks", "Tasks by status", m.tasks.clone());
+        registry.register(
+            "snapshots",
+            "Scheduled backups by result (ok: taken and verified by a restore)",
+            m.snapshots.clone(),
+        );
         registry.register("nodes", "Nodes by status", m.nodes.clone());
         registry.register("placements", "Placements committed", m.placements.clone());
         registry.register(

@@ -47,6 +47,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The cluster's secrets key file (`kiln tls init` writes one); `None`: no secrets.
     pub secrets_key: Option<PathBuf>,
+    /// Scheduled, verified backups, where wanted.
+    pub snapshots: Option<controllers::backups::Schedule>,
 }
 
 /// A running coordinator.
@@ -230,6 +232,14 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(controllers::polling::run(core.clone(), shutdown.clone()));
+    if let Some(schedule) = config.snapshots.clone() {
+        tasks.spawn(controllers::backups::run(
+            core.clone(),
+            blobs.clone(),
+            schedule,
+            shutdown.clone(),
+        ));
+    }
     // A first member made from a backup (`kiln snapshot restore`) puts its state in place.
     if crate::api::backup::restore_file(&config.data_dir).exists() {
         let restore = crate::api::backup::restore_on_start(core.clone(), config.data_dir.clone());

@@ -89,22 +89,7 @@ pub fn inspect(file: &Path, json: bool) -> Result<(), CliError> {
 /// the state for it to propose once it leads (start it with `--bootstrap`).
 pub fn restore(file: &Path, data_dir: &Path, json: bool) -> Result<(), CliError> {
     let b = read_file(file)?;
-    let occupied = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
-    if occupied {
-        return Err(CliError::Invalid(format!(
-            "--data-dir {}: not empty; a backup is restored only into a new data dir",
-            data_dir.display()
-        )));
-    }
-    let blobs = data_dir.join("blobs").join("sha256");
-    let fail = |p: &Path, e: std::io::Error| CliError::Other(format!("{}: {e}", p.display()));
-    std::fs::create_dir_all(&blobs).map_err(|e| fail(&blobs, e))?;
-    for (digest, bytes) in &b.blobs {
-        let path = blobs.join(digest.trim_start_matches("sha256:"));
-        std::fs::write(&path, bytes).map_err(|e| fail(&path, e))?;
-    }
-    let state = data_dir.join("restore.json");
-    std::fs::write(&state, &b.state_json).map_err(|e| fail(&state, e))?;
+    backup::unpack_into(&b, data_dir).map_err(|e| CliError::Invalid(format!("--data-dir {e}")))?;
     print_summary("restored", file, &summary(&b), json);
     if !json {
         println!(

@@ -140,6 +140,7 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
         },
         tls: Some(TlsFiles::in_dir(&tls_dir, &Principal::Coordinator(1))),
         secrets_key: Some(kiln_api::pki::secrets_key_path(&tls_dir)),
+        snapshots: None,
     };
     let coordinator = kiln_coordinator::start(config, grpc, http)
         .await

@@ -6,7 +6,7 @@
 //! has is listed in the manifest as missing rather than failing the backup.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::blobs::BlobStore;
@@ -14,10 +14,7 @@ use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
 use crate::state::{AccessChanged, ClusterState, Command};
 
-/// Where `kiln snapshot restore` leaves the state for a new cluster's first member.
-pub fn restore_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("restore.json")
-}
+pub use kiln_api::backup::restore_file;
 
 /// The backup file's bytes.
 pub async fn save(core: &Core, blobs: &BlobStore) -> Result<Vec<u8>> {

@@ -18,6 +18,7 @@
 
 pub mod assignment;
 pub mod autoscale;
+pub mod backups;
 pub mod deploy_timeouts;
 pub mod leadership;
 pub mod liveness;
