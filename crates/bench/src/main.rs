@@ -286,7 +286,7 @@ async fn leader_addr(addrs: &[String]) -> String {
     loop {
         for a in addrs {
             if let Some(mut c) = connect(a).await
-                && let Ok(s) = c.cluster_status(pb::ClusterStatusRequest {}).await
+                && let Ok(s) = c.cluster_status(pb::ClusterStatusRequest::default()).await
                 && s.get_ref().leader_id != 0
             {
                 return s.into_inner().leader_addr;

@@ -351,8 +351,13 @@ enum RepoCommand {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Show the leader, the term and the members.
-    Status,
+    /// Show the leader, the term and the members (as the coordinator that answers sees them).
+    Status {
+        /// Also the SHA-256 of that coordinator's state: equal on members that applied the
+        /// same log.
+        #[arg(long)]
+        state_hash: bool,
+    },
     /// Add a started, empty coordinator to the voters.
     Join {
         #[arg(long)]
@@ -616,7 +621,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             .await
         }
         Commands::Cluster(c) => match c {
-            ClusterCommand::Status => commands::cluster::status(&mut client, json).await,
+            ClusterCommand::Status { state_hash } => {
+                commands::cluster::status(&mut client, state_hash, json).await
+            }
             ClusterCommand::Join { id, member_addr } => {
                 commands::cluster::join(&mut client, id, member_addr, json).await
             }

@@ -18,9 +18,12 @@ fn members(members: &[pb::Member]) -> String {
     out
 }
 
-pub async fn status(client: &mut Client, json: bool) -> Result<(), CliError> {
+pub async fn status(client: &mut Client, state_hash: bool, json: bool) -> Result<(), CliError> {
     let s = client
-        .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+        .call(|mut c| async move {
+            c.cluster_status(pb::ClusterStatusRequest { state_hash })
+                .await
+        })
         .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -37,6 +40,12 @@ pub async fn status(client: &mut Client, json: bool) -> Result<(), CliError> {
         s.term, s.last_log_index, s.last_applied
     );
     print!("{}", members(&s.members));
+    if state_hash {
+        println!(
+            "state:   sha256 {} at index {}",
+            s.state_sha256, s.state_index
+        );
+    }
     Ok(())
 }
 

@@ -234,8 +234,13 @@ impl Kiln for ClientService {
 
     async fn cluster_status(
         &self,
-        _: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let (state_sha256, state_index) = if req.get_ref().state_hash {
+            self.core.state.sha256()
+        } else {
+            (String::new(), 0)
+        };
         let metrics = self.core.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();
@@ -262,6 +267,8 @@ impl Kiln for ClientService {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             members,
             role: format!("{:?}", m.state).to_lowercase(),
+            state_sha256,
+            state_index,
         }))
     }
 

@@ -33,6 +33,18 @@ impl SharedState {
     }
 
     /// A receiver that changes whenever entries are applied.
+    /// The SHA-256 of the state's canonical JSON (object keys sorted), with the applied
+    /// index it is of: members that applied the same log answer the same.
+    pub fn sha256(&self) -> (String, u64) {
+        use sha2::{Digest, Sha256};
+        let state = self.read();
+        let index = *self.applied.borrow();
+        let canonical = serde_json::to_value(&*state)
+            .and_then(|v| serde_json::to_vec(&v))
+            .unwrap_or_default();
+        (hex::encode(Sha256::digest(&canonical)), index)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
