@@ -32,6 +32,7 @@ pub mod fingerprint;
 pub mod gpu;
 pub mod health;
 pub mod logs;
+pub mod orphans;
 pub mod outbox;
 pub mod process;
 pub mod redact;
@@ -90,6 +91,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             .map_err(Error::Config)?
             .into();
     let logs = logs::LogStore::open(&config.data_dir)?;
+    // Before registering: no process task of an earlier life of this agent runs on.
+    let orphans = orphans::sweep(&logs.data_dir().join("tasks"));
+    if orphans > 0 {
+        tracing::warn!(
+            orphans,
+            "killed process tasks left running by the previous agent"
+        );
+    }
     let outbox = Arc::new(outbox::Outbox::default());
     let instance = docker::instance_id(&config.data_dir)?;
     let drivers = Arc::new(drivers::Drivers::new(instance, config.registry.clone()));

@@ -419,6 +419,9 @@ impl Runner {
         let (child, copier) = process::spawn(&a, &dir.work, &dir.log)
             .map_err(Error::Spawn)?
             .into_parts();
+        if let Some(pid) = child.id() {
+            crate::orphans::record(&dir.dir, pid);
+        }
         match &endpoint {
             Some(endpoint) => self.emit_replica(&a, endpoint, &metrics, None, ""),
             None => self.event(&a, pb::TaskState::Running, None, String::new()),
@@ -446,6 +449,7 @@ impl Runner {
             let mut kill_rx = kill_rx;
             let mut outcome = process::wait(child, timeout, &mut kill_rx).await;
             process::Spawned::flushed(copier).await;
+            crate::orphans::forget(&dir.dir);
             if let Some(path) = status_file
                 && outcome.succeeded
                 && !path.exists()

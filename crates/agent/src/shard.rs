@@ -151,6 +151,17 @@ impl Shard<'_> {
         }
     }
 
+    /// Records the process group now running for this shard (or that none is), so that a
+    /// restarted agent stops what this one left running (`orphans.rs`).
+    fn recorded(&self, pid: Option<u32>) {
+        if let Some(dir) = self.log_path.parent() {
+            match pid {
+                Some(pid) => crate::orphans::record(dir, pid),
+                None => crate::orphans::forget(dir),
+            }
+        }
+    }
+
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
@@ -173,8 +184,10 @@ impl Shard<'_> {
         let env = self.a.env.iter().chain(&self.a.secrets);
         let child = process::spawn_shell(&self.spec.list, env, self.work, stdout, stderr)
             .map_err(|e| failed(format!("tests.list: {e}")))?;
+        self.recorded(child.id());
         let outcome = process::wait(child, self.remaining(), kill).await;
         process::Spawned::flushed(copier).await;
+        self.recorded(None);
         if !outcome.succeeded {
             return Err(Outcome {
                 message: format!("tests.list `{}` {}", self.spec.list, outcome.message),
@@ -222,8 +235,10 @@ impl Shard<'_> {
             .map_err(|e| failed(format!("log file: {e}")))?;
         let child = process::spawn_shell(&self.spec.run, &env, self.work, out, err)
             .map_err(|e| failed(format!("tests.run: {e}")))?;
+        self.recorded(child.id());
         let outcome = process::wait(child, self.remaining(), kill).await;
         process::Spawned::flushed(copier).await;
+        self.recorded(None);
         if outcome.exit_code.is_none() {
             // Stopped (timeout, kill) or killed by a signal: nothing to believe in a report.
             return Err(Outcome {
