@@ -59,6 +59,9 @@ struct Args {
     /// Plaintext to coordinators on loopback addresses (they run with --insecure too).
     #[arg(long)]
     insecure: bool,
+    /// `text`, or `json`: one JSON object a line.
+    #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text")]
+    log_format: kiln_api::logs::LogFormat,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -73,13 +76,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    kiln_api::logs::init(args.log_format, "info");
     let result = async {
         let cpu_millis = args.cpu.as_deref().map(kiln_api::units::parse_cpu).transpose().map_err(|e| format!("--cpu: {e}"))?;
         let memory_bytes =

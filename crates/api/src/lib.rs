@@ -17,6 +17,7 @@
 //!   blobs, each checked by its SHA-256.
 //! - [`auth`]: who is calling: the principals certificates name, the roles tokens carry.
 //! - [`pki`]: the cluster CA and its certificates, and the TLS settings clients use.
+//! - [`logs`]: how every kiln binary writes its log (text, or JSON with one event a line).
 //! - [`units`]: the quantities specs are written in (`500m` CPU, `256Mi`, `5m`).
 //!
 //! Validation lives here, not in the coordinator, so that the CLI rejects bad input before
@@ -28,6 +29,7 @@ pub mod backup;
 pub mod git;
 pub mod gitcmd;
 pub mod leader;
+pub mod logs;
 pub mod pki;
 pub mod service;
 pub mod spec;

@@ -72,6 +72,9 @@ struct Args {
     /// How many scheduled backups to keep (the oldest go first).
     #[arg(long, default_value_t = 24, requires = "snapshot_dir")]
     keep: usize,
+    /// `text`, or `json`: one JSON object a line.
+    #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text")]
+    log_format: kiln_api::logs::LogFormat,
     /// Serve plaintext gRPC with no authentication at all: loopback addresses only, for
     /// trying things on one machine.
     #[arg(long)]
@@ -80,14 +83,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    kiln_api::logs::init(args.log_format, "info,openraft=warn,sled=warn");
     if let Err(e) = run(args).await {
         eprintln!("kiln-coordinator: {e}");
         std::process::exit(1);

@@ -51,12 +51,13 @@ pub async fn dev(args: DevArgs, json: bool) -> Result<(), CliError> {
     } else {
         "info,openraft=warn,sled=warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = std::env::var("KILN_LOG_FORMAT")
+        .ok()
+        .map(|f| f.parse())
+        .transpose()
+        .map_err(|e: String| CliError::Invalid(format!("KILN_LOG_FORMAT: {e}")))?
+        .unwrap_or_default();
+    kiln_api::logs::init(format, filter);
     let mut needs = Needs::default();
     if let Some(file) = &args.run {
         // Check the file before starting anything.
