@@ -26,7 +26,7 @@ rpds-py==2026.9.1
 typing_extensions==4.16.0
 '
 STAMP="$VENV_DIR/.kiln-pins"
-if [ -x "$VENV_DIR/bin/kubernetes-validate" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ]; then
+if [ -x "$VENV_DIR/bin/kubernetes-validate" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(printf '%s' "$PINS")" ]; then
     echo "ok $VENV_DIR"
     exit 0
 fi
