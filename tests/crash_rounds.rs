@@ -109,7 +109,7 @@ fn kill_9_rounds_lose_no_acknowledged_write_and_leave_every_member_identical() {
 
     // Every acknowledged run is there, once: request ids are unique, so as many runs as
     // submissions at most, and each acknowledged id named its own run.
-    let runs = cluster.kiln_json(&["status"]);
+    let runs = cluster.kiln_json(&["status", "--limit", "0"]);
     let ids: Vec<&str> = runs
         .as_array()
         .expect("runs")

@@ -83,14 +83,14 @@ fn acknowledged_submissions_survive_a_leader_kill_exactly_once() {
     }
 
     cluster.wait_for("every run to finish", Duration::from_secs(120), |c| {
-        let runs = c.kiln_json(&["status"]);
+        let runs = c.kiln_json(&["status", "--limit", "0"]);
         let runs = runs.as_array().unwrap();
         runs.len() >= CLIENTS * PER_CLIENT
             && runs
                 .iter()
                 .all(|r| r["finished_ms"].as_i64().unwrap_or(0) > 0)
     });
-    let runs = cluster.kiln_json(&["status"]);
+    let runs = cluster.kiln_json(&["status", "--limit", "0"]);
     let runs = runs.as_array().unwrap();
 
     let mut by_request: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

@@ -299,7 +299,9 @@ async fn leader_addr(addrs: &[String]) -> String {
 async fn list_runs(addrs: &[String]) -> Vec<pb::Run> {
     let answer = submitter(addrs)
         .call(leader::forever(), |channel| async move {
-            kiln(channel).list_runs(pb::ListRunsRequest {}).await
+            kiln(channel)
+                .list_runs(pb::ListRunsRequest::default())
+                .await
         })
         .await;
     answer.expect("list runs").into_inner().runs

@@ -82,7 +82,22 @@ enum Commands {
         request_id: Option<String>,
     },
     /// List runs, or show one run's stages.
-    Status { run: Option<String> },
+    Status {
+        run: Option<String>,
+        /// How many runs, newest first, archived ones included (0: every run in memory,
+        /// oldest first).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only runs older than this one (the next page).
+        #[arg(long)]
+        before: Option<String>,
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only runs with this status.
+        #[arg(long = "status", value_name = "STATUS")]
+        only: Option<String>,
+    },
     /// Print a stage's output, read from the node that ran it.
     Logs {
         run: String,
@@ -501,7 +516,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Commands::Run { .. } => Err(CliError::Invalid(
             "give a pipeline file, or --repo NAME".into(),
         )),
-        Commands::Status { run } => commands::read::status(&mut client, run, json).await,
+        Commands::Status {
+            run,
+            limit,
+            before,
+            pipeline,
+            only,
+        } => {
+            let filter = kiln_api::pb::ListRunsRequest {
+                limit,
+                before: before.unwrap_or_default(),
+                pipeline: pipeline.unwrap_or_default(),
+                status: only.unwrap_or_default(),
+            };
+            commands::read::status(&mut client, run, filter, json).await
+        }
         Commands::Logs {
             run,
             stage,

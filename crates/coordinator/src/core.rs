@@ -33,6 +33,10 @@ pub struct Tuning {
     /// Repositories may be paths on this machine (`kiln dev`, one user's machine); else
     /// only remotes, so that no caller reads a repository on the coordinator's disk.
     pub local_repositories: bool,
+    /// How much run history stays in memory; the rest goes to the archive on disk.
+    pub retention: crate::state::retention::Retention,
+    /// How often the leader looks for runs past retention.
+    pub archive_every: Duration,
 }
 
 impl Default for Tuning {
@@ -43,6 +47,8 @@ impl Default for Tuning {
             election_timeout_ms: 100,
             scheduler: SchedulerConfig::default(),
             local_repositories: false,
+            retention: Default::default(),
+            archive_every: Duration::from_secs(30),
         }
     }
 }

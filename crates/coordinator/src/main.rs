@@ -75,6 +75,16 @@ struct Args {
     /// `text`, or `json`: one JSON object a line.
     #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text")]
     log_format: kiln_api::logs::LogFormat,
+    /// Per pipeline, the newest finished runs kept in memory; older ones (see
+    /// --keep-runs-for) move to the archive on disk, still readable by id.
+    #[arg(long, default_value_t = 100)]
+    keep_runs: usize,
+    /// Finished runs younger than this stay in memory whatever --keep-runs says.
+    #[arg(long, default_value = "7d")]
+    keep_runs_for: String,
+    /// How often the leader archives runs past retention.
+    #[arg(long, default_value = "30s")]
+    archive_every: String,
     /// Serve plaintext gRPC with no authentication at all: loopback addresses only, for
     /// trying things on one machine.
     #[arg(long)]
@@ -151,6 +161,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             },
             local_repositories: args.allow_local_repositories,
+            retention: kiln_coordinator::state::retention::Retention {
+                keep_last: args.keep_runs,
+                keep_for_ms: kiln_api::units::parse_duration_ms(&args.keep_runs_for)
+                    .map_err(|e| format!("--keep-runs-for: {e}"))?
+                    as i64,
+            },
+            archive_every: Duration::from_millis(
+                kiln_api::units::parse_duration_ms(&args.archive_every)
+                    .ok()
+                    .filter(|ms| *ms >= 100)
+                    .ok_or_else(|| {
+                        format!(
+                            "--archive-every {}: a duration of at least 100ms",
+                            args.archive_every
+                        )
+                    })?,
+            ),
         },
         tls,
         secrets_key: args.secrets_key,

@@ -232,6 +232,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(controllers::polling::run(core.clone(), shutdown.clone()));
+    tasks.spawn(controllers::retention::run(core.clone(), shutdown.clone()));
     if let Some(schedule) = config.snapshots.clone() {
         tasks.spawn(controllers::backups::run(
             core.clone(),

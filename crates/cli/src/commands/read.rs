@@ -15,7 +15,12 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
-pub async fn status(client: &mut Client, run: Option<String>, json: bool) -> Result<(), CliError> {
+pub async fn status(
+    client: &mut Client,
+    run: Option<String>,
+    filter: pb::ListRunsRequest,
+    json: bool,
+) -> Result<(), CliError> {
     match run {
         Some(run_id) => {
             let req = pb::GetRunRequest { run_id };
@@ -33,12 +38,18 @@ pub async fn status(client: &mut Client, run: Option<String>, json: bool) -> Res
         }
         None => {
             let reply = client
-                .call(|mut c| async move { c.list_runs(pb::ListRunsRequest {}).await })
+                .call(|mut c| {
+                    let filter = filter.clone();
+                    async move { c.list_runs(filter).await }
+                })
                 .await?;
             if json {
                 print_json(&reply.runs)
             } else {
-                print!("{}", render::runs(&reply.runs))
+                print!("{}", render::runs(&reply.runs));
+                if !reply.next.is_empty() {
+                    println!("older runs: kiln status --before {}", reply.next);
+                }
             }
         }
     }

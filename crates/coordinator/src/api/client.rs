@@ -95,26 +95,28 @@ impl Kiln for ClientService {
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         let id = req.into_inner().run_id;
-        let state = self.core.state.read();
-        let run = parse_run_id(&id)
-            .and_then(|n| state.runs.get(&n))
-            .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
+        let n = parse_run_id(&id).ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
         let waiting = self.core.waiting();
-        Ok(Response::new(convert::run(run, &waiting)))
+        if let Some(run) = self.core.state.read().runs.get(&n) {
+            return Ok(Response::new(convert::run(run, &waiting)));
+        }
+        // Past retention: from the archive, as it was when it finished.
+        let run = self
+            .core
+            .state
+            .archived(n)
+            .ok_or_else(|| Error::NotFound(format!("run {id} not found")))?;
+        Ok(Response::new(convert::run(&run, &waiting)))
     }
 
     async fn list_runs(
         &self,
-        _: Request<pb::ListRunsRequest>,
+        req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let state = self.core.state.read();
-        let waiting = self.core.waiting();
-        let runs = state
-            .runs
-            .values()
-            .map(|r| convert::run(r, &waiting))
-            .collect();
-        Ok(Response::new(pb::ListRunsResponse { runs }))
+        Ok(Response::new(super::runs::list(
+            &self.core,
+            req.into_inner(),
+        )?))
     }
 
     #[tracing::instrument(skip_all, fields(run = %req.get_ref().run_id))]
@@ -165,43 +167,21 @@ impl Kiln for ClientService {
     ) -> Result<Response<LogStream>, Status> {
         self.core.ensure_leader()?;
         let req = req.into_inner();
-        let (task_id, attempt, node) = {
-            let state = self.core.state.read();
-            let stage_id = format!("{}/{}", req.run_id, req.stage);
-            let tref = state.parse_task_id(&stage_id).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "stage {} of run {} not found",
-                    req.stage, req.run_id
-                ))
-            })?;
-            let sharded = match tref {
-                TaskRef::Stage(at) => state.stage_run(at).is_some_and(|s| s.is_sharded()),
-                TaskRef::Replica(_) => false,
-            };
-            let tref = if sharded {
-                state
-                    .parse_task_id(&format!("{stage_id}/{}", req.shard))
-                    .ok_or_else(|| {
-                        Error::NotFound(format!("stage {} has no shard {}", req.stage, req.shard))
-                    })?
-            } else {
-                tref
-            };
-            let task_id = state.task_id(tref);
-            let task = state
-                .task(tref)
-                .ok_or_else(|| Error::NotFound(task_id.clone()))?;
-            let want = if req.attempt == 0 {
-                task.attempts.last().map(|a| a.attempt)
-            } else {
-                Some(req.attempt)
-            };
-            let attempt = want
-                .and_then(|n| task.attempts.iter().find(|a| a.attempt == n))
-                .ok_or_else(|| {
-                    Error::NotFound(format!("{task_id} has no attempt {} yet", req.attempt))
-                })?;
-            (state.task_id(tref), attempt.attempt, attempt.node.clone())
+        let located = locate(&self.core.state.read(), &req);
+        let (task_id, attempt, node) = match located {
+            Ok(found) => found,
+            // A run past retention: found in the archive, its log still on its node.
+            Err(e) => {
+                let archived = parse_run_id(&req.run_id).and_then(|n| self.core.state.archived(n));
+                let Some(run) = archived else {
+                    return Err(e.into());
+                };
+                let alone = crate::state::ClusterState {
+                    runs: [(run.number, run)].into(),
+                    ..Default::default()
+                };
+                locate(&alone, &req)?
+            }
         };
         let session = self.core.sessions.get(&node).ok_or_else(|| {
             Error::Unavailable(format!(
@@ -722,6 +702,46 @@ fn membership_error<E: std::fmt::Display>(e: E) -> Status {
 }
 
 /// A stream fed by a spawned producer.
+/// The task id, attempt and node of the stage attempt a log request names.
+fn locate(
+    state: &crate::state::ClusterState,
+    req: &pb::StreamLogsRequest,
+) -> Result<(String, u32, String), Error> {
+    let stage_id = format!("{}/{}", req.run_id, req.stage);
+    let tref = state.parse_task_id(&stage_id).ok_or_else(|| {
+        Error::NotFound(format!(
+            "stage {} of run {} not found",
+            req.stage, req.run_id
+        ))
+    })?;
+    let sharded = match tref {
+        TaskRef::Stage(at) => state.stage_run(at).is_some_and(|s| s.is_sharded()),
+        TaskRef::Replica(_) => false,
+    };
+    let tref = if sharded {
+        state
+            .parse_task_id(&format!("{stage_id}/{}", req.shard))
+            .ok_or_else(|| {
+                Error::NotFound(format!("stage {} has no shard {}", req.stage, req.shard))
+            })?
+    } else {
+        tref
+    };
+    let task_id = state.task_id(tref);
+    let task = state
+        .task(tref)
+        .ok_or_else(|| Error::NotFound(task_id.clone()))?;
+    let want = if req.attempt == 0 {
+        task.attempts.last().map(|a| a.attempt)
+    } else {
+        Some(req.attempt)
+    };
+    let attempt = want
+        .and_then(|n| task.attempts.iter().find(|a| a.attempt == n))
+        .ok_or_else(|| Error::NotFound(format!("{task_id} has no attempt {} yet", req.attempt)))?;
+    Ok((state.task_id(tref), attempt.attempt, attempt.node.clone()))
+}
+
 fn async_stream<F, Fut>(producer: F) -> LogStream
 where
     F: FnOnce(tokio::sync::mpsc::UnboundedSender<Result<pb::LogChunk, Status>>) -> Fut,

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod http;
 pub mod raft_service;
 pub mod repositories;
+pub mod runs;
 pub mod secrets;
 pub mod service_files;
 pub mod services;

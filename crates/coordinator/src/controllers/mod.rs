@@ -23,6 +23,7 @@ pub mod deploy_timeouts;
 pub mod leadership;
 pub mod liveness;
 pub mod polling;
+pub mod retention;
 pub mod rollout;
 pub mod scheduling;
 pub mod triggers;

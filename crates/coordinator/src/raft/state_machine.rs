@@ -16,13 +16,29 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{LogId, NodeId, StorageError, TypeConfig};
-use crate::state::{ClusterState, Response};
+use crate::state::{ClusterState, Command, Response, Run};
+
+/// Writes the finished runs among `runs` into the archive, before the command takes them out
+/// of the state (the same runs `ClusterState::archive_runs` removes).
+fn archive(tree: &sled::Tree, state: &ClusterState, runs: &[u64]) -> Result<(), StorageError> {
+    for n in runs {
+        if let Some(run) = state.runs.get(n).filter(|r| r.finished_ms.is_some()) {
+            let bytes = serde_json::to_vec(run).map_err(|e| StorageIOError::write(&e))?;
+            tree.insert(n.to_be_bytes(), bytes)
+                .map_err(|e| StorageIOError::write(&e))?;
+        }
+    }
+    Ok(())
+}
 
 /// The applied state, shared between the state machine (the only writer) and readers.
 pub struct SharedState {
     state: RwLock<ClusterState>,
     /// The index of the last applied entry; changes wake the controllers.
     applied: watch::Sender<u64>,
+    /// Runs archived out of the state (`Command::ArchiveRuns`), as JSON by run number
+    /// (big-endian, so the tree is in run order); the same on every coordinator.
+    archive: sled::Tree,
 }
 
 impl SharedState {
@@ -30,6 +46,36 @@ impl SharedState {
         // A poisoned lock means a panic inside `apply`, which is a bug; reading what was
         // there is still the most useful thing to do.
         self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An archived run.
+    pub fn archived(&self, run: u64) -> Option<Run> {
+        let bytes = self.archive.get(run.to_be_bytes()).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Archived runs numbered below `before` (all, without), newest first, at most `limit`,
+    /// that `keep` accepts.
+    pub fn archived_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&Run) -> bool,
+    ) -> Vec<Run> {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        self.archive
+            .range(..end)
+            .rev()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| serde_json::from_slice::<Run>(&v).ok())
+            .filter(|r| keep(r))
+            .take(limit)
+            .collect()
+    }
+
+    /// How many runs the archive holds.
+    pub fn archived_count(&self) -> usize {
+        self.archive.len()
     }
 
     /// A receiver that changes whenever entries are applied.
@@ -59,6 +105,9 @@ struct StoredSnapshot {
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     state: ClusterState,
+    /// The archive, so that a member that installs the snapshot has it too.
+    #[serde(default)]
+    archive: Vec<(u64, Run)>,
 }
 
 #[derive(Clone)]
@@ -79,10 +128,14 @@ impl StateMachineStore {
             .open_tree("snapshot")
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let (applied, _) = watch::channel(0);
+        let archive = db
+            .open_tree("archive")
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let mut sm = StateMachineStore {
             shared: Arc::new(SharedState {
                 state: RwLock::new(ClusterState::default()),
                 applied,
+                archive,
             }),
             snapshots,
             db: db.clone(),
@@ -119,6 +172,14 @@ impl StateMachineStore {
     ) -> Result<(), StorageError> {
         let body: SnapshotBody = serde_json::from_slice(data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        for (n, run) in &body.archive {
+            let bytes = serde_json::to_vec(run)
+                .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+            self.shared
+                .archive
+                .insert(n.to_be_bytes(), bytes)
+                .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        }
         *self.shared.state.write().unwrap_or_else(|e| e.into_inner()) = body.state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -147,8 +208,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let data = {
             let state = self.shared.read();
+            let archive = self.shared.archived_before(None, usize::MAX, |_| true);
             serde_json::to_vec(&SnapshotBody {
                 state: state.clone(),
+                archive: archive.into_iter().map(|r| (r.number, r)).collect(),
             })
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?
         };
@@ -197,6 +260,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(command) => {
                         let _span =
                             tracing::debug_span!("apply", index = entry.log_id.index).entered();
+                        if let Command::ArchiveRuns { runs } = &command {
+                            archive(&self.shared.archive, &state, runs)?;
+                        }
                         let response = state.apply(&command);
                         tracing::debug!(command = command.kind(), ?response, "applied");
                         response

@@ -157,6 +157,11 @@ pub enum Command {
     RemoveSecret {
         name: String,
     },
+    /// Finished runs past retention leave the state for the archive on disk (written by
+    /// the state machine on every coordinator as it applies this).
+    ArchiveRuns {
+        runs: Vec<u64>,
+    },
     /// A new cluster's first command when it is made from a backup: the state it held.
     Restore {
         state: Box<super::ClusterState>,
@@ -217,6 +222,7 @@ impl Command {
             Command::SetSecret { .. } => "set_secret",
             Command::RemoveSecret { .. } => "remove_secret",
             Command::Restore { .. } => "restore",
+            Command::ArchiveRuns { .. } => "archive_runs",
             Command::RecordPush { .. } => "record_push",
             Command::StartPush { .. } => "start_push",
             Command::PushFailed { .. } => "push_failed",

@@ -27,6 +27,7 @@
 //! - `services.rs`, `service_actions.rs`: services, revisions, replicas, and the
 //!   controllers' decisions about them.
 //! - `suite.rs`, `suite_apply.rs`: a `tests:` stage's queue and its commands.
+//! - `retention.rs`: which finished runs move to the archive on disk.
 //! - `backup.rs`: the blobs a backup must hold; a restored state put in place.
 //! - `access.rs`: API tokens (hashes only) and the audit log; `secrets.rs`: sealed secrets.
 //! - `placement.rs`, `fit.rs`, `nodes.rs`: placing a pass, the fit rules, nodes.
@@ -46,6 +47,7 @@ pub mod model;
 mod nodes;
 mod placement;
 pub mod repositories;
+pub mod retention;
 mod runs;
 pub mod secrets;
 mod service_actions;
@@ -221,6 +223,7 @@ impl ClusterState {
             Command::SetSecret { name, secret } => self.set_secret(name, secret),
             Command::RemoveSecret { name } => self.remove_secret(name),
             Command::Restore { state } => self.restore(state),
+            Command::ArchiveRuns { runs } => self.archive_runs(runs),
             Command::RepositoryPolled {
                 name,
                 error,
