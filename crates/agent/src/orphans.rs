@@ -5,7 +5,8 @@
 //! time in its attempt directory (`process`) when it starts it, and deletes that file when
 //! the task ends. An agent that starts and finds such a file finds a task its previous life
 //! left running: it kills that process group (after checking, by its start time, that the
-//! id was not reused), before it registers. The coordinator then hears that the attempt was
+//! id was not reused), before it registers. It also kills any process still working in one
+//! of its task directories, for a task killed between its start and its record. The coordinator then hears that the attempt was
 //! lost (its log exists, so it is not run a second time here) and runs it again, so an
 //! orphan never runs while its task runs elsewhere.
 //!
@@ -39,10 +40,11 @@ pub fn forget(attempt_dir: &Path) {
     let _ = std::fs::remove_file(attempt_dir.join(FILE));
 }
 
-/// Kills every process group a previous agent recorded under `tasks` that still runs;
-/// answers how many.
+/// Kills every process group a previous agent recorded under `tasks` that still runs, and
+/// every process still working in one of its work directories (one killed between its start
+/// and its record); answers how many.
 pub fn sweep(tasks: &Path) -> usize {
-    let mut killed = 0;
+    let mut killed = working_in(tasks);
     for record in find(tasks, 6) {
         let Some((pid, start)) = std::fs::read_to_string(&record).ok().and_then(|t| {
             let mut it = t.split_whitespace();
@@ -59,6 +61,40 @@ pub fn sweep(tasks: &Path) -> usize {
             killed += 1;
         }
         let _ = std::fs::remove_file(&record);
+    }
+    killed
+}
+
+/// Kills the process group of every process whose working directory is under `tasks`.
+fn working_in(tasks: &Path) -> usize {
+    let Ok(tasks) = tasks.canonicalize() else {
+        return 0;
+    };
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let in_tasks =
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&tasks));
+        if in_tasks {
+            let group =
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).unwrap_or(Pid::from_raw(pid));
+            let _ = killpg(group, Signal::SIGKILL);
+            tracing::warn!(
+                pid,
+                "killed a process the previous agent left working in a task's directory"
+            );
+            killed += 1;
+        }
     }
     killed
 }
@@ -105,6 +141,17 @@ mod tests {
         std::fs::write(other.join(FILE), format!("{} 1\n", std::process::id())).unwrap();
         assert_eq!(sweep(tasks.path()), 1);
         let status = child.wait().unwrap();
+        // And one that was never recorded, but works in a task's directory.
+        let work = tasks.path().join("run-3/c/1/work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut unrecorded = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&work)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert_eq!(sweep(tasks.path()), 1);
+        assert_eq!(unrecorded.wait().unwrap().signal(), Some(9));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
         assert!(!attempt.join(FILE).exists() && !other.join(FILE).exists());

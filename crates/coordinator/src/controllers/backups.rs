@@ -36,15 +36,9 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(schedule.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the first backup comes one interval after the start.
     tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !core.is_leader() {
-            continue;
-        }
+    while super::leader_tick(&core, &mut tick, &shutdown).await {
         let outcome = take(&core, &blobs, &schedule).await;
         let result = if outcome.is_ok() { "ok" } else { "failed" };
         core.metrics

@@ -14,6 +14,8 @@
 //! - [`polling`]: polls each repository's heads and records the pushes no webhook told of.
 //! - [`leadership`]: on gaining leadership starts every node's grace period afresh; on losing
 //!   it closes the agent sessions so agents reconnect to the new leader.
+//! - [`retention`]: moves finished runs past retention to the archive on disk.
+//! - [`backups`]: scheduled backups, each kept only once a restore of it checks out.
 //! - [`assignment`]: what an agent is told to run for a placed task.
 
 pub mod assignment;

@@ -12,14 +12,7 @@ use crate::state::{AccessChanged, Command};
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(core.tuning.archive_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !core.is_leader() {
-            continue;
-        }
+    while super::leader_tick(&core, &mut tick, &shutdown).await {
         // Several batches in a row when a backlog built up.
         loop {
             let runs = core
